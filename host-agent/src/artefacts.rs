@@ -1,0 +1,161 @@
+//! Reading the files a launch is built from: firmware into memory, kernel and
+//! initrd streamed through SHA-256.
+//!
+//! Kernels and initrds can be hundreds of megabytes; they are never held in memory,
+//! only hashed in fixed-size chunks, so memory use does not grow with their size.
+//! Firmware is small and must be parsed, so it is read whole, with a size limit.
+
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// Largest firmware image accepted. OVMF builds are 2 to 8 MiB; the limit keeps a
+/// wrong path (a disk image, say) from being read into memory.
+pub const MAX_FIRMWARE_LEN: u64 = 64 << 20;
+const CHUNK: usize = 256 << 10;
+
+/// Which artefact a file is, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtefactKind {
+    /// The OVMF firmware image.
+    Firmware,
+    /// The guest kernel.
+    Kernel,
+    /// The guest initrd.
+    Initrd,
+}
+
+impl std::fmt::Display for ArtefactKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ArtefactKind::Firmware => "firmware",
+            ArtefactKind::Kernel => "kernel",
+            ArtefactKind::Initrd => "initrd",
+        })
+    }
+}
+
+/// A file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtefactError {
+    /// The file could not be opened or read.
+    #[error("cannot read {kind} {}: {source}", path.display())]
+    Io {
+        /// Which artefact.
+        kind: ArtefactKind,
+        /// Its path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The path names a directory or another non-file.
+    #[error("{kind} {} is not a regular file", path.display())]
+    NotAFile {
+        /// Which artefact.
+        kind: ArtefactKind,
+        /// Its path.
+        path: PathBuf,
+    },
+    /// The firmware is implausibly large.
+    #[error("firmware {} is {len} bytes, more than the {MAX_FIRMWARE_LEN}-byte limit for an OVMF image", path.display())]
+    FirmwareTooLarge {
+        /// Its path.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+    },
+}
+
+fn open(kind: ArtefactKind, path: &Path) -> Result<(File, u64), ArtefactError> {
+    let io = |source| ArtefactError::Io {
+        kind,
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(ArtefactError::NotAFile {
+            kind,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok((file, meta.len()))
+}
+
+/// Reads a firmware image whole.
+pub fn read_firmware(path: &Path) -> Result<Vec<u8>, ArtefactError> {
+    let (file, len) = open(ArtefactKind::Firmware, path)?;
+    if len > MAX_FIRMWARE_LEN {
+        return Err(ArtefactError::FirmwareTooLarge {
+            path: path.to_path_buf(),
+            len,
+        });
+    }
+    let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    // Read one byte past the limit so that a file that grew since stat is caught.
+    file.take(MAX_FIRMWARE_LEN + 1)
+        .read_to_end(&mut data)
+        .map_err(|source| ArtefactError::Io {
+            kind: ArtefactKind::Firmware,
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if data.len() as u64 > MAX_FIRMWARE_LEN {
+        return Err(ArtefactError::FirmwareTooLarge {
+            path: path.to_path_buf(),
+            len: data.len() as u64,
+        });
+    }
+    Ok(data)
+}
+
+/// SHA-256 of a file, read in fixed-size chunks.
+pub fn sha256_file(kind: ArtefactKind, path: &Path) -> Result<[u8; 32], ArtefactError> {
+    let (mut file, _) = open(kind, path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(buf.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(ArtefactError::Io {
+                    kind,
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(hasher.finalize().into())
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_and_missing_file_are_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = sha256_file(ArtefactKind::Kernel, dir.path()).unwrap_err();
+        assert!(matches!(e, ArtefactError::NotAFile { .. }), "{e}");
+        assert!(e.to_string().contains("kernel"));
+        let missing = dir.path().join("nope");
+        let e = read_firmware(&missing).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn hashes_match_a_one_shot_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let data: Vec<u8> = (0..(CHUNK * 2 + 17)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let want: [u8; 32] = Sha256::digest(&data).into();
+        assert_eq!(sha256_file(ArtefactKind::Kernel, &p).unwrap(), want);
+    }
+}

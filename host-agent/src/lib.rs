@@ -1,0 +1,12 @@
+//! The host agent: derives the launches Kata will perform on this node and the
+//! launch digests the key broker must expect for them.
+//!
+//! The pure parts live in `sev-core` (measurement) and `kata-launch`
+//! (configuration and command line); this crate reads files and drives them.
+
+pub mod artefacts;
+pub mod cli;
+pub mod digests_cmd;
+pub mod host_cpu;
+pub mod launch;
+pub mod measure_cmd;
