@@ -7,7 +7,8 @@
 //! GUIDed footer table, the SEV hashes table reservation, the SEV-ES reset block and
 //! the SEV metadata sections. Every knob can be turned off to make broken images.
 
-#![allow(clippy::indexing_slicing)] // builders index fixed, self-sized buffers
+// Builders index and size fixed, self-sized buffers of a few megabytes.
+#![allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
 
 use sev_core::firmware::{
     FOOTER_TABLE_GUID, SEV_ES_RESET_BLOCK_GUID, SEV_HASH_TABLE_RV_GUID, SEV_METADATA_GUID,

@@ -2,6 +2,14 @@
 //! valid AmdSev-shaped image either measures or gives an error, never a panic.
 //! (The fuzz target `firmware` explores the same code with coverage guidance.)
 
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use sample_artefacts::{FirmwareSpec, SplitMix};
 use sev_core::hashes::KernelHashes;
 use sev_core::{launch_digest, Firmware, SevMode, VcpuSignature, VmShape, VmmType};

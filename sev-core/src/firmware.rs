@@ -147,7 +147,7 @@ impl<'a> Firmware<'a> {
     /// valid: it measures as firmware alone.
     pub fn parse(data: &'a [u8]) -> Result<Firmware<'a>, FirmwareError> {
         let len = data.len();
-        if len > (FOUR_GIB as usize) {
+        if u64::try_from(len).map_or(true, |l| l > FOUR_GIB) {
             return Err(FirmwareError::TooLarge { len });
         }
         let footer_at = len
@@ -311,6 +311,7 @@ impl<'a> Firmware<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

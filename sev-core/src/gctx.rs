@@ -13,6 +13,7 @@ pub const LD_SIZE: usize = 48;
 pub type Sha384Digest = [u8; LD_SIZE];
 
 const PAGE: u64 = 4096;
+const PAGE_BYTES: usize = 4096;
 /// VMSA pages are recorded at GPA -1, page-aligned, bits above 51 cleared.
 const VMSA_GPA: u64 = 0xFFFF_FFFF_F000;
 
@@ -80,7 +81,7 @@ impl Gctx {
     /// Extends the chain with `data`, one normal page per 4 KiB. A trailing partial
     /// page is not measured: callers check alignment first.
     pub fn update_normal_pages(&mut self, gpa: u64, data: &[u8]) {
-        for (i, page) in data.chunks_exact(PAGE as usize).enumerate() {
+        for (i, page) in data.chunks_exact(PAGE_BYTES).enumerate() {
             self.update(PageType::Normal, gpa + i as u64 * PAGE, &page_digest(page));
         }
     }

@@ -18,10 +18,10 @@ pub const INITRD_GUID: Guid = Guid::from_text("44baf731-3a2f-4bd7-9af1-41e291697
 /// Entry GUID for the command line digest.
 pub const CMDLINE_GUID: Guid = Guid::from_text("97d02dd8-bd20-4c94-aa78-e7714d36ab2a");
 
-const ENTRY_LEN: usize = 16 + 2 + 32;
-const TABLE_LEN: usize = 16 + 2 + 3 * ENTRY_LEN;
+const ENTRY_LEN: u16 = 16 + 2 + 32;
+const TABLE_LEN: u16 = 16 + 2 + 3 * ENTRY_LEN;
 /// Length of the table as QEMU writes it, padded to a multiple of 16.
-pub const PADDED_TABLE_LEN: usize = (TABLE_LEN + 15) & !15;
+pub const PADDED_TABLE_LEN: usize = (TABLE_LEN as usize + 15) & !15;
 /// Page size of guest memory.
 pub const PAGE_SIZE: usize = 4096;
 
@@ -63,14 +63,14 @@ impl KernelHashes {
             at: 0,
         };
         w.put(&TABLE_GUID.efi_bytes());
-        w.put(&(TABLE_LEN as u16).to_le_bytes());
+        w.put(&TABLE_LEN.to_le_bytes());
         for (guid, digest) in [
             (CMDLINE_GUID, &self.cmdline),
             (INITRD_GUID, &self.initrd),
             (KERNEL_GUID, &self.kernel),
         ] {
             w.put(&guid.efi_bytes());
-            w.put(&(ENTRY_LEN as u16).to_le_bytes());
+            w.put(&ENTRY_LEN.to_le_bytes());
             w.put(digest);
         }
         out
