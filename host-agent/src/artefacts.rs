@@ -40,14 +40,16 @@ impl std::fmt::Display for ArtefactKind {
 #[derive(Debug, thiserror::Error)]
 pub enum ArtefactError {
     /// The file could not be opened or read.
-    #[error("cannot read {kind} {}: {source}", path.display())]
+    // The OS error is part of the message, not a source, so that printing the
+    // error chain does not repeat it.
+    #[error("cannot read {kind} {}: {cause}", path.display())]
     Io {
         /// Which artefact.
         kind: ArtefactKind,
         /// Its path.
         path: PathBuf,
         /// The OS error.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The path names a directory or another non-file.
     #[error("{kind} {} is not a regular file", path.display())]
@@ -68,10 +70,10 @@ pub enum ArtefactError {
 }
 
 fn open(kind: ArtefactKind, path: &Path) -> Result<(File, u64), ArtefactError> {
-    let io = |source| ArtefactError::Io {
+    let io = |cause| ArtefactError::Io {
         kind,
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let file = File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
@@ -97,10 +99,10 @@ pub fn read_firmware(path: &Path) -> Result<Vec<u8>, ArtefactError> {
     // Read one byte past the limit so that a file that grew since stat is caught.
     file.take(MAX_FIRMWARE_LEN + 1)
         .read_to_end(&mut data)
-        .map_err(|source| ArtefactError::Io {
+        .map_err(|cause| ArtefactError::Io {
             kind: ArtefactKind::Firmware,
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
     if data.len() as u64 > MAX_FIRMWARE_LEN {
         return Err(ArtefactError::FirmwareTooLarge {
@@ -121,11 +123,11 @@ pub fn sha256_file(kind: ArtefactKind, path: &Path) -> Result<[u8; 32], Artefact
             Ok(0) => break,
             Ok(n) => hasher.update(buf.get(..n).unwrap_or_default()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
+            Err(cause) => {
                 return Err(ArtefactError::Io {
                     kind,
                     path: path.to_path_buf(),
-                    source,
+                    cause,
                 })
             }
         }

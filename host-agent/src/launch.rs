@@ -31,12 +31,12 @@ pub enum LaunchError {
     #[error(transparent)]
     Artefact(#[from] ArtefactError),
     /// The firmware cannot be measured for the mode asked for.
-    #[error("firmware {}: {source}", firmware.display())]
+    #[error("{}: {cause}", firmware.display())]
     Measure {
         /// The firmware path.
         firmware: PathBuf,
-        /// What is wrong.
-        source: MeasureError,
+        /// What is wrong (in the message, not a source, so it prints once).
+        cause: MeasureError,
     },
     /// An initrd or command line was given without a kernel.
     #[error("an initrd or command line needs a kernel: QEMU measures them only with -kernel")]
@@ -129,9 +129,9 @@ impl LoadedLaunch {
         shape: &VmShape,
         cmdline: Option<&[u8]>,
     ) -> Result<LaunchDigest, LaunchError> {
-        let err = |source| LaunchError::Measure {
+        let err = |cause| LaunchError::Measure {
             firmware: self.firmware_path.clone(),
-            source,
+            cause,
         };
         let hashes = match (self.hashes, cmdline) {
             (Some(h), Some(c)) => Some(KernelHashes {
@@ -152,9 +152,9 @@ pub fn measure(
     mode: SevMode,
     shape: &VmShape,
 ) -> Result<LaunchDigest, LaunchError> {
-    let err = |source| LaunchError::Measure {
+    let err = |cause| LaunchError::Measure {
         firmware: art.firmware.clone(),
-        source,
+        cause,
     };
     let with_kernel = art.kernel.is_some();
     let ((data, started), hashes) = with_kernel_hashes(art, || {

@@ -249,6 +249,23 @@ fn bad_inputs_get_errors_that_say_what_and_where() {
             &["unreadable", "ermission"],
         );
     }
+    // A file that opens but fails to read (as root, permission bits cannot make one).
+    assert_fails_naming(
+        &["measure", "--mode", "sev", "--ovmf", "/proc/self/mem"],
+        &["firmware", "/proc/self/mem"],
+    );
+    assert_fails_naming(
+        &[
+            "measure",
+            "--mode",
+            "sev",
+            "--ovmf",
+            &foreign,
+            "--kernel",
+            "/proc/self/mem",
+        ],
+        &["kernel", "/proc/self/mem"],
+    );
     // A firmware-only digest of foreign firmware is fine in SEV mode.
     assert!(
         host_agent(&["measure", "--mode", "sev", "--ovmf", &foreign])
