@@ -11,15 +11,10 @@
 
 mod common;
 
+use common::host_agent;
+
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn host_agent(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host-agent"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn text(o: &Output) -> (String, String) {
     (

@@ -13,15 +13,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use common::host_agent;
 
-fn host_agent(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host-agent"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use std::path::Path;
 
 fn digests_json(configs: &[&Path], extra: &[&str]) -> Vec<serde_json::Value> {
     let mut args = vec![

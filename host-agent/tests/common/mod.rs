@@ -13,7 +13,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -110,4 +110,12 @@ pub fn oracle_batch(cases: &[serde_json::Value]) -> Vec<String> {
         cases.len()
     );
     lines
+}
+
+/// Runs the `host-agent` binary built for these tests.
+pub fn host_agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_host-agent"))
+        .args(args)
+        .output()
+        .unwrap()
 }
