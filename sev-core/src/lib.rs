@@ -19,6 +19,9 @@ pub mod gctx;
 pub mod guid;
 pub mod hashes;
 pub mod measure;
+pub mod policy;
+pub mod secret_table;
+pub mod session;
 pub mod vcpu;
 pub mod vmsa;
 
