@@ -14,6 +14,7 @@
 //! assert_eq!(digest.as_bytes().len(), 32);
 //! ```
 
+pub mod cert;
 pub mod firmware;
 pub mod gctx;
 pub mod guid;
