@@ -1,0 +1,559 @@
+//! The key broker's decisions, free of gRPC: open launch sessions for trusted
+//! platforms, verify launch measurements, check policy, and package secrets.
+//!
+//! Order matters in GetSecret: the session is consumed first (single use), the
+//! measurement MAC is verified next (constant time), and only a verified launch
+//! is checked against policy and given secrets. Refusals say what failed without
+//! saying which secrets, keysets or resources exist.
+
+use crate::store::{hex, LaunchSession, NewRecord, Store, StoreError, TakeOutcome};
+use crate::trust::{TrustAnchors, TrustError};
+use aes_gcm::aead::{Aead, KeyInit};
+use p384::ecdh::EphemeralSecret;
+use p384::elliptic_curve::sec1::ToEncodedPoint;
+use rand_core::{OsRng, RngCore};
+use sev_core::cert::{godh_certificate, EcdhPublicKey};
+use sev_core::policy::GuestPolicy;
+use sev_core::secret_table::{SecretTable, MAX_ENTRIES};
+use sev_core::session::{
+    package_secret, FirmwareBuild, LaunchBlob, LaunchMeasurement, TransportKeys,
+};
+use sev_core::Guid;
+use tracing::{info, warn};
+
+/// What the operator decides about launches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerPolicy {
+    /// How long a launch id stays usable after GetBundle.
+    pub session_ttl_secs: i64,
+    /// How long an online connection key stays usable.
+    pub connection_ttl_secs: i64,
+    /// Accept guests whose policy allows debugging.
+    pub allow_debug: bool,
+    /// Oldest firmware API version accepted.
+    pub min_api: (u8, u8),
+    /// Oldest firmware build accepted.
+    pub min_build: u8,
+}
+
+impl Default for BrokerPolicy {
+    fn default() -> Self {
+        BrokerPolicy {
+            session_ttl_secs: 600,
+            connection_ttl_secs: 86_400,
+            allow_debug: false,
+            min_api: (0, 0),
+            min_build: 0,
+        }
+    }
+}
+
+/// Why a request is refused. The message is what the caller sees.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A field is malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The launch id is unknown, used or expired.
+    #[error("launch {0} is unknown, already used or expired")]
+    UnknownLaunch(String),
+    /// The online client id is unknown or expired.
+    #[error("ClientId is unknown or expired")]
+    UnknownClient,
+    /// The platform chain is not trusted.
+    #[error(transparent)]
+    Untrusted(TrustError),
+    /// Attestation or policy refuses the launch.
+    #[error("{0}")]
+    Refused(String),
+    /// A requested secret cannot be served; deliberately unspecific.
+    #[error("the requested secrets are not available to this launch")]
+    SecretsUnavailable,
+    /// Storage or another internal failure; details only in the log.
+    #[error("internal error")]
+    Internal(#[source] StoreError),
+}
+
+impl From<StoreError> for BrokerError {
+    fn from(e: StoreError) -> Self {
+        BrokerError::Internal(e)
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> BrokerError {
+    BrokerError::InvalidArgument {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// The kinds of secret a launch can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    /// Every secret of a keyset, as a JSON object id -> base64.
+    Bundle,
+    /// One secret.
+    Key,
+    /// A resource file.
+    Resource,
+    /// A fresh key for the online path.
+    Connection,
+}
+
+/// How a secret is encoded in its table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The bytes themselves.
+    Binary,
+    /// JSON.
+    Json,
+}
+
+/// One entry of a launch's secret request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRequest {
+    /// Secret table GUID.
+    pub guid: Guid,
+    /// Encoding.
+    pub format: Format,
+    /// Kind.
+    pub kind: SecretKind,
+    /// Keyset, secret or resource id.
+    pub id: String,
+}
+
+impl SecretRequest {
+    /// Parses the wire fields; `Format` and `SecretType` are case-insensitive (the
+    /// Kata shim sends "JSON").
+    pub fn parse(
+        guid: &str,
+        format: &str,
+        kind: &str,
+        id: &str,
+    ) -> Result<SecretRequest, BrokerError> {
+        let guid = Guid::parse(guid).map_err(|e| invalid("SecretRequests.Guid", e.to_string()))?;
+        let format = match format.to_ascii_lowercase().as_str() {
+            "binary" => Format::Binary,
+            "json" | "" => Format::Json,
+            _ => return Err(invalid("SecretRequests.Format", "expected binary or json")),
+        };
+        let kind = match kind.to_ascii_lowercase().as_str() {
+            "bundle" => SecretKind::Bundle,
+            "key" => SecretKind::Key,
+            "resource" => SecretKind::Resource,
+            "connection" => SecretKind::Connection,
+            _ => {
+                return Err(invalid(
+                    "SecretRequests.SecretType",
+                    "expected bundle, key, resource or connection",
+                ))
+            }
+        };
+        if id.len() > 256 {
+            return Err(invalid("SecretRequests.Id", "longer than 256 bytes"));
+        }
+        Ok(SecretRequest {
+            guid,
+            format,
+            kind,
+            id: id.to_string(),
+        })
+    }
+}
+
+/// GetBundle's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    /// The guest owner's DH certificate.
+    pub godh: Vec<u8>,
+    /// The launch blob.
+    pub blob: [u8; 128],
+    /// The launch id.
+    pub launch_id: String,
+}
+
+/// GetSecret's inputs, decoded.
+#[derive(Debug, Clone)]
+pub struct SecretRequestSet {
+    /// The launch.
+    pub launch_id: String,
+    /// LAUNCH_MEASURE output.
+    pub measurement: LaunchMeasurement,
+    /// The policy the shim says it launched with.
+    pub policy: u32,
+    /// Firmware version the PSP reported.
+    pub firmware: FirmwareBuild,
+    /// The launch digest the shim claims.
+    pub digest: Vec<u8>,
+    /// Free text.
+    pub description: String,
+    /// What it asks for.
+    pub requests: Vec<SecretRequest>,
+}
+
+/// The key broker.
+pub struct Broker {
+    store: Store,
+    trust: TrustAnchors,
+    policy: BrokerPolicy,
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    OsRng.fill_bytes(&mut b);
+    b
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+impl Broker {
+    /// A broker over `store` trusting `trust`.
+    pub fn new(store: Store, trust: TrustAnchors, policy: BrokerPolicy) -> Broker {
+        Broker {
+            store,
+            trust,
+            policy,
+        }
+    }
+
+    /// The store, for the admin API.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn record(&self, r: &NewRecord<'_>) {
+        if let Err(e) = self.store.record(r) {
+            warn!(error = %e, "cannot record attestation outcome");
+        }
+    }
+
+    /// Opens a launch session with the PSP of the platform whose chain is given.
+    pub fn get_bundle(&self, chain: &[u8], policy: u32) -> Result<Bundle, BrokerError> {
+        let refuse = |reason: &str| {
+            self.record(&NewRecord {
+                rpc: "GetBundle",
+                reason,
+                policy,
+                ..Default::default()
+            });
+        };
+        let gp = GuestPolicy(policy);
+        if gp.has_reserved_bits() {
+            refuse("policy has reserved bits set");
+            return Err(invalid(
+                "Policy",
+                format!("{gp}: bits 6 to 15 are reserved and must be zero"),
+            ));
+        }
+        if gp.debug_allowed() && !self.policy.allow_debug {
+            refuse("policy allows debugging");
+            return Err(BrokerError::Refused(format!(
+                "Policy {gp} allows debugging the guest; this broker requires NODBG"
+            )));
+        }
+        let platform = self.trust.verify(chain).map_err(|e| {
+            refuse(&e.to_string());
+            BrokerError::Untrusted(e)
+        })?;
+        if platform.insecure {
+            warn!(anchor = %platform.anchor, "accepting a platform chained to an INSECURE trust anchor");
+        }
+        let pdh = p384_public(&platform.pdh).ok_or_else(|| {
+            refuse("PDH is not a point on P-384");
+            BrokerError::Untrusted(TrustError::BadPdh("not a point on P-384".into()))
+        })?;
+        let secret = EphemeralSecret::random(&mut OsRng);
+        let z = secret.diffie_hellman(&pdh);
+        let point = secret.public_key().to_encoded_point(false);
+        let (Some(x), Some(y)) = (point.x(), point.y()) else {
+            return Err(BrokerError::Refused(
+                "cannot encode the guest owner key".into(),
+            ));
+        };
+        let mut godh_key = EcdhPublicKey {
+            x: [0; 48],
+            y: [0; 48],
+        };
+        godh_key.x.copy_from_slice(x);
+        godh_key.y.copy_from_slice(y);
+        let keys = TransportKeys {
+            tek: random(),
+            tik: random(),
+        };
+        let blob = LaunchBlob::wrap(z.raw_secret_bytes(), random(), random(), &keys, policy);
+        let launch_id = uuid::Uuid::new_v4().to_string();
+        let session = LaunchSession {
+            tek: keys.tek,
+            tik: keys.tik,
+            policy,
+            chip: platform.chip.clone(),
+        };
+        self.store.insert_session(
+            &launch_id,
+            &session,
+            self.policy.session_ttl_secs,
+            &NewRecord {
+                rpc: "GetBundle",
+                launch_id: &launch_id,
+                ok: true,
+                policy,
+                ..Default::default()
+            },
+        )?;
+        info!(launch_id = %launch_id, anchor = %platform.anchor, chip = %platform.chip, policy = %gp, "launch session opened");
+        Ok(Bundle {
+            godh: godh_certificate(&godh_key).to_vec(),
+            blob: blob.encode(),
+            launch_id,
+        })
+    }
+
+    /// Verifies a launch and packages the secrets it asks for: (header, ciphertext).
+    pub fn get_secret(&self, req: &SecretRequestSet) -> Result<([u8; 52], Vec<u8>), BrokerError> {
+        let digest_hex = hex(&req.digest);
+        let fw = format!(
+            "{}.{}.{}",
+            req.firmware.api_major, req.firmware.api_minor, req.firmware.build
+        );
+        let refuse = |reason: &str| {
+            self.record(&NewRecord {
+                rpc: "GetSecret",
+                launch_id: &req.launch_id,
+                reason,
+                digest: &digest_hex,
+                policy: req.policy,
+                firmware: &fw,
+                description: &req.description,
+                ..Default::default()
+            });
+        };
+        let session = match self.store.take_session(&req.launch_id)? {
+            TakeOutcome::Taken(s) => s,
+            other => {
+                let why = match other {
+                    TakeOutcome::Used => "launch id replayed",
+                    TakeOutcome::Expired => "launch id expired",
+                    _ => "launch id unknown",
+                };
+                refuse(why);
+                return Err(BrokerError::UnknownLaunch(req.launch_id.clone()));
+            }
+        };
+        // Verify before trusting anything the request says.
+        if !req
+            .measurement
+            .verify(&session.tik, req.firmware, session.policy, &req.digest)
+        {
+            refuse("launch measurement does not verify");
+            return Err(BrokerError::Refused(
+                "LaunchMeasurement does not verify for this launch's session, policy, firmware and FwDigest".into(),
+            ));
+        }
+        if req.policy != session.policy {
+            refuse("policy differs from the session's");
+            return Err(BrokerError::Refused(
+                "Policy differs from the policy the launch was opened with".into(),
+            ));
+        }
+        let gp = GuestPolicy(session.policy);
+        let mode = if gp.es() { "seves" } else { "sev" };
+        if !self.store.digest_registered(mode, &req.digest)? {
+            refuse("launch digest not registered");
+            return Err(BrokerError::Refused(format!(
+                "launch digest {digest_hex} is not registered for {mode}"
+            )));
+        }
+        if gp.debug_allowed() && !self.policy.allow_debug {
+            refuse("policy allows debugging");
+            return Err(BrokerError::Refused(format!(
+                "Policy {gp} allows debugging the guest"
+            )));
+        }
+        let f = req.firmware;
+        if (f.api_major, f.api_minor) < self.policy.min_api || f.build < self.policy.min_build {
+            refuse("firmware older than the minimum");
+            return Err(BrokerError::Refused(format!(
+                "firmware {fw} is older than the minimum {}.{} build {}",
+                self.policy.min_api.0, self.policy.min_api.1, self.policy.min_build
+            )));
+        }
+        let table = match self.secret_table(&req.requests, &req.launch_id) {
+            Ok(t) => t,
+            Err(e) => {
+                refuse("requested secrets not available");
+                return Err(e);
+            }
+        };
+        let keys = TransportKeys {
+            tek: session.tek,
+            tik: session.tik,
+        };
+        let (header, ciphertext) = package_secret(&keys, &req.measurement, random(), &table)
+            .map_err(|e| BrokerError::Refused(e.to_string()))?;
+        self.record(&NewRecord {
+            rpc: "GetSecret",
+            launch_id: &req.launch_id,
+            ok: true,
+            digest: &digest_hex,
+            policy: session.policy,
+            firmware: &fw,
+            description: &req.description,
+            ..Default::default()
+        });
+        info!(launch_id = %req.launch_id, digest = %digest_hex, entries = req.requests.len(), "secrets released");
+        Ok((header.encode(), ciphertext))
+    }
+
+    fn secret_table(
+        &self,
+        requests: &[SecretRequest],
+        launch_id: &str,
+    ) -> Result<Vec<u8>, BrokerError> {
+        if requests.len() > MAX_ENTRIES {
+            return Err(invalid(
+                "SecretRequests",
+                format!("at most {MAX_ENTRIES} entries"),
+            ));
+        }
+        let mut table = SecretTable::default();
+        for r in requests {
+            table
+                .entries
+                .push((r.guid, self.payload(r, Some(launch_id))?));
+        }
+        table.encode().map_err(|_| BrokerError::SecretsUnavailable)
+    }
+
+    fn payload(&self, r: &SecretRequest, launch_id: Option<&str>) -> Result<Vec<u8>, BrokerError> {
+        let missing = || BrokerError::SecretsUnavailable;
+        Ok(match r.kind {
+            SecretKind::Bundle => {
+                let ids = self.store.keyset(&r.id)?.ok_or_else(missing)?;
+                let mut bundle = serde_json::Map::new();
+                for id in ids {
+                    let payload = self.store.secret(&id)?.ok_or_else(missing)?;
+                    bundle.insert(id, serde_json::Value::String(b64(&payload)));
+                }
+                serde_json::to_vec(&bundle).map_err(|_| missing())?
+            }
+            SecretKind::Key => {
+                let payload = self.store.secret(&r.id)?.ok_or_else(missing)?;
+                match r.format {
+                    Format::Binary => payload,
+                    Format::Json => serde_json::to_vec(
+                        &serde_json::json!({"id": r.id, "payload": b64(&payload)}),
+                    )
+                    .map_err(|_| missing())?,
+                }
+            }
+            SecretKind::Resource => {
+                let data = self.store.resource(&r.id)?.ok_or_else(missing)?;
+                match r.format {
+                    Format::Binary => data,
+                    Format::Json => {
+                        serde_json::to_vec(&serde_json::json!({ r.id.clone(): b64(&data) }))
+                            .map_err(|_| missing())?
+                    }
+                }
+            }
+            SecretKind::Connection => {
+                let launch_id = launch_id.ok_or_else(missing)?;
+                let client_id = uuid::Uuid::new_v4().to_string();
+                let key: [u8; 32] = random();
+                self.store.insert_connection(
+                    &client_id,
+                    &key,
+                    launch_id,
+                    self.policy.connection_ttl_secs,
+                )?;
+                serde_json::to_vec(&serde_json::json!({"client_id": client_id, "key": b64(&key)}))
+                    .map_err(|_| missing())?
+            }
+        })
+    }
+
+    /// Serves secrets to a guest over its online connection: (ciphertext, IV).
+    pub fn get_online_secret(
+        &self,
+        client_id: &str,
+        requests: &[SecretRequest],
+    ) -> Result<(Vec<u8>, [u8; 12]), BrokerError> {
+        let refuse = |reason: &str| {
+            self.record(&NewRecord {
+                rpc: "GetOnlineSecret",
+                launch_id: client_id,
+                reason,
+                ..Default::default()
+            });
+        };
+        let Some(key) = self.store.connection_key(client_id)? else {
+            refuse("client id unknown or expired");
+            return Err(BrokerError::UnknownClient);
+        };
+        if requests.len() > MAX_ENTRIES {
+            return Err(invalid(
+                "SecretRequests",
+                format!("at most {MAX_ENTRIES} entries"),
+            ));
+        }
+        let mut entries = Vec::with_capacity(requests.len());
+        for r in requests {
+            if r.kind == SecretKind::Connection {
+                return Err(invalid(
+                    "SecretRequests.SecretType",
+                    "connection is not served online",
+                ));
+            }
+            match self.payload(r, None) {
+                Ok(p) => entries.push((r.guid.to_string(), p)),
+                Err(e) => {
+                    refuse("requested secrets not available");
+                    return Err(e);
+                }
+            }
+        }
+        let plaintext = encode_online_payload(&entries);
+        let iv: [u8; 12] = random();
+        let cipher = aes_gcm::Aes256Gcm::new(&key.into());
+        let ciphertext = cipher
+            .encrypt(&iv.into(), plaintext.as_slice())
+            .map_err(|_| BrokerError::SecretsUnavailable)?;
+        self.record(&NewRecord {
+            rpc: "GetOnlineSecret",
+            launch_id: client_id,
+            ok: true,
+            ..Default::default()
+        });
+        Ok((ciphertext, iv))
+    }
+}
+
+fn p384_public(k: &EcdhPublicKey) -> Option<p384::PublicKey> {
+    let mut sec1 = Vec::with_capacity(97);
+    sec1.push(0x04);
+    sec1.extend_from_slice(&k.x);
+    sec1.extend_from_slice(&k.y);
+    p384::PublicKey::from_sec1_bytes(&sec1).ok()
+}
+
+/// The online payload as the guest's online KBC decodes it: a bincode map of
+/// GUID text to bytes (u64 LE count, then u64 LE length-prefixed key and value).
+pub fn encode_online_payload(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (k, v) in entries {
+        out.extend_from_slice(&(k.len() as u64).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}

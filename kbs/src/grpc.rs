@@ -1,0 +1,185 @@
+//! The `keybroker` gRPC service: decodes requests into the broker's types,
+//! runs the broker off the async threads, and maps its errors to status codes.
+
+use crate::broker::{Broker, BrokerError, SecretRequest, SecretRequestSet};
+use crate::trust::TrustError;
+use base64::Engine as _;
+use kbs_proto::keybroker::key_broker_service_server::KeyBrokerService;
+use kbs_proto::keybroker::{
+    BundleRequest, BundleResponse, OnlineSecretRequest, OnlineSecretResponse, RequestDetails,
+    SecretResponse,
+};
+use sev_core::session::{FirmwareBuild, LaunchMeasurement};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use tracing::{error, info_span, Instrument};
+
+/// Largest base64 field accepted (a full chain is about 12 KiB of base64).
+const MAX_FIELD: usize = 64 << 10;
+
+/// The service over a shared broker.
+pub struct KeyBroker {
+    broker: Arc<Broker>,
+}
+
+impl KeyBroker {
+    /// Serves `broker`.
+    pub fn new(broker: Arc<Broker>) -> KeyBroker {
+        KeyBroker { broker }
+    }
+}
+
+/// Maps a refusal to its status code; internal details stay in the log.
+pub fn status(e: &BrokerError) -> Status {
+    match e {
+        BrokerError::InvalidArgument { .. } | BrokerError::Untrusted(TrustError::Malformed(_)) => {
+            Status::invalid_argument(e.to_string())
+        }
+        BrokerError::UnknownLaunch(_) | BrokerError::UnknownClient => {
+            Status::not_found(e.to_string())
+        }
+        BrokerError::Untrusted(_) | BrokerError::Refused(_) => {
+            Status::permission_denied(e.to_string())
+        }
+        BrokerError::SecretsUnavailable => Status::failed_precondition(e.to_string()),
+        BrokerError::Internal(inner) => {
+            error!(error = %inner, "internal error");
+            Status::internal("internal error")
+        }
+    }
+}
+
+fn decode_b64(field: &'static str, text: &str) -> Result<Vec<u8>, Status> {
+    if text.len() > MAX_FIELD {
+        return Err(Status::invalid_argument(format!(
+            "{field}: longer than {MAX_FIELD} bytes"
+        )));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| Status::invalid_argument(format!("{field}: not base64: {e}")))
+}
+
+fn byte(field: &'static str, v: u32) -> Result<u8, Status> {
+    u8::try_from(v)
+        .map_err(|_| Status::invalid_argument(format!("{field}: {v} does not fit in a byte")))
+}
+
+fn launch_id(field: &'static str, text: &str) -> Result<String, Status> {
+    uuid::Uuid::parse_str(text)
+        .map(|u| u.to_string())
+        .map_err(|_| Status::invalid_argument(format!("{field}: not a UUID")))
+}
+
+fn requests(details: &[RequestDetails]) -> Result<Vec<SecretRequest>, Status> {
+    details
+        .iter()
+        .map(|d| {
+            SecretRequest::parse(&d.guid, &d.format, &d.secret_type, &d.id).map_err(|e| status(&e))
+        })
+        .collect()
+}
+
+async fn run<T: Send + 'static>(
+    broker: &Arc<Broker>,
+    f: impl FnOnce(&Broker) -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, Status> {
+    let b = Arc::clone(broker);
+    tokio::task::spawn_blocking(move || f(&b))
+        .await
+        .map_err(|_| Status::internal("internal error"))?
+        .map_err(|e| status(&e))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tonic::async_trait]
+impl KeyBrokerService for KeyBroker {
+    async fn get_bundle(
+        &self,
+        request: Request<BundleRequest>,
+    ) -> Result<Response<BundleResponse>, Status> {
+        let r = request.into_inner();
+        let span = info_span!("GetBundle", policy = r.policy);
+        async move {
+            let chain = decode_b64("CertificateChain", &r.certificate_chain)?;
+            let policy = r.policy;
+            let bundle = run(&self.broker, move |b| b.get_bundle(&chain, policy)).await?;
+            Ok(Response::new(BundleResponse {
+                guest_owner_public_key: b64(&bundle.godh),
+                launch_blob: b64(&bundle.blob),
+                launch_id: bundle.launch_id,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get_secret(
+        &self,
+        request: Request<kbs_proto::keybroker::SecretRequest>,
+    ) -> Result<Response<SecretResponse>, Status> {
+        let r = request.into_inner();
+        let span =
+            info_span!("GetSecret", launch_id = %r.launch_id.chars().take(64).collect::<String>());
+        async move {
+            let set = SecretRequestSet {
+                launch_id: launch_id("LaunchId", &r.launch_id)?,
+                measurement: LaunchMeasurement::decode(&decode_b64(
+                    "LaunchMeasurement",
+                    &r.launch_measurement,
+                )?)
+                .map_err(|e| Status::invalid_argument(format!("LaunchMeasurement: {e}")))?,
+                policy: r.policy,
+                firmware: FirmwareBuild {
+                    api_major: byte("ApiMajor", r.api_major)?,
+                    api_minor: byte("ApiMinor", r.api_minor)?,
+                    build: byte("BuildId", r.build_id)?,
+                },
+                digest: {
+                    let d = decode_b64("FwDigest", &r.fw_digest)?;
+                    if d.len() != 32 {
+                        return Err(Status::invalid_argument(format!(
+                            "FwDigest: an SEV launch digest is 32 bytes, got {}",
+                            d.len()
+                        )));
+                    }
+                    d
+                },
+                description: r.launch_description.chars().take(256).collect(),
+                requests: requests(&r.secret_requests)?,
+            };
+            let (header, data) = run(&self.broker, move |b| b.get_secret(&set)).await?;
+            Ok(Response::new(SecretResponse {
+                launch_secret_header: b64(&header),
+                launch_secret_data: b64(&data),
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get_online_secret(
+        &self,
+        request: Request<OnlineSecretRequest>,
+    ) -> Result<Response<OnlineSecretResponse>, Status> {
+        let r = request.into_inner();
+        let span = info_span!("GetOnlineSecret");
+        async move {
+            let client_id = launch_id("ClientId", &r.client_id)?;
+            let reqs = requests(&r.secret_requests)?;
+            let (payload, iv) = run(&self.broker, move |b| {
+                b.get_online_secret(&client_id, &reqs)
+            })
+            .await?;
+            Ok(Response::new(OnlineSecretResponse {
+                payload: b64(&payload),
+                iv: b64(&iv),
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+}

@@ -1,0 +1,664 @@
+//! Durable state of the key broker in an embedded SQLite database on disk.
+//!
+//! Launch sessions live here rather than in memory so that a launch in flight
+//! survives a restart of the broker; a session is consumed by the transaction
+//! that reads it, so a launch id is usable once. The database runs in WAL mode:
+//! a committed write survives a crash of the process.
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A storage failure. Never shown to RPC callers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database {path}: {source}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// A value stored by an earlier version cannot be read back.
+    #[error("database {path}: corrupt value in {what}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What could not be read.
+        what: &'static str,
+    },
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The keys and policy of a launch, from GetBundle to GetSecret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSession {
+    /// Transport encryption key.
+    pub tek: [u8; 16],
+    /// Transport integrity key.
+    pub tik: [u8; 16],
+    /// The guest policy the session was opened for.
+    pub policy: u32,
+    /// Identifies the platform (hex of its CEK's public key).
+    pub chip: String,
+}
+
+/// What became of a request to take a launch session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakeOutcome {
+    /// The session, now consumed.
+    Taken(LaunchSession),
+    /// No such launch.
+    Unknown,
+    /// Already used by an earlier GetSecret.
+    Used,
+    /// Past its expiry.
+    Expired,
+}
+
+/// A registered launch digest and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DigestRecord {
+    /// `sev`, `seves` or `snp`.
+    pub mode: String,
+    /// The digest bytes, hexadecimal.
+    pub digest: String,
+    /// vCPU count of the launch.
+    pub vcpus: u32,
+    /// vCPU type or signature of the launch.
+    pub vcpu_type: String,
+    /// The configuration it was derived from.
+    pub config: String,
+}
+
+/// One attestation outcome.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AttestationRecord {
+    /// Sequence number.
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// `GetBundle`, `GetSecret` or `GetOnlineSecret`.
+    pub rpc: String,
+    /// Launch id, if known.
+    pub launch_id: String,
+    /// `ok` or `refused`.
+    pub outcome: String,
+    /// Why it was refused (empty when ok).
+    pub reason: String,
+    /// The claimed launch digest, hexadecimal.
+    pub digest: String,
+    /// Guest policy.
+    pub policy: u32,
+    /// Firmware version reported, `major.minor.build`.
+    pub firmware: String,
+    /// Free text from the orchestrator.
+    pub description: String,
+}
+
+/// The ids of what the broker holds (never the secret values).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Inventory {
+    /// Secret ids.
+    pub secrets: Vec<String>,
+    /// Keyset ids and their member secret ids.
+    pub keysets: Vec<(String, Vec<String>)>,
+    /// Resource ids.
+    pub resources: Vec<String>,
+}
+
+/// The broker's database.
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    launch_id TEXT PRIMARY KEY,
+    tek BLOB NOT NULL,
+    tik BLOB NOT NULL,
+    policy INTEGER NOT NULL,
+    chip TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS digests (
+    node TEXT NOT NULL,
+    runtime_class TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    vcpus INTEGER NOT NULL,
+    vcpu_type TEXT NOT NULL,
+    config TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    PRIMARY KEY (node, runtime_class, mode, digest, vcpus, vcpu_type)
+);
+CREATE INDEX IF NOT EXISTS digests_by_value ON digests (digest, mode);
+CREATE TABLE IF NOT EXISTS secrets (id TEXT PRIMARY KEY, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS keysets (id TEXT PRIMARY KEY, secret_ids TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS connections (
+    client_id TEXT PRIMARY KEY,
+    key BLOB NOT NULL,
+    launch_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    rpc TEXT NOT NULL,
+    launch_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    policy INTEGER NOT NULL,
+    firmware TEXT NOT NULL,
+    description TEXT NOT NULL
+);
+";
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("kbs.sqlite3");
+        let db = |source| StoreError::Db {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "busy_timeout", 5000).map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Store {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        // A poisoned lock only means another request panicked mid-call; SQLite
+        // rolled its transaction back, so the connection is still consistent.
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(|source| StoreError::Db {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Stores a new launch session and, in the same transaction, its record.
+    pub fn insert_session(
+        &self,
+        launch_id: &str,
+        s: &LaunchSession,
+        ttl_secs: i64,
+        record: &NewRecord<'_>,
+    ) -> Result<(), StoreError> {
+        let t = now();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO sessions (launch_id, tek, tik, policy, chip, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    launch_id,
+                    &s.tek[..],
+                    &s.tik[..],
+                    s.policy,
+                    s.chip,
+                    t,
+                    t.saturating_add(ttl_secs)
+                ],
+            )?;
+            insert_record(&tx, t, record)?;
+            // Sessions are kept a day past expiry, so that a late replay is
+            // reported as such; then they go.
+            tx.execute(
+                "DELETE FROM sessions WHERE expires_at < ?1",
+                params![t - 86_400],
+            )?;
+            tx.commit()
+        })
+    }
+
+    /// Consumes the session of `launch_id`: whatever the outcome of the
+    /// GetSecret that asks, the session cannot be used again.
+    pub fn take_session(&self, launch_id: &str) -> Result<TakeOutcome, StoreError> {
+        let t = now();
+        let row = self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row = tx
+                .query_row(
+                    "SELECT tek, tik, policy, chip, expires_at, used FROM sessions WHERE launch_id = ?1",
+                    params![launch_id],
+                    |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, u32>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, i64>(5)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            if row.is_some() {
+                tx.execute("UPDATE sessions SET used = 1 WHERE launch_id = ?1", params![launch_id])?;
+            }
+            tx.commit()?;
+            Ok(row)
+        })?;
+        let Some((tek, tik, policy, chip, expires_at, used)) = row else {
+            return Ok(TakeOutcome::Unknown);
+        };
+        if used != 0 {
+            return Ok(TakeOutcome::Used);
+        }
+        if expires_at < t {
+            return Ok(TakeOutcome::Expired);
+        }
+        let corrupt = || StoreError::Corrupt {
+            path: self.path.clone(),
+            what: "session keys",
+        };
+        Ok(TakeOutcome::Taken(LaunchSession {
+            tek: tek.as_slice().try_into().map_err(|_| corrupt())?,
+            tik: tik.as_slice().try_into().map_err(|_| corrupt())?,
+            policy,
+            chip,
+        }))
+    }
+
+    /// Whether `digest` is registered for `mode` by any node.
+    pub fn digest_registered(&self, mode: &str, digest: &[u8]) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM digests WHERE digest = ?1 AND mode = ?2)",
+                params![digest, mode],
+                |r| r.get::<_, bool>(0),
+            )
+        })
+    }
+
+    /// Replaces every digest of `node` and `runtime_class` with `digests`, atomically.
+    pub fn replace_digests(
+        &self,
+        node: &str,
+        runtime_class: &str,
+        digests: &[(Vec<u8>, DigestRecord)],
+    ) -> Result<(), StoreError> {
+        let t = now();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM digests WHERE node = ?1 AND runtime_class = ?2",
+                params![node, runtime_class],
+            )?;
+            for (bytes, d) in digests {
+                tx.execute(
+                    "INSERT OR REPLACE INTO digests (node, runtime_class, mode, digest, vcpus, vcpu_type, config, registered_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![node, runtime_class, d.mode, bytes, d.vcpus, d.vcpu_type, d.config, t],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// Every registered digest as (node, runtime class, record).
+    pub fn list_digests(&self) -> Result<Vec<(String, String, DigestRecord)>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT node, runtime_class, mode, digest, vcpus, vcpu_type, config FROM digests \
+                 ORDER BY node, runtime_class, mode, vcpus",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    DigestRecord {
+                        mode: r.get(2)?,
+                        digest: hex(&r.get::<_, Vec<u8>>(3)?),
+                        vcpus: r.get(4)?,
+                        vcpu_type: r.get(5)?,
+                        config: r.get(6)?,
+                    },
+                ))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Sets (or replaces) a secret.
+    pub fn set_secret(&self, id: &str, payload: &[u8]) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO secrets (id, payload) VALUES (?1, ?2)",
+                params![id, payload],
+            )
+            .map(drop)
+        })
+    }
+
+    /// A secret's payload.
+    pub fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT payload FROM secrets WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Deletes a secret; whether it existed.
+    pub fn delete_secret(&self, id: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM secrets WHERE id = ?1", params![id])
+                .map(|n| n > 0)
+        })
+    }
+
+    /// Sets (or replaces) a keyset: the ids of the secrets it bundles.
+    pub fn set_keyset(&self, id: &str, secret_ids: &[String]) -> Result<(), StoreError> {
+        let ids = serde_json::to_string(secret_ids).unwrap_or_else(|_| "[]".into());
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO keysets (id, secret_ids) VALUES (?1, ?2)",
+                params![id, ids],
+            )
+            .map(drop)
+        })
+    }
+
+    /// The secret ids of a keyset.
+    pub fn keyset(&self, id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let raw: Option<String> = self.with(|c| {
+            c.query_row(
+                "SELECT secret_ids FROM keysets WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        raw.map(|s| {
+            serde_json::from_str(&s).map_err(|_| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "keyset",
+            })
+        })
+        .transpose()
+    }
+
+    /// Deletes a keyset; whether it existed.
+    pub fn delete_keyset(&self, id: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM keysets WHERE id = ?1", params![id])
+                .map(|n| n > 0)
+        })
+    }
+
+    /// Sets (or replaces) a resource.
+    pub fn set_resource(&self, id: &str, data: &[u8]) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO resources (id, data) VALUES (?1, ?2)",
+                params![id, data],
+            )
+            .map(drop)
+        })
+    }
+
+    /// A resource's bytes.
+    pub fn resource(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT data FROM resources WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Deletes a resource; whether it existed.
+    pub fn delete_resource(&self, id: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM resources WHERE id = ?1", params![id])
+                .map(|n| n > 0)
+        })
+    }
+
+    /// Ids of every secret, keyset (with its members) and resource.
+    pub fn list_ids(&self) -> Result<Inventory, StoreError> {
+        let ids = |table: &'static str| {
+            self.with(move |c| {
+                let mut st = c.prepare(&format!("SELECT id FROM {table} ORDER BY id"))?;
+                let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+        };
+        let secrets = ids("secrets")?;
+        let resources = ids("resources")?;
+        let mut keysets = Vec::new();
+        for id in ids("keysets")? {
+            let members = self.keyset(&id)?.unwrap_or_default();
+            keysets.push((id, members));
+        }
+        Ok(Inventory {
+            secrets,
+            keysets,
+            resources,
+        })
+    }
+
+    /// Stores the key of an online connection opened by a verified launch.
+    pub fn insert_connection(
+        &self,
+        client_id: &str,
+        key: &[u8; 32],
+        launch_id: &str,
+        ttl_secs: i64,
+    ) -> Result<(), StoreError> {
+        let t = now();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO connections (client_id, key, launch_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![client_id, &key[..], launch_id, t, t.saturating_add(ttl_secs)],
+            )
+            .map(drop)
+        })
+    }
+
+    /// The key of a live online connection.
+    pub fn connection_key(&self, client_id: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        let t = now();
+        let key: Option<Vec<u8>> = self.with(|c| {
+            c.query_row(
+                "SELECT key FROM connections WHERE client_id = ?1 AND expires_at >= ?2",
+                params![client_id, t],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        key.map(|k| {
+            k.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "connection key",
+            })
+        })
+        .transpose()
+    }
+
+    /// Records an attestation outcome on its own.
+    pub fn record(&self, r: &NewRecord<'_>) -> Result<(), StoreError> {
+        let t = now();
+        self.with(|c| insert_record(c, t, r))
+    }
+
+    /// The newest `limit` records after id `after`, oldest first.
+    pub fn records(&self, after: i64, limit: u32) -> Result<Vec<AttestationRecord>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, at, rpc, launch_id, outcome, reason, digest, policy, firmware, description \
+                 FROM records WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![after, limit], |r| {
+                Ok(AttestationRecord {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    rpc: r.get(2)?,
+                    launch_id: r.get(3)?,
+                    outcome: r.get(4)?,
+                    reason: r.get(5)?,
+                    digest: r.get(6)?,
+                    policy: r.get(7)?,
+                    firmware: r.get(8)?,
+                    description: r.get(9)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+/// An attestation outcome to record.
+#[derive(Debug, Clone, Default)]
+pub struct NewRecord<'a> {
+    /// The RPC.
+    pub rpc: &'a str,
+    /// Launch id, if known.
+    pub launch_id: &'a str,
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// Why not.
+    pub reason: &'a str,
+    /// Claimed digest, hexadecimal.
+    pub digest: &'a str,
+    /// Guest policy.
+    pub policy: u32,
+    /// Firmware version.
+    pub firmware: &'a str,
+    /// Orchestrator's description (cut to 256 characters).
+    pub description: &'a str,
+}
+
+fn insert_record(c: &Connection, t: i64, r: &NewRecord<'_>) -> rusqlite::Result<()> {
+    let description: String = r.description.chars().take(256).collect();
+    c.execute(
+        "INSERT INTO records (at, rpc, launch_id, outcome, reason, digest, policy, firmware, description) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            t,
+            r.rpc,
+            r.launch_id,
+            if r.ok { "ok" } else { "refused" },
+            r.reason,
+            r.digest,
+            r.policy,
+            r.firmware,
+            description
+        ],
+    )
+    .map(drop)
+}
+
+/// Lower-case hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> LaunchSession {
+        LaunchSession {
+            tek: [1; 16],
+            tik: [2; 16],
+            policy: 3,
+            chip: "c".into(),
+        }
+    }
+
+    #[test]
+    fn a_session_is_taken_once_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.insert_session(
+                "a",
+                &session(),
+                600,
+                &NewRecord {
+                    rpc: "GetBundle",
+                    ok: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.take_session("a").unwrap(), TakeOutcome::Taken(session()));
+        assert_eq!(s.take_session("a").unwrap(), TakeOutcome::Used);
+        assert_eq!(s.take_session("b").unwrap(), TakeOutcome::Unknown);
+        s.insert_session("old", &session(), -1, &NewRecord::default())
+            .unwrap();
+        assert_eq!(s.take_session("old").unwrap(), TakeOutcome::Expired);
+        assert_eq!(s.records(0, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn digests_are_replaced_per_node_and_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let rec = |d: &str| DigestRecord {
+            mode: "sev".into(),
+            digest: d.into(),
+            vcpus: 1,
+            vcpu_type: "host".into(),
+            config: "c".into(),
+        };
+        s.replace_digests("n1", "kata-qemu-sev", &[(vec![1; 32], rec("01"))])
+            .unwrap();
+        s.replace_digests("n2", "kata-qemu-sev", &[(vec![2; 32], rec("02"))])
+            .unwrap();
+        assert!(s.digest_registered("sev", &[1; 32]).unwrap());
+        assert!(!s.digest_registered("seves", &[1; 32]).unwrap());
+        s.replace_digests("n1", "kata-qemu-sev", &[(vec![3; 32], rec("03"))])
+            .unwrap();
+        assert!(!s.digest_registered("sev", &[1; 32]).unwrap());
+        assert!(s.digest_registered("sev", &[2; 32]).unwrap());
+        assert_eq!(s.list_digests().unwrap().len(), 2);
+    }
+}
