@@ -2,7 +2,7 @@
 //! no protoc on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/keybroker.proto"];
+    let protos = ["proto/keybroker.proto", "proto/kbsadmin.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

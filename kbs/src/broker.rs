@@ -69,8 +69,13 @@ pub enum BrokerError {
     #[error(transparent)]
     Untrusted(TrustError),
     /// Attestation or policy refuses the launch.
-    #[error("{0}")]
-    Refused(String),
+    #[error("{message}")]
+    Refused {
+        /// Which check refused, for metrics.
+        reason: RefusalReason,
+        /// What the caller is told.
+        message: String,
+    },
     /// A requested secret cannot be served; deliberately unspecific.
     #[error("the requested secrets are not available to this launch")]
     SecretsUnavailable,
@@ -82,6 +87,92 @@ pub enum BrokerError {
 impl From<StoreError> for BrokerError {
     fn from(e: StoreError) -> Self {
         BrokerError::Internal(e)
+    }
+}
+
+/// Why a request failed, as one of a small fixed set of labels (for metrics:
+/// never the message, which can carry caller-supplied text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// A request field is malformed (including a chain that does not parse).
+    InvalidArgument,
+    /// The platform chain does not verify to a trusted root.
+    UntrustedChain,
+    /// The launch id is unknown, used or expired.
+    UnknownLaunch,
+    /// The online client id is unknown or expired.
+    UnknownClient,
+    /// The launch measurement does not verify.
+    MeasurementMismatch,
+    /// The policy differs from the one the session was opened with.
+    PolicyMismatch,
+    /// The launch digest is not registered.
+    DigestNotRegistered,
+    /// The guest policy allows debugging.
+    DebugPolicy,
+    /// The firmware is older than the minimum.
+    OldFirmware,
+    /// The requested secrets cannot be served.
+    SecretsUnavailable,
+    /// Storage or another internal failure.
+    Internal,
+}
+
+impl RefusalReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [RefusalReason; 11] = [
+        RefusalReason::InvalidArgument,
+        RefusalReason::UntrustedChain,
+        RefusalReason::UnknownLaunch,
+        RefusalReason::UnknownClient,
+        RefusalReason::MeasurementMismatch,
+        RefusalReason::PolicyMismatch,
+        RefusalReason::DigestNotRegistered,
+        RefusalReason::DebugPolicy,
+        RefusalReason::OldFirmware,
+        RefusalReason::SecretsUnavailable,
+        RefusalReason::Internal,
+    ];
+
+    /// The metric label, e.g. `measurement_mismatch`.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalReason::InvalidArgument => "invalid_argument",
+            RefusalReason::UntrustedChain => "untrusted_chain",
+            RefusalReason::UnknownLaunch => "unknown_launch",
+            RefusalReason::UnknownClient => "unknown_client",
+            RefusalReason::MeasurementMismatch => "measurement_mismatch",
+            RefusalReason::PolicyMismatch => "policy_mismatch",
+            RefusalReason::DigestNotRegistered => "digest_not_registered",
+            RefusalReason::DebugPolicy => "debug_policy",
+            RefusalReason::OldFirmware => "old_firmware",
+            RefusalReason::SecretsUnavailable => "secrets_unavailable",
+            RefusalReason::Internal => "internal",
+        }
+    }
+}
+
+impl BrokerError {
+    /// Why the request failed, as a fixed label. A `Refused` is classified by
+    /// the messages `Broker` gives it below; keep the two in step.
+    pub fn reason(&self) -> RefusalReason {
+        match self {
+            BrokerError::InvalidArgument { .. }
+            | BrokerError::Untrusted(TrustError::Malformed(_)) => RefusalReason::InvalidArgument,
+            BrokerError::Untrusted(_) => RefusalReason::UntrustedChain,
+            BrokerError::UnknownLaunch(_) => RefusalReason::UnknownLaunch,
+            BrokerError::UnknownClient => RefusalReason::UnknownClient,
+            BrokerError::SecretsUnavailable => RefusalReason::SecretsUnavailable,
+            BrokerError::Internal(_) => RefusalReason::Internal,
+            BrokerError::Refused { reason, .. } => *reason,
+        }
+    }
+}
+
+fn refused(reason: RefusalReason, message: impl Into<String>) -> BrokerError {
+    BrokerError::Refused {
+        reason,
+        message: message.into(),
     }
 }
 
@@ -255,9 +346,10 @@ impl Broker {
         }
         if gp.debug_allowed() && !self.policy.allow_debug {
             refuse("policy allows debugging");
-            return Err(BrokerError::Refused(format!(
-                "Policy {gp} allows debugging the guest; this broker requires NODBG"
-            )));
+            return Err(refused(
+                RefusalReason::DebugPolicy,
+                format!("Policy {gp} allows debugging the guest; this broker requires NODBG"),
+            ));
         }
         let platform = self.trust.verify(chain).map_err(|e| {
             refuse(&e.to_string());
@@ -274,8 +366,9 @@ impl Broker {
         let z = secret.diffie_hellman(&pdh);
         let point = secret.public_key().to_encoded_point(false);
         let (Some(x), Some(y)) = (point.x(), point.y()) else {
-            return Err(BrokerError::Refused(
-                "cannot encode the guest owner key".into(),
+            return Err(refused(
+                RefusalReason::Internal,
+                "cannot encode the guest owner key",
             ));
         };
         let mut godh_key = EcdhPublicKey {
@@ -353,37 +446,44 @@ impl Broker {
             .verify(&session.tik, req.firmware, session.policy, &req.digest)
         {
             refuse("launch measurement does not verify");
-            return Err(BrokerError::Refused(
-                "LaunchMeasurement does not verify for this launch's session, policy, firmware and FwDigest".into(),
+            return Err(refused(
+                RefusalReason::MeasurementMismatch,
+                "LaunchMeasurement does not verify for this launch's session, policy, firmware and FwDigest",
             ));
         }
         if req.policy != session.policy {
             refuse("policy differs from the session's");
-            return Err(BrokerError::Refused(
-                "Policy differs from the policy the launch was opened with".into(),
+            return Err(refused(
+                RefusalReason::PolicyMismatch,
+                "Policy differs from the policy the launch was opened with",
             ));
         }
         let gp = GuestPolicy(session.policy);
         let mode = if gp.es() { "seves" } else { "sev" };
         if !self.store.digest_registered(mode, &req.digest)? {
             refuse("launch digest not registered");
-            return Err(BrokerError::Refused(format!(
-                "launch digest {digest_hex} is not registered for {mode}"
-            )));
+            return Err(refused(
+                RefusalReason::DigestNotRegistered,
+                format!("launch digest {digest_hex} is not registered for {mode}"),
+            ));
         }
         if gp.debug_allowed() && !self.policy.allow_debug {
             refuse("policy allows debugging");
-            return Err(BrokerError::Refused(format!(
-                "Policy {gp} allows debugging the guest"
-            )));
+            return Err(refused(
+                RefusalReason::DebugPolicy,
+                format!("Policy {gp} allows debugging the guest"),
+            ));
         }
         let f = req.firmware;
         if (f.api_major, f.api_minor) < self.policy.min_api || f.build < self.policy.min_build {
             refuse("firmware older than the minimum");
-            return Err(BrokerError::Refused(format!(
-                "firmware {fw} is older than the minimum {}.{} build {}",
-                self.policy.min_api.0, self.policy.min_api.1, self.policy.min_build
-            )));
+            return Err(refused(
+                RefusalReason::OldFirmware,
+                format!(
+                    "firmware {fw} is older than the minimum {}.{} build {}",
+                    self.policy.min_api.0, self.policy.min_api.1, self.policy.min_build
+                ),
+            ));
         }
         let table = match self.secret_table(&req.requests, &req.launch_id) {
             Ok(t) => t,
@@ -397,7 +497,7 @@ impl Broker {
             tik: session.tik,
         };
         let (header, ciphertext) = package_secret(&keys, &req.measurement, random(), &table)
-            .map_err(|e| BrokerError::Refused(e.to_string()))?;
+            .map_err(|_| BrokerError::SecretsUnavailable)?;
         self.record(&NewRecord {
             rpc: "GetSecret",
             launch_id: &req.launch_id,

@@ -1,23 +1,79 @@
-//! The `kbs` command line: serve the key broker.
+//! The `kbs` command line: serve the key broker (keybroker protocol, admin API
+//! on a Unix socket and optionally TCP, Prometheus metrics), or call the admin
+//! API of a running one (`kbs admin ...`).
 
+use crate::admin::{AdminAuth, AdminService, AdminToken, AllowedUids};
 use crate::broker::{Broker, BrokerPolicy};
 use crate::grpc::KeyBroker;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::trust::TrustAnchors;
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use kbs_proto::kbsadmin::admin_server::AdminServer;
 use kbs_proto::keybroker::key_broker_service_server::KeyBrokerServiceServer;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
-use tracing::{info, warn};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+/// How long in-flight calls may take to finish after SIGINT or SIGTERM.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Key broker for SEV pre-attestation of Kata confidential guests.
 ///
-/// Speaks the simple-kbs `keybroker` gRPC protocol that the Kata shim and the
-/// guest's attestation agent use. Platform certificate chains must end in one of
-/// AMD's root keys; launch measurements are verified before any policy is
-/// consulted; launch sessions and every attestation outcome are kept on disk.
+/// Without a subcommand, serves: the simple-kbs `keybroker` gRPC protocol that
+/// the Kata shim and the guest's attestation agent use (--listen); the admin
+/// API for host agents and operators on a Unix socket checked by peer
+/// credentials (--admin-socket) and, given a token file, on TCP
+/// (--admin-listen); and Prometheus metrics (--metrics-listen). Platform
+/// certificate chains must end in one of AMD's root keys; launch measurements
+/// are verified before any policy is consulted; launch sessions and every
+/// attestation outcome are kept on disk. Stops on SIGINT or SIGTERM.
+///
+/// `kbs admin ...` calls the admin API of a running kbs.
+#[derive(Debug, Parser)]
+#[command(name = "kbs", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Serving options (when no subcommand is given).
+    #[command(flatten)]
+    pub serve: Args,
+    /// A subcommand instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands of `kbs`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Call the admin API of a running kbs (for people and scripts).
+    Admin(crate::admin_cli::AdminArgs),
+}
+
+/// A listener address, or `none` to turn the listener off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrNone<T>(pub Option<T>);
+
+impl<T: FromStr> FromStr for OrNone<T>
+where
+    T::Err: std::fmt::Display,
+{
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "none" {
+            return Ok(OrNone(None));
+        }
+        text.parse()
+            .map(|t| OrNone(Some(t)))
+            .map_err(|e| format!("{text:?}: {e} (or \"none\")"))
+    }
+}
+
+/// Serving options of the key broker.
 #[derive(Debug, Parser)]
 #[command(name = "kbs", version)]
 pub struct Args {
@@ -46,7 +102,37 @@ pub struct Args {
     /// Seconds a launch id stays usable after GetBundle.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub session_ttl: u32,
+    /// Address of the TCP admin listener. It is started only with
+    /// --admin-token-file, and speaks plain gRPC: keep it on loopback.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:44445")]
+    pub admin_listen: SocketAddr,
+    /// File holding the bearer token TCP admin callers must present
+    /// (`authorization: Bearer <token>`): a regular file owned by root or by
+    /// the kbs's user, not readable or writable by group or others, with at
+    /// least 32 printable characters of token. The kbs refuses to start if the
+    /// file does not qualify. Without it, the TCP admin listener is off.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Unix socket of the admin API, created mode 0600 (a stale socket is
+    /// replaced), or "none". Callers are admitted by their peer credentials:
+    /// root, the kbs's own uid, and --admin-uid.
+    #[arg(long, value_name = "PATH", default_value = crate::admin_cli::DEFAULT_SOCKET)]
+    pub admin_socket: OrNone<PathBuf>,
+    /// Also admit this uid on the admin socket. Repeatable. The socket is mode
+    /// 0600, so that user also needs write access to it (e.g. an ACL:
+    /// setfacl -m u:UID:rw PATH, after each start).
+    #[arg(long, value_name = "UID")]
+    pub admin_uid: Vec<u32>,
+    /// Address serving Prometheus metrics at GET /metrics, or "none".
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: OrNone<SocketAddr>,
 }
+
+/// A configuration the kbs refuses to start with: the process exits with
+/// status 64 (EX_USAGE).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct ConfigError(pub anyhow::Error);
 
 fn parse_api(text: &str) -> Result<(u8, u8), String> {
     let (a, b) = text
@@ -97,7 +183,8 @@ pub fn broker(args: &Args) -> anyhow::Result<Broker> {
     Ok(Broker::new(store, trust, policy))
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -114,23 +201,186 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Serves until SIGINT or SIGTERM.
-pub async fn serve(args: Args) -> anyhow::Result<()> {
-    let broker = Arc::new(broker(&args)?);
-    let listener = tokio::net::TcpListener::bind(args.listen)
+/// Everything checked before any port is bound.
+struct Prepared {
+    broker: Arc<Broker>,
+    token: Option<AdminToken>,
+    allowed: AllowedUids,
+}
+
+fn prepare(args: &Args) -> anyhow::Result<Prepared> {
+    let token = args
+        .admin_token_file
+        .as_deref()
+        .map(AdminToken::load)
+        .transpose()?;
+    let broker = Arc::new(broker(args)?);
+    let own = crate::admin::own_uid();
+    Ok(Prepared {
+        broker,
+        token,
+        allowed: AllowedUids::new(own, args.admin_uid.clone()),
+    })
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+async fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {addr} for {what}"))
+}
+
+/// Serves until SIGINT or SIGTERM: the keybroker protocol, the admin API and
+/// the metrics. Configuration is checked before any port is bound; a bad one
+/// is a [`ConfigError`].
+pub async fn serve(args: Args) -> anyhow::Result<()> {
+    let Prepared {
+        broker,
+        token,
+        allowed,
+    } = prepare(&args).map_err(ConfigError)?;
+    let metrics = Arc::new(Metrics::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut servers: JoinSet<anyhow::Result<()>> = JoinSet::new();
+
+    // The keybroker protocol, with gRPC health.
+    let listener = bind_tcp(args.listen, "the keybroker protocol").await?;
     let addr = listener.local_addr()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<KeyBrokerServiceServer<KeyBroker>>()
+        .await;
+    let keybroker = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(KeyBrokerServiceServer::new(KeyBroker::with_metrics(
+            Arc::clone(&broker),
+            Arc::clone(&metrics),
+        )))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stopped(),
+        );
+    servers.spawn(async move { keybroker.await.context("keybroker listener") });
     // The line tests and scripts wait for; the address is the one really bound.
     eprintln!("kbs: listening on {addr}");
     info!(%addr, "serving keybroker");
-    tonic::transport::Server::builder()
-        .add_service(KeyBrokerServiceServer::new(KeyBroker::new(broker)))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown_signal(),
-        )
-        .await?;
-    info!("stopped");
-    Ok(())
+
+    // The admin API over TCP, only with a token.
+    match token {
+        Some(token) => {
+            let listener = bind_tcp(args.admin_listen, "the admin API").await?;
+            let addr = listener.local_addr()?;
+            if !is_loopback(&addr) {
+                warn!(%addr, "the TCP admin API listens beyond loopback without TLS: its token crosses the network in clear");
+            }
+            let service = AdminServer::with_interceptor(
+                AdminService::new(Arc::clone(&broker), Arc::clone(&metrics)),
+                AdminAuth::token(token, Arc::clone(&metrics)),
+            );
+            let server = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stopped(),
+                );
+            servers.spawn(async move { server.await.context("TCP admin listener") });
+            eprintln!("kbs: admin listening on {addr}");
+            info!(%addr, "serving the admin API on TCP (bearer token)");
+        }
+        None => info!("no --admin-token-file: the TCP admin listener is off"),
+    }
+
+    // The admin API on the Unix socket.
+    let socket = args.admin_socket.0.clone();
+    if let Some(path) = &socket {
+        let listener = crate::admin::bind_socket(path)
+            .map_err(|e| anyhow::anyhow!("{e} (use --admin-socket PATH or none)"))?;
+        let service = AdminServer::with_interceptor(
+            AdminService::new(Arc::clone(&broker), Arc::clone(&metrics)),
+            AdminAuth::peer_uid(allowed, Arc::clone(&metrics)),
+        );
+        let server = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                stopped(),
+            );
+        servers.spawn(async move { server.await.context("admin socket") });
+        eprintln!("kbs: admin socket {}", path.display());
+        info!(path = %path.display(), "serving the admin API on a Unix socket (peer credentials)");
+    } else {
+        info!("--admin-socket none: the admin socket is off");
+    }
+
+    // Prometheus metrics.
+    if let OrNone(Some(metrics_addr)) = args.metrics_listen {
+        let listener = bind_tcp(metrics_addr, "metrics").await?;
+        let addr = listener.local_addr()?;
+        let server = crate::metrics::serve(listener, Arc::clone(&metrics), stopped());
+        servers.spawn(async move { server.await.context("metrics listener") });
+        eprintln!("kbs: metrics on {addr}");
+        info!(%addr, "serving metrics at /metrics");
+    } else {
+        info!("--metrics-listen none: metrics are off");
+    }
+
+    let mut failure = None;
+    tokio::select! {
+        () = shutdown_signal() => info!("stopping: draining in-flight calls"),
+        Some(ended) = servers.join_next() => {
+            failure = Some(match ended {
+                Ok(Ok(())) => anyhow::anyhow!("a listener stopped unexpectedly"),
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::Error::from(e).context("a listener failed"),
+            });
+        }
+    }
+    stop_tx.send_replace(true);
+    drain(&mut servers).await;
+    if let Some(path) = &socket {
+        remove_socket(path);
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Waits for the listeners to finish their in-flight calls, at most
+/// [`DRAIN_GRACE`].
+async fn drain(servers: &mut JoinSet<anyhow::Result<()>>) {
+    let all = async {
+        while let Some(ended) = servers.join_next().await {
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!(error = %format!("{e:#}"), "listener failed while stopping"),
+                Err(e) => error!(error = %e, "listener task failed while stopping"),
+            }
+        }
+    };
+    if tokio::time::timeout(DRAIN_GRACE, all).await.is_err() {
+        warn!(grace = ?DRAIN_GRACE, "calls still in flight after the grace period; stopping anyway");
+        servers.abort_all();
+    }
+}
+
+fn remove_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!(path = %path.display(), error = %e, "cannot remove the admin socket");
+        }
+    }
 }

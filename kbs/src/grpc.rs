@@ -1,7 +1,9 @@
 //! The `keybroker` gRPC service: decodes requests into the broker's types,
-//! runs the broker off the async threads, and maps its errors to status codes.
+//! runs the broker off the async threads, maps its errors to status codes, and
+//! counts every call in the metrics (status code, refusal reason, latency).
 
-use crate::broker::{Broker, BrokerError, SecretRequest, SecretRequestSet};
+use crate::broker::{Broker, BrokerError, RefusalReason, SecretRequest, SecretRequestSet};
+use crate::metrics::Metrics;
 use crate::trust::TrustError;
 use base64::Engine as _;
 use kbs_proto::keybroker::key_broker_service_server::KeyBrokerService;
@@ -10,7 +12,9 @@ use kbs_proto::keybroker::{
     SecretResponse,
 };
 use sev_core::session::{FirmwareBuild, LaunchMeasurement};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{error, info_span, Instrument};
 
@@ -20,12 +24,68 @@ const MAX_FIELD: usize = 64 << 10;
 /// The service over a shared broker.
 pub struct KeyBroker {
     broker: Arc<Broker>,
+    metrics: Arc<Metrics>,
 }
 
 impl KeyBroker {
-    /// Serves `broker`.
+    /// Serves `broker`, counting calls in metrics of its own.
     pub fn new(broker: Arc<Broker>) -> KeyBroker {
-        KeyBroker { broker }
+        KeyBroker::with_metrics(broker, Arc::new(Metrics::new()))
+    }
+
+    /// Serves `broker`, counting calls in `metrics`.
+    pub fn with_metrics(broker: Arc<Broker>, metrics: Arc<Metrics>) -> KeyBroker {
+        KeyBroker { broker, metrics }
+    }
+
+    /// Runs one RPC and counts its outcome.
+    async fn counted<T>(
+        &self,
+        rpc: &'static str,
+        body: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = body.await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(t) => {
+                self.metrics.keybroker(rpc, tonic::Code::Ok, None, elapsed);
+                Ok(Response::new(t))
+            }
+            Err(f) => {
+                self.metrics
+                    .keybroker(rpc, f.status.code(), Some(f.reason), elapsed);
+                Err(f.status)
+            }
+        }
+    }
+}
+
+/// A failed RPC: what the caller sees, and the reason label for the metrics.
+struct Failure {
+    status: Status,
+    reason: RefusalReason,
+}
+
+impl From<BrokerError> for Failure {
+    fn from(e: BrokerError) -> Self {
+        Failure {
+            status: status(&e),
+            reason: e.reason(),
+        }
+    }
+}
+
+impl From<Status> for Failure {
+    /// Decoding failures: every status made in this file outside `status` is an
+    /// invalid argument or an internal error.
+    fn from(status: Status) -> Self {
+        let reason = if status.code() == tonic::Code::InvalidArgument {
+            RefusalReason::InvalidArgument
+        } else {
+            RefusalReason::Internal
+        };
+        Failure { status, reason }
     }
 }
 
@@ -38,7 +98,7 @@ pub fn status(e: &BrokerError) -> Status {
         BrokerError::UnknownLaunch(_) | BrokerError::UnknownClient => {
             Status::not_found(e.to_string())
         }
-        BrokerError::Untrusted(_) | BrokerError::Refused(_) => {
+        BrokerError::Untrusted(_) | BrokerError::Refused { .. } => {
             Status::permission_denied(e.to_string())
         }
         BrokerError::SecretsUnavailable => Status::failed_precondition(e.to_string()),
@@ -71,11 +131,11 @@ fn launch_id(field: &'static str, text: &str) -> Result<String, Status> {
         .map_err(|_| Status::invalid_argument(format!("{field}: not a UUID")))
 }
 
-fn requests(details: &[RequestDetails]) -> Result<Vec<SecretRequest>, Status> {
+fn requests(details: &[RequestDetails]) -> Result<Vec<SecretRequest>, Failure> {
     details
         .iter()
         .map(|d| {
-            SecretRequest::parse(&d.guid, &d.format, &d.secret_type, &d.id).map_err(|e| status(&e))
+            SecretRequest::parse(&d.guid, &d.format, &d.secret_type, &d.id).map_err(Failure::from)
         })
         .collect()
 }
@@ -83,12 +143,15 @@ fn requests(details: &[RequestDetails]) -> Result<Vec<SecretRequest>, Status> {
 async fn run<T: Send + 'static>(
     broker: &Arc<Broker>,
     f: impl FnOnce(&Broker) -> Result<T, BrokerError> + Send + 'static,
-) -> Result<T, Status> {
+) -> Result<T, Failure> {
     let b = Arc::clone(broker);
     tokio::task::spawn_blocking(move || f(&b))
         .await
-        .map_err(|_| Status::internal("internal error"))?
-        .map_err(|e| status(&e))
+        .map_err(|e| {
+            error!(error = %e, "broker task failed");
+            Failure::from(Status::internal("internal error"))
+        })?
+        .map_err(Failure::from)
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -103,16 +166,16 @@ impl KeyBrokerService for KeyBroker {
     ) -> Result<Response<BundleResponse>, Status> {
         let r = request.into_inner();
         let span = info_span!("GetBundle", policy = r.policy);
-        async move {
+        self.counted("GetBundle", async move {
             let chain = decode_b64("CertificateChain", &r.certificate_chain)?;
             let policy = r.policy;
             let bundle = run(&self.broker, move |b| b.get_bundle(&chain, policy)).await?;
-            Ok(Response::new(BundleResponse {
+            Ok(BundleResponse {
                 guest_owner_public_key: b64(&bundle.godh),
                 launch_blob: b64(&bundle.blob),
                 launch_id: bundle.launch_id,
-            }))
-        }
+            })
+        })
         .instrument(span)
         .await
     }
@@ -124,7 +187,7 @@ impl KeyBrokerService for KeyBroker {
         let r = request.into_inner();
         let span =
             info_span!("GetSecret", launch_id = %r.launch_id.chars().take(64).collect::<String>());
-        async move {
+        self.counted("GetSecret", async move {
             let set = SecretRequestSet {
                 launch_id: launch_id("LaunchId", &r.launch_id)?,
                 measurement: LaunchMeasurement::decode(&decode_b64(
@@ -144,7 +207,8 @@ impl KeyBrokerService for KeyBroker {
                         return Err(Status::invalid_argument(format!(
                             "FwDigest: an SEV launch digest is 32 bytes, got {}",
                             d.len()
-                        )));
+                        ))
+                        .into());
                     }
                     d
                 },
@@ -152,11 +216,11 @@ impl KeyBrokerService for KeyBroker {
                 requests: requests(&r.secret_requests)?,
             };
             let (header, data) = run(&self.broker, move |b| b.get_secret(&set)).await?;
-            Ok(Response::new(SecretResponse {
+            Ok(SecretResponse {
                 launch_secret_header: b64(&header),
                 launch_secret_data: b64(&data),
-            }))
-        }
+            })
+        })
         .instrument(span)
         .await
     }
@@ -167,18 +231,18 @@ impl KeyBrokerService for KeyBroker {
     ) -> Result<Response<OnlineSecretResponse>, Status> {
         let r = request.into_inner();
         let span = info_span!("GetOnlineSecret");
-        async move {
+        self.counted("GetOnlineSecret", async move {
             let client_id = launch_id("ClientId", &r.client_id)?;
             let reqs = requests(&r.secret_requests)?;
             let (payload, iv) = run(&self.broker, move |b| {
                 b.get_online_secret(&client_id, &reqs)
             })
             .await?;
-            Ok(Response::new(OnlineSecretResponse {
+            Ok(OnlineSecretResponse {
                 payload: b64(&payload),
                 iv: b64(&iv),
-            }))
-        }
+            })
+        })
         .instrument(span)
         .await
     }

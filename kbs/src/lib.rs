@@ -1,10 +1,14 @@
 //! The key broker (relying party) for SEV pre-attestation of Kata confidential
 //! guests: the simple-kbs `keybroker` protocol, with AMD root pinning, durable
 //! launch sessions, measurement verification before policy, and a record of
-//! every attestation outcome.
+//! every attestation outcome; an authenticated admin API for host agents and
+//! operators; and Prometheus metrics.
 
+pub mod admin;
+pub mod admin_cli;
 pub mod broker;
 pub mod cli;
 pub mod grpc;
+pub mod metrics;
 pub mod store;
 pub mod trust;

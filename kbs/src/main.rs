@@ -1,10 +1,37 @@
-//! `kbs` binary: parse, validate, serve.
+//! `kbs` binary: parse, validate, then serve or run an admin command.
 
 use clap::Parser;
+use kbs::cli::{Cli, Command, ConfigError};
 use std::process::ExitCode;
 
+/// Exit status for a configuration the kbs refuses (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("kbs: error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 fn main() -> ExitCode {
-    let args = kbs::cli::Args::parse();
+    let cli = Cli::parse();
+    if let Some(Command::Admin(args)) = cli.command {
+        let runtime = match runtime() {
+            Ok(r) => r,
+            Err(code) => return code,
+        };
+        return match runtime.block_on(kbs::admin_cli::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kbs: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -12,21 +39,19 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("kbs: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    match runtime.block_on(kbs::cli::serve(args)) {
+    match runtime.block_on(kbs::cli::serve(cli.serve)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kbs: error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

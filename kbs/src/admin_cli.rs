@@ -1,0 +1,607 @@
+//! `kbs admin ...`: a client of the admin API for people and scripts. Every RPC
+//! of `kbsadmin.Admin` has a subcommand; `--json` prints machine-readable
+//! output. It connects over the admin Unix socket (authenticated by the
+//! kernel's peer credentials) or over TCP with a bearer token.
+
+use crate::metrics::code_name;
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use kbs_proto::kbsadmin::admin_client::AdminClient;
+use kbs_proto::kbsadmin::{
+    DeleteRequest, Digest, ListDigestsRequest, ListInventoryRequest, ListRecordsRequest,
+    ReplaceDigestsRequest, SetKeysetRequest, SetResourceRequest, SetSecretRequest,
+};
+use serde::Serialize;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use zeroize::Zeroizing;
+
+/// Where the kbs serves the admin socket unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/kbs/admin.sock";
+
+/// Calls the admin API of a running kbs.
+///
+/// Connects to the admin Unix socket (--socket; the kbs admits root, its own
+/// uid and the uids given to it with --admin-uid), or to the TCP admin
+/// listener (--endpoint with --token-file). Errors print "kbs: error: ..." with
+/// the server's message and its gRPC code, and exit with status 1.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Admin Unix socket of the kbs.
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Call the TCP admin listener instead, e.g. http://127.0.0.1:44445.
+    #[arg(long, global = true, value_name = "URL", requires = "token_file")]
+    pub endpoint: Option<String>,
+    /// File holding the bearer token of the TCP admin listener (the file the
+    /// kbs was given with --admin-token-file).
+    #[arg(long, global = true, value_name = "FILE", requires = "endpoint")]
+    pub token_file: Option<PathBuf>,
+    /// Print machine-readable JSON on standard output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Give up on a call after this many seconds.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// The admin subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Launch digests registered per node and runtime class.
+    #[command(subcommand)]
+    Digests(DigestsCommand),
+    /// Secrets (served to verified guests; values are never shown).
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Keysets: named bundles of secrets.
+    #[command(subcommand)]
+    Keyset(KeysetCommand),
+    /// Resources: files served to verified guests.
+    #[command(subcommand)]
+    Resource(ResourceCommand),
+    /// List the ids of every secret, keyset and resource (never values).
+    List,
+    /// Show attestation records (every GetBundle, GetSecret and
+    /// GetOnlineSecret outcome), oldest first.
+    Records {
+        /// Only records with an id larger than N (for paging).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        after: i64,
+        /// At most N records (1 to 1000).
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+/// `kbs admin digests ...`
+#[derive(Debug, Subcommand)]
+pub enum DigestsCommand {
+    /// Replace every digest of a node and runtime class, in one transaction.
+    Replace {
+        /// The node (host) the digests are for.
+        #[arg(long, value_name = "NODE")]
+        node: String,
+        /// The Kata runtime class, e.g. kata-qemu-sev.
+        #[arg(long, value_name = "CLASS")]
+        runtime_class: String,
+        /// A digest: MODE:HEX[:VCPUS[:VCPU_TYPE]], MODE being sev, seves or
+        /// snp (32 bytes of HEX for sev and seves, 48 for snp). Repeatable; the
+        /// given digests become the whole set.
+        #[arg(long, value_name = "MODE:HEX[:VCPUS[:VCPU_TYPE]]", value_parser = parse_digest, required_unless_present = "clear")]
+        digest: Vec<Digest>,
+        /// Remove every digest of the node and runtime class.
+        #[arg(long, conflicts_with = "digest")]
+        clear: bool,
+        /// The configuration the digests were derived from (recorded with each).
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        config: String,
+    },
+    /// List registered digests.
+    List {
+        /// Only this node.
+        #[arg(long, value_name = "NODE", default_value = "")]
+        node: String,
+        /// Only this runtime class.
+        #[arg(long, value_name = "CLASS", default_value = "")]
+        runtime_class: String,
+    },
+}
+
+/// `kbs admin secret ...`
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Set or replace a secret.
+    Set {
+        /// The secret id.
+        id: String,
+        /// Read the value from FILE ("-" for standard input).
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "value",
+            conflicts_with = "value"
+        )]
+        value_file: Option<PathBuf>,
+        /// The value itself. Other users can see command lines in the process
+        /// list: prefer --value-file.
+        #[arg(long, value_name = "TEXT")]
+        value: Option<String>,
+    },
+    /// Delete a secret.
+    Delete {
+        /// The secret id.
+        id: String,
+    },
+}
+
+/// `kbs admin keyset ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysetCommand {
+    /// Set or replace a keyset.
+    Set {
+        /// The keyset id.
+        id: String,
+        /// Ids of the secrets it bundles.
+        #[arg(value_name = "SECRET", required = true)]
+        secrets: Vec<String>,
+    },
+    /// Delete a keyset.
+    Delete {
+        /// The keyset id.
+        id: String,
+    },
+}
+
+/// `kbs admin resource ...`
+#[derive(Debug, Subcommand)]
+pub enum ResourceCommand {
+    /// Set or replace a resource.
+    Set {
+        /// The resource id.
+        id: String,
+        /// Read the resource from FILE ("-" for standard input).
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Delete a resource.
+    Delete {
+        /// The resource id.
+        id: String,
+    },
+}
+
+/// Parses `MODE:HEX[:VCPUS[:VCPU_TYPE]]`; the config is filled in later.
+pub fn parse_digest(text: &str) -> Result<Digest, String> {
+    let mut parts = text.splitn(4, ':');
+    let mode = parts.next().unwrap_or_default();
+    let Some(hex_text) = parts.next() else {
+        return Err(format!("{text:?}: expected MODE:HEX[:VCPUS[:VCPU_TYPE]]"));
+    };
+    let digest = hex::decode(hex_text).map_err(|e| format!("{text:?}: HEX: {e}"))?;
+    let vcpus = match parts.next() {
+        None | Some("") => 0,
+        Some(v) => v.parse().map_err(|e| format!("{text:?}: VCPUS: {e}"))?,
+    };
+    Ok(Digest {
+        mode: mode.to_string(),
+        digest,
+        vcpus,
+        vcpu_type: parts.next().unwrap_or_default().to_string(),
+        config: String::new(),
+    })
+}
+
+/// Adds the bearer token, if any, to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<AsciiMetadataValue>);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(..)")
+    }
+}
+
+impl Bearer {
+    /// `authorization: Bearer <token>` on every call.
+    pub fn token(token: &str) -> anyhow::Result<Bearer> {
+        let mut v: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| anyhow!("the admin token holds characters a header cannot carry"))?;
+        v.set_sensitive(true);
+        Ok(Bearer(Some(v)))
+    }
+
+    /// No token (the Unix socket).
+    pub fn none() -> Bearer {
+        Bearer(None)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// An admin client.
+pub type Client = AdminClient<InterceptedService<Channel, Bearer>>;
+
+/// Connects to the admin Unix socket at `path`.
+pub async fn connect_unix(path: &Path, timeout: Duration) -> anyhow::Result<Client> {
+    let socket = path.to_path_buf();
+    // The URI is required by the API; the connector ignores it.
+    let endpoint = Endpoint::from_static("http://kbs-admin.invalid").timeout(timeout);
+    let channel =
+        endpoint.connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }));
+    let channel = tokio::time::timeout(timeout, channel)
+        .await
+        .map_err(|_| anyhow!("timed out"))
+        .and_then(|r| r.map_err(|e| anyhow!(root_cause(&e))))
+        .with_context(|| format!("cannot connect to the admin socket {}", path.display()))?;
+    Ok(AdminClient::with_interceptor(channel, Bearer::none()))
+}
+
+/// Connects to the TCP admin listener at `endpoint` (`http://HOST:PORT`),
+/// presenting `token`.
+pub async fn connect_tcp(endpoint: &str, token: &str, timeout: Duration) -> anyhow::Result<Client> {
+    let bearer = Bearer::token(token)?;
+    let channel = Endpoint::from_shared(endpoint.to_string())
+        .with_context(|| format!("{endpoint:?} is not a URL"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| anyhow!(root_cause(&e)))
+        .with_context(|| format!("cannot connect to {endpoint}"))?;
+    Ok(AdminClient::with_interceptor(channel, bearer))
+}
+
+/// The innermost error of a chain: tonic's transport errors repeat their
+/// source in their own message.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Reads a token file the way the kbs does (trimmed), without checking its mode.
+pub fn read_token(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+    let raw = Zeroizing::new(
+        std::fs::read(path)
+            .with_context(|| format!("cannot read token file {}", path.display()))?,
+    );
+    let text = std::str::from_utf8(raw.trim_ascii())
+        .map_err(|_| anyhow!("token file {} is not text", path.display()))?;
+    if text.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    Ok(Zeroizing::new(text.to_string()))
+}
+
+fn read_input(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let mut data = Zeroizing::new(Vec::new());
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_end(&mut data)
+            .context("cannot read standard input")?;
+    } else {
+        let mut f =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        f.read_to_end(&mut data)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    Ok(data)
+}
+
+fn rpc_error(rpc: &str, status: &tonic::Status) -> anyhow::Error {
+    anyhow!("{rpc}: {} ({})", status.message(), code_name(status.code()))
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Change<'a> {
+    kind: &'a str,
+    id: &'a str,
+    action: &'a str,
+}
+
+fn changed(json: bool, kind: &str, id: &str, action: &str) -> anyhow::Result<()> {
+    if json {
+        print_json(&Change { kind, id, action })
+    } else {
+        println!("{kind} {id} {action}");
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct DigestRow {
+    node: String,
+    runtime_class: String,
+    mode: String,
+    digest: String,
+    vcpus: u32,
+    vcpu_type: String,
+    config: String,
+}
+
+#[derive(Serialize)]
+struct KeysetRow {
+    id: String,
+    secret_ids: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct InventoryOut {
+    secrets: Vec<String>,
+    keysets: Vec<KeysetRow>,
+    resources: Vec<String>,
+}
+
+/// Runs one admin command, printing its result on standard output.
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    // Read inputs before connecting, so that a bad file fails fast.
+    let mut client = match (&args.endpoint, &args.token_file) {
+        (Some(endpoint), Some(token_file)) => {
+            let token = read_token(token_file)?;
+            connect_tcp(endpoint, &token, timeout).await?
+        }
+        (None, None) => connect_unix(&args.socket, timeout).await?,
+        _ => bail!("--endpoint and --token-file go together"),
+    };
+    let json = args.json;
+    match args.command {
+        AdminCommand::Digests(DigestsCommand::Replace {
+            node,
+            runtime_class,
+            digest,
+            clear,
+            config,
+        }) => {
+            let digests: Vec<Digest> = if clear {
+                Vec::new()
+            } else {
+                digest
+                    .into_iter()
+                    .map(|d| Digest {
+                        config: config.clone(),
+                        ..d
+                    })
+                    .collect()
+            };
+            let r = client
+                .replace_digests(ReplaceDigestsRequest {
+                    node: node.clone(),
+                    runtime_class: runtime_class.clone(),
+                    digests,
+                })
+                .await
+                .map_err(|s| rpc_error("ReplaceDigests", &s))?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({
+                    "node": node, "runtime_class": runtime_class, "count": r.count,
+                }))?;
+            } else {
+                println!(
+                    "{} digests registered for node {node}, runtime class {runtime_class}",
+                    r.count
+                );
+            }
+        }
+        AdminCommand::Digests(DigestsCommand::List {
+            node,
+            runtime_class,
+        }) => {
+            let r = client
+                .list_digests(ListDigestsRequest {
+                    node,
+                    runtime_class,
+                })
+                .await
+                .map_err(|s| rpc_error("ListDigests", &s))?
+                .into_inner();
+            let rows: Vec<DigestRow> = r
+                .digests
+                .into_iter()
+                .map(|g| {
+                    let d = g.digest.unwrap_or_default();
+                    DigestRow {
+                        node: g.node,
+                        runtime_class: g.runtime_class,
+                        mode: d.mode,
+                        digest: hex::encode(&d.digest),
+                        vcpus: d.vcpus,
+                        vcpu_type: d.vcpu_type,
+                        config: d.config,
+                    }
+                })
+                .collect();
+            if json {
+                print_json(&rows)?;
+            } else {
+                for d in rows {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        d.node, d.runtime_class, d.mode, d.vcpus, d.vcpu_type, d.digest
+                    );
+                }
+            }
+        }
+        AdminCommand::Secret(SecretCommand::Set {
+            id,
+            value_file,
+            value,
+        }) => {
+            let payload = match (value_file, value) {
+                (Some(f), _) => read_input(&f)?,
+                (None, Some(v)) => Zeroizing::new(v.into_bytes()),
+                (None, None) => bail!("give --value-file or --value"),
+            };
+            client
+                .set_secret(SetSecretRequest {
+                    id: id.clone(),
+                    payload: payload.to_vec(),
+                })
+                .await
+                .map_err(|s| rpc_error("SetSecret", &s))?;
+            changed(json, "secret", &id, "set")?;
+        }
+        AdminCommand::Secret(SecretCommand::Delete { id }) => {
+            client
+                .delete_secret(DeleteRequest { id: id.clone() })
+                .await
+                .map_err(|s| rpc_error("DeleteSecret", &s))?;
+            changed(json, "secret", &id, "deleted")?;
+        }
+        AdminCommand::Keyset(KeysetCommand::Set { id, secrets }) => {
+            client
+                .set_keyset(SetKeysetRequest {
+                    id: id.clone(),
+                    secret_ids: secrets,
+                })
+                .await
+                .map_err(|s| rpc_error("SetKeyset", &s))?;
+            changed(json, "keyset", &id, "set")?;
+        }
+        AdminCommand::Keyset(KeysetCommand::Delete { id }) => {
+            client
+                .delete_keyset(DeleteRequest { id: id.clone() })
+                .await
+                .map_err(|s| rpc_error("DeleteKeyset", &s))?;
+            changed(json, "keyset", &id, "deleted")?;
+        }
+        AdminCommand::Resource(ResourceCommand::Set { id, file }) => {
+            let data = read_input(&file)?;
+            client
+                .set_resource(SetResourceRequest {
+                    id: id.clone(),
+                    data: data.to_vec(),
+                })
+                .await
+                .map_err(|s| rpc_error("SetResource", &s))?;
+            changed(json, "resource", &id, "set")?;
+        }
+        AdminCommand::Resource(ResourceCommand::Delete { id }) => {
+            client
+                .delete_resource(DeleteRequest { id: id.clone() })
+                .await
+                .map_err(|s| rpc_error("DeleteResource", &s))?;
+            changed(json, "resource", &id, "deleted")?;
+        }
+        AdminCommand::List => {
+            let r = client
+                .list_inventory(ListInventoryRequest {})
+                .await
+                .map_err(|s| rpc_error("ListInventory", &s))?
+                .into_inner();
+            let inv = InventoryOut {
+                secrets: r.secrets,
+                keysets: r
+                    .keysets
+                    .into_iter()
+                    .map(|k| KeysetRow {
+                        id: k.id,
+                        secret_ids: k.secret_ids,
+                    })
+                    .collect(),
+                resources: r.resources,
+            };
+            if json {
+                print_json(&inv)?;
+            } else {
+                for s in &inv.secrets {
+                    println!("secret\t{s}");
+                }
+                for k in &inv.keysets {
+                    println!("keyset\t{}\t{}", k.id, k.secret_ids.join(","));
+                }
+                for r in &inv.resources {
+                    println!("resource\t{r}");
+                }
+            }
+        }
+        AdminCommand::Records { after, limit } => {
+            let r = client
+                .list_records(ListRecordsRequest {
+                    after_id: after,
+                    limit,
+                })
+                .await
+                .map_err(|s| rpc_error("ListRecords", &s))?
+                .into_inner();
+            let rows: Vec<crate::store::AttestationRecord> = r
+                .records
+                .into_iter()
+                .map(|a| crate::store::AttestationRecord {
+                    id: a.id,
+                    at: a.at,
+                    rpc: a.rpc,
+                    launch_id: a.launch_id,
+                    outcome: a.outcome,
+                    reason: a.reason,
+                    digest: a.digest,
+                    policy: a.policy,
+                    firmware: a.firmware,
+                    description: a.description,
+                })
+                .collect();
+            if json {
+                print_json(&rows)?;
+            } else {
+                for a in rows {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        a.id, a.at, a.rpc, a.outcome, a.launch_id, a.reason
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_arguments_parse() {
+        let d = parse_digest(&format!("snp:{}:4:EPYC-v4", "ab".repeat(48))).unwrap();
+        assert_eq!(d.mode, "snp");
+        assert_eq!(d.digest, vec![0xab; 48]);
+        assert_eq!(d.vcpus, 4);
+        assert_eq!(d.vcpu_type, "EPYC-v4");
+        let d = parse_digest(&format!("sev:{}", "00".repeat(32))).unwrap();
+        assert_eq!((d.vcpus, d.vcpu_type.as_str()), (0, ""));
+        assert!(parse_digest("sev").is_err());
+        assert!(parse_digest("sev:zz").is_err());
+        assert!(parse_digest("sev:00:x").is_err());
+    }
+}

@@ -1,0 +1,274 @@
+//! Prometheus metrics of the key broker, and the small HTTP server that serves
+//! them at `GET /metrics` (Prometheus text format 0.0.4).
+//!
+//! Labels come from fixed sets only (RPC names, gRPC code names, refusal
+//! reasons, listener kinds): nothing a caller sends ends up in a label, so a
+//! caller cannot grow the number of series.
+
+use crate::broker::RefusalReason;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Code;
+
+/// Latency buckets in seconds: 0.5 ms to 1 s.
+const BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RpcCode {
+    rpc: &'static str,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RpcReason {
+    rpc: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Rpc {
+    rpc: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Listener {
+    listener: &'static str,
+}
+
+type HistogramFamily = Family<Rpc, Histogram, fn() -> Histogram>;
+
+/// The broker's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RpcCode, Counter>,
+    refusals: Family<RpcReason, Counter>,
+    duration: HistogramFamily,
+    admin_requests: Family<RpcCode, Counter>,
+    admin_duration: HistogramFamily,
+    admin_auth_failures: Family<Listener, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, registered under the `kbs_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kbs");
+        let requests = Family::<RpcCode, Counter>::default();
+        let refusals = Family::<RpcReason, Counter>::default();
+        let duration: HistogramFamily = Family::new_with_constructor(histogram);
+        let admin_requests = Family::<RpcCode, Counter>::default();
+        let admin_duration: HistogramFamily = Family::new_with_constructor(histogram);
+        let admin_auth_failures = Family::<Listener, Counter>::default();
+        registry.register(
+            "requests",
+            "Keybroker RPCs handled, by RPC and gRPC status code",
+            requests.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Keybroker RPCs that failed, by RPC and reason",
+            refusals.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a keybroker RPC",
+            duration.clone(),
+        );
+        registry.register(
+            "admin_requests",
+            "Admin RPCs handled (after authentication), by RPC and gRPC status code",
+            admin_requests.clone(),
+        );
+        registry.register(
+            "admin_request_duration_seconds",
+            "Time to answer an admin RPC",
+            admin_duration.clone(),
+        );
+        registry.register(
+            "admin_auth_failures",
+            "Admin calls refused as unauthenticated, by listener (tcp or unix)",
+            admin_auth_failures.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            refusals,
+            duration,
+            admin_requests,
+            admin_duration,
+            admin_auth_failures,
+        }
+    }
+
+    /// Counts a keybroker RPC: its status code, the reason if it failed, and
+    /// how long it took.
+    pub fn keybroker(
+        &self,
+        rpc: &'static str,
+        code: Code,
+        reason: Option<RefusalReason>,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RpcCode {
+                rpc,
+                code: code_name(code),
+            })
+            .inc();
+        if let Some(reason) = reason {
+            self.refusals
+                .get_or_create(&RpcReason {
+                    rpc,
+                    reason: reason.label(),
+                })
+                .inc();
+        }
+        self.duration
+            .get_or_create(&Rpc { rpc })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an admin RPC that passed authentication.
+    pub fn admin(&self, rpc: &'static str, code: Code, elapsed: Duration) {
+        self.admin_requests
+            .get_or_create(&RpcCode {
+                rpc,
+                code: code_name(code),
+            })
+            .inc();
+        self.admin_duration
+            .get_or_create(&Rpc { rpc })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an admin call refused as unauthenticated on `listener` (`tcp` or
+    /// `unix`).
+    pub fn admin_auth_failure(&self, listener: &'static str) {
+        self.admin_auth_failures
+            .get_or_create(&Listener { listener })
+            .inc();
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The canonical name of a gRPC status code, e.g. `InvalidArgument`.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+async fn scrape(
+    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        metrics.encode(),
+    )
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_outcomes_reasons_and_latency() {
+        let m = Metrics::new();
+        m.keybroker(
+            "GetSecret",
+            Code::PermissionDenied,
+            Some(RefusalReason::MeasurementMismatch),
+            Duration::from_millis(2),
+        );
+        m.keybroker("GetBundle", Code::Ok, None, Duration::from_micros(100));
+        m.admin("SetSecret", Code::Ok, Duration::from_millis(1));
+        m.admin_auth_failure("tcp");
+        let text = m.encode();
+        assert!(text.contains("kbs_requests_total{rpc=\"GetSecret\",code=\"PermissionDenied\"} 1"));
+        assert!(text
+            .contains("kbs_refusals_total{rpc=\"GetSecret\",reason=\"measurement_mismatch\"} 1"));
+        assert!(
+            text.contains("kbs_request_duration_seconds_bucket{le=\"0.0005\",rpc=\"GetBundle\"} 1")
+                || text.contains(
+                    "kbs_request_duration_seconds_bucket{rpc=\"GetBundle\",le=\"0.0005\"} 1"
+                ),
+            "{text}"
+        );
+        assert!(text.contains("kbs_admin_requests_total{rpc=\"SetSecret\",code=\"Ok\"} 1"));
+        assert!(text.contains("kbs_admin_auth_failures_total{listener=\"tcp\"} 1"));
+        assert!(!text.contains("kbs_refusals_total{rpc=\"GetBundle\""));
+    }
+
+    #[test]
+    fn every_reason_has_a_distinct_snake_case_label() {
+        let labels: std::collections::HashSet<_> =
+            RefusalReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), RefusalReason::ALL.len());
+        assert!(labels
+            .iter()
+            .all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+    }
+}
