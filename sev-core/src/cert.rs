@@ -89,7 +89,10 @@ pub fn ecdh_public_key(cert: &[u8]) -> Result<EcdhPublicKey, CertError> {
         return Err(CertError::Version(version));
     }
     let (usage, algo, curve) = (u32_at(cert, 8), u32_at(cert, 12), u32_at(cert, KEY_AT));
-    if usage != USAGE_PDH || !matches!(algo, ALGO_ECDH_SHA256 | ALGO_ECDH_SHA384) || curve != CURVE_P384 {
+    if usage != USAGE_PDH
+        || !matches!(algo, ALGO_ECDH_SHA256 | ALGO_ECDH_SHA384)
+        || curve != CURVE_P384
+    {
         return Err(CertError::NotEcdhP384 { usage, algo, curve });
     }
     let x_at = KEY_AT + 4;
@@ -132,7 +135,10 @@ mod tests {
 
     #[test]
     fn godh_round_trips_and_keeps_coordinates_little_endian() {
-        let mut key = EcdhPublicKey { x: [0; 48], y: [0; 48] };
+        let mut key = EcdhPublicKey {
+            x: [0; 48],
+            y: [0; 48],
+        };
         for (i, b) in key.x.iter_mut().enumerate() {
             *b = i as u8;
         }
@@ -146,10 +152,16 @@ mod tests {
     #[test]
     fn rejects_what_is_not_a_p384_dh_key() {
         assert_eq!(ecdh_public_key(&[0; 10]), Err(CertError::Length(10)));
-        let key = EcdhPublicKey { x: [1; 48], y: [2; 48] };
+        let key = EcdhPublicKey {
+            x: [1; 48],
+            y: [2; 48],
+        };
         let mut c = godh_certificate(&key);
         c[8] = 0x02; // PEK usage
-        assert!(matches!(ecdh_public_key(&c), Err(CertError::NotEcdhP384 { .. })));
+        assert!(matches!(
+            ecdh_public_key(&c),
+            Err(CertError::NotEcdhP384 { .. })
+        ));
         let mut c = godh_certificate(&key);
         c[KEY_AT + 4 + 60] = 1; // beyond 48 bytes
         assert_eq!(ecdh_public_key(&c), Err(CertError::Coordinate));
