@@ -133,6 +133,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     expires_at INTEGER NOT NULL,
     used INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);
 CREATE TABLE IF NOT EXISTS digests (
     node TEXT NOT NULL,
     runtime_class TEXT NOT NULL,

@@ -20,10 +20,19 @@ struct Anchor {
     insecure: bool,
 }
 
-/// The set of trusted roots.
+/// Most verified chains remembered; a node presents the same chain for every
+/// launch, so a fleet needs about one entry per host.
+const VERIFIED_CACHE_LIMIT: usize = 4096;
+
+/// The set of trusted roots, with the chains already verified against them.
 #[derive(Debug)]
 pub struct TrustAnchors {
     anchors: Vec<Anchor>,
+    /// SHA-256 of a chain's exact bytes -> its verified platform. Verification
+    /// is a pure function of those bytes and the fixed anchors, so a hit is as
+    /// good as verifying again, and saves the RSA and ECDSA checks (most of
+    /// GetBundle's CPU). Failures are not remembered.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], VerifiedPlatform>>,
 }
 
 /// A chain that verified, and what the broker needs of it.
@@ -105,7 +114,10 @@ impl TrustAnchors {
                 })
             })
             .collect();
-        TrustAnchors { anchors }
+        TrustAnchors {
+            anchors,
+            verified: std::sync::Mutex::default(),
+        }
     }
 
     /// Adds an ARK from a file in AMD's CA certificate format. It must be a
@@ -138,6 +150,25 @@ impl TrustAnchors {
 
     /// Decodes and verifies a platform chain.
     pub fn verify(&self, chain_bytes: &[u8]) -> Result<VerifiedPlatform, TrustError> {
+        let key = sha256(chain_bytes);
+        if let Some(hit) = self.cache().get(&key) {
+            return Ok(hit.clone());
+        }
+        let verified = self.verify_uncached(chain_bytes)?;
+        let mut cache = self.cache();
+        if cache.len() >= VERIFIED_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key, verified.clone());
+        Ok(verified)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], VerifiedPlatform>> {
+        // The map holds only complete entries, so a poisoned lock is still usable.
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn verify_uncached(&self, chain_bytes: &[u8]) -> Result<VerifiedPlatform, TrustError> {
         guarded(|| {
             let mut reader = chain_bytes;
             let chain =
