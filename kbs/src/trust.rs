@@ -32,8 +32,11 @@ pub struct TrustAnchors {
     /// is a pure function of those bytes and the fixed anchors, so a hit is as
     /// good as verifying again, and saves the RSA and ECDSA checks (most of
     /// GetBundle's CPU). Failures are not remembered.
-    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], VerifiedPlatform>>,
+    verified: std::sync::Mutex<VerifiedChains>,
 }
+
+/// Verified platforms by the SHA-256 of their chain bytes.
+type VerifiedChains = std::collections::HashMap<[u8; 32], VerifiedPlatform>;
 
 /// A chain that verified, and what the broker needs of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +166,7 @@ impl TrustAnchors {
         Ok(verified)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], VerifiedPlatform>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, VerifiedChains> {
         // The map holds only complete entries, so a poisoned lock is still usable.
         self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }

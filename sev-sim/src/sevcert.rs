@@ -258,10 +258,17 @@ pub(crate) fn godh_public_key(cert: &[u8]) -> Result<PKey<Public>, SimError> {
     let x = bn_from_le(&qx).map_err(crypto(step))?;
     let y = bn_from_le(&qy).map_err(crypto(step))?;
     let group = p384()?;
-    let key = EcKey::from_public_key_affine_coordinates(&group, &x, &y)
+    // Decoding the point checks that it is on the curve, which for P-384
+    // (cofactor 1) is the whole validation; EC_KEY_check_key would add an order
+    // check that costs a scalar multiplication per launch.
+    let mut sec1 = Vec::with_capacity(1 + 2 * P384_BYTES);
+    sec1.push(0x04);
+    sec1.extend_from_slice(&x.to_vec_padded(P384_BYTES as i32).map_err(crypto(step))?);
+    sec1.extend_from_slice(&y.to_vec_padded(P384_BYTES as i32).map_err(crypto(step))?);
+    let mut ctx = openssl::bn::BigNumContext::new().map_err(crypto(step))?;
+    let point = openssl::ec::EcPoint::from_bytes(&group, &sec1, &mut ctx)
         .map_err(|_| SimError::BadGodh("its point is not on P-384"))?;
-    key.check_key()
-        .map_err(|_| SimError::BadGodh("its point is not a valid P-384 public key"))?;
+    let key = EcKey::from_public_key(&group, &point).map_err(crypto(step))?;
     PKey::from_ec_key(key).map_err(crypto(step))
 }
 
