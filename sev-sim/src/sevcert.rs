@@ -263,8 +263,9 @@ pub(crate) fn godh_public_key(cert: &[u8]) -> Result<PKey<Public>, SimError> {
     // check that costs a scalar multiplication per launch.
     let mut sec1 = Vec::with_capacity(1 + 2 * P384_BYTES);
     sec1.push(0x04);
-    sec1.extend_from_slice(&x.to_vec_padded(P384_BYTES as i32).map_err(crypto(step))?);
-    sec1.extend_from_slice(&y.to_vec_padded(P384_BYTES as i32).map_err(crypto(step))?);
+    let width = i32::try_from(P384_BYTES).map_err(|_| SimError::BadGodh("coordinate width"))?;
+    sec1.extend_from_slice(&x.to_vec_padded(width).map_err(crypto(step))?);
+    sec1.extend_from_slice(&y.to_vec_padded(width).map_err(crypto(step))?);
     let mut ctx = openssl::bn::BigNumContext::new().map_err(crypto(step))?;
     let point = openssl::ec::EcPoint::from_bytes(&group, &sec1, &mut ctx)
         .map_err(|_| SimError::BadGodh("its point is not on P-384"))?;
