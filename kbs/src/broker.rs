@@ -9,8 +9,6 @@
 use crate::store::{hex, LaunchSession, NewRecord, Store, StoreError, TakeOutcome};
 use crate::trust::{TrustAnchors, TrustError};
 use aes_gcm::aead::{Aead, KeyInit};
-use p384::ecdh::EphemeralSecret;
-use p384::elliptic_curve::sec1::ToEncodedPoint;
 use rand_core::{OsRng, RngCore};
 use sev_core::cert::{godh_certificate, EcdhPublicKey};
 use sev_core::policy::GuestPolicy;
@@ -358,30 +356,17 @@ impl Broker {
         if platform.insecure {
             warn!(anchor = %platform.anchor, "accepting a platform chained to an INSECURE trust anchor");
         }
-        let pdh = p384_public(&platform.pdh).ok_or_else(|| {
+        let Some((godh_key, z)) = ecdh(&platform.pdh) else {
             refuse("PDH is not a point on P-384");
-            BrokerError::Untrusted(TrustError::BadPdh("not a point on P-384".into()))
-        })?;
-        let secret = EphemeralSecret::random(&mut OsRng);
-        let z = secret.diffie_hellman(&pdh);
-        let point = secret.public_key().to_encoded_point(false);
-        let (Some(x), Some(y)) = (point.x(), point.y()) else {
-            return Err(refused(
-                RefusalReason::Internal,
-                "cannot encode the guest owner key",
-            ));
+            return Err(BrokerError::Untrusted(TrustError::BadPdh(
+                "not a point on P-384".into(),
+            )));
         };
-        let mut godh_key = EcdhPublicKey {
-            x: [0; 48],
-            y: [0; 48],
-        };
-        godh_key.x.copy_from_slice(x);
-        godh_key.y.copy_from_slice(y);
         let keys = TransportKeys {
             tek: random(),
             tik: random(),
         };
-        let blob = LaunchBlob::wrap(z.raw_secret_bytes(), random(), random(), &keys, policy);
+        let blob = LaunchBlob::wrap(&z, random(), random(), &keys, policy);
         let launch_id = uuid::Uuid::new_v4().to_string();
         let session = LaunchSession {
             tek: keys.tek,
@@ -636,12 +621,32 @@ impl Broker {
     }
 }
 
-fn p384_public(k: &EcdhPublicKey) -> Option<p384::PublicKey> {
-    let mut sec1 = Vec::with_capacity(97);
-    sec1.push(0x04);
-    sec1.extend_from_slice(&k.x);
-    sec1.extend_from_slice(&k.y);
-    p384::PublicKey::from_sec1_bytes(&sec1).ok()
+/// A fresh guest-owner key pair on P-384 and its ECDH shared secret with the
+/// PDH: (the guest owner's public key, the big-endian X coordinate of the shared
+/// point, which is what the SEV key derivation takes). `None` if the PDH is not a
+/// valid point. ring's assembly-backed P-384 makes this a fraction of what a
+/// portable implementation costs, and it is most of GetBundle's work.
+fn ecdh(pdh: &EcdhPublicKey) -> Option<(EcdhPublicKey, zeroize::Zeroizing<Vec<u8>>)> {
+    use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, ECDH_P384};
+    let rng = ring::rand::SystemRandom::new();
+    let ours = EphemeralPrivateKey::generate(&ECDH_P384, &rng).ok()?;
+    let public = ours.compute_public_key().ok()?;
+    // Uncompressed SEC1: 0x04 || x || y.
+    let (x, y) = public.as_ref().get(1..)?.split_at_checked(48)?;
+    let godh = EcdhPublicKey {
+        x: x.try_into().ok()?,
+        y: y.try_into().ok()?,
+    };
+    let mut peer = Vec::with_capacity(97);
+    peer.push(0x04);
+    peer.extend_from_slice(&pdh.x);
+    peer.extend_from_slice(&pdh.y);
+    // ring validates the peer point (on the curve, not the identity).
+    let z = agree_ephemeral(ours, &UnparsedPublicKey::new(&ECDH_P384, &peer), |z| {
+        zeroize::Zeroizing::new(z.to_vec())
+    })
+    .ok()?;
+    Some((godh, z))
 }
 
 /// The online payload as the guest's online KBC decodes it: a bincode map of
