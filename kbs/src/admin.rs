@@ -443,21 +443,7 @@ impl Admin for AdminService {
             let after = r.after_id;
             let records = self.store(move |s| s.records(after, limit)).await?;
             Ok(ListRecordsResponse {
-                records: records
-                    .into_iter()
-                    .map(|a| AttestationRecord {
-                        id: a.id,
-                        at: a.at,
-                        rpc: a.rpc,
-                        launch_id: a.launch_id,
-                        outcome: a.outcome,
-                        reason: a.reason,
-                        digest: a.digest,
-                        policy: a.policy,
-                        firmware: a.firmware,
-                        description: a.description,
-                    })
-                    .collect(),
+                records: records.into_iter().map(AttestationRecord::from).collect(),
             })
         })
         .await
@@ -749,6 +735,40 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, SocketError>
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(io("set mode 0600"))?;
     Ok(listener)
+}
+
+impl From<crate::store::AttestationRecord> for AttestationRecord {
+    fn from(a: crate::store::AttestationRecord) -> Self {
+        AttestationRecord {
+            id: a.id,
+            at: a.at,
+            rpc: a.rpc,
+            launch_id: a.launch_id,
+            outcome: a.outcome,
+            reason: a.reason,
+            digest: a.digest,
+            policy: a.policy,
+            firmware: a.firmware,
+            description: a.description,
+        }
+    }
+}
+
+impl From<AttestationRecord> for crate::store::AttestationRecord {
+    fn from(a: AttestationRecord) -> Self {
+        crate::store::AttestationRecord {
+            id: a.id,
+            at: a.at,
+            rpc: a.rpc,
+            launch_id: a.launch_id,
+            outcome: a.outcome,
+            reason: a.reason,
+            digest: a.digest,
+            policy: a.policy,
+            firmware: a.firmware,
+            description: a.description,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -559,18 +559,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let rows: Vec<crate::store::AttestationRecord> = r
                 .records
                 .into_iter()
-                .map(|a| crate::store::AttestationRecord {
-                    id: a.id,
-                    at: a.at,
-                    rpc: a.rpc,
-                    launch_id: a.launch_id,
-                    outcome: a.outcome,
-                    reason: a.reason,
-                    digest: a.digest,
-                    policy: a.policy,
-                    firmware: a.firmware,
-                    description: a.description,
-                })
+                .map(crate::store::AttestationRecord::from)
                 .collect();
             if json {
                 print_json(&rows)?;
