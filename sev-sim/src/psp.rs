@@ -10,7 +10,6 @@
 //!
 //! Any MAC mismatch is a refusal: that is how a forged session is caught.
 
-use openssl::derive::Deriver;
 use openssl::symm::Cipher;
 use rand::RngCore;
 
@@ -118,9 +117,16 @@ impl SimPlatform {
         self.check_policy_firmware(policy)?;
 
         let step = "deriving the ECDH shared secret";
-        let mut deriver = Deriver::new(&self.pdh_key).map_err(crypto(step))?;
-        deriver.set_peer(&godh).map_err(crypto(step))?;
-        let shared = deriver.derive_to_vec().map_err(crypto(step))?;
+        let godh_point = godh_sec1(&godh).map_err(crypto(step))?;
+        let shared = aws_lc_rs::agreement::agree(
+            &self.pdh_agreement,
+            aws_lc_rs::agreement::UnparsedPublicKey::new(
+                &aws_lc_rs::agreement::ECDH_P384,
+                &godh_point,
+            ),
+            SimError::BadGodh("its point is rejected by ECDH"),
+            |z| Ok(z.to_vec()),
+        )?;
 
         let master = kdf16(&shared, "sev-master-secret", &blob.nonce);
         let kek = kdf16(&master, "sev-kek", &[]);
@@ -270,6 +276,19 @@ impl SimLaunch {
 fn aes_128_ctr(key: &[u8; 16], iv: &[u8; 16], data: &[u8]) -> Result<Vec<u8>, SimError> {
     openssl::symm::decrypt(Cipher::aes_128_ctr(), key, Some(iv), data)
         .map_err(crypto("running AES-128-CTR"))
+}
+
+/// The uncompressed SEC1 encoding of a P-384 public key.
+fn godh_sec1(
+    key: &openssl::pkey::PKey<openssl::pkey::Public>,
+) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+    let ec = key.ec_key()?;
+    let mut ctx = openssl::bn::BigNumContext::new()?;
+    ec.public_key().to_bytes(
+        ec.group(),
+        openssl::ec::PointConversionForm::UNCOMPRESSED,
+        &mut ctx,
+    )
 }
 
 #[cfg(test)]

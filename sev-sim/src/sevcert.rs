@@ -80,9 +80,21 @@ impl SevKey {
         }
     }
 
-    /// The private key as an OpenSSL `PKey` (for ECDH).
-    pub(crate) fn pkey(&self) -> Result<PKey<Private>, SimError> {
-        PKey::from_ec_key(self.key.clone()).map_err(crypto("wrapping a P-384 key"))
+    /// The private key for AWS-LC's ECDH (the scalar, big-endian, 48 bytes).
+    pub(crate) fn agreement_key(&self) -> Result<aws_lc_rs::agreement::PrivateKey, SimError> {
+        let step = "exporting the PDH private key";
+        let width = i32::try_from(P384_BYTES).map_err(|_| SimError::BadGodh("scalar width"))?;
+        let scalar = zeroize_vec(
+            self.key
+                .private_key()
+                .to_vec_padded(width)
+                .map_err(crypto(step))?,
+        );
+        aws_lc_rs::agreement::PrivateKey::from_private_key(
+            &aws_lc_rs::agreement::ECDH_P384,
+            &scalar.0,
+        )
+        .map_err(|_| SimError::BadGodh("the PDH private key is not a P-384 scalar"))
     }
 }
 
@@ -92,6 +104,19 @@ pub(crate) enum SlotSigner<'a> {
     Sev(&'a SevKey),
     /// The AMD Signing Key (RSA-PSS), which signs the CEK.
     Ask(&'a PKey<Private>, RootKeySize),
+}
+
+/// A byte vector wiped on drop.
+struct Wiped(Vec<u8>);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(|b| *b = 0);
+    }
+}
+
+fn zeroize_vec(v: Vec<u8>) -> Wiped {
+    Wiped(v)
 }
 
 fn p384() -> Result<EcGroup, SimError> {
@@ -304,7 +329,7 @@ mod tests {
         let pdh = SevKey::generate(USAGE_PDH).unwrap();
         let cert = certificate("PDH", (1, 55), &pdh, &[]).unwrap();
         let key = godh_public_key(&cert).unwrap();
-        assert!(key.public_eq(&pdh.pkey().unwrap()));
+        assert!(key.public_eq(&PKey::from_ec_key(pdh.key.clone()).unwrap()));
     }
 
     #[test]
