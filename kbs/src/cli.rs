@@ -102,6 +102,10 @@ pub struct Args {
     /// Seconds a launch id stays usable after GetBundle.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub session_ttl: u32,
+    /// Days to keep attestation records; older ones are deleted hourly, with
+    /// expired sessions and online connections.
+    #[arg(long, value_name = "DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..))]
+    pub record_retention_days: u32,
     /// Address of the TCP admin listener. It is started only with
     /// --admin-token-file, and speaks plain gRPC: keep it on loopback.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:44445")]
@@ -251,6 +255,40 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         }
     };
     let mut servers: JoinSet<anyhow::Result<()>> = JoinSet::new();
+
+    // Housekeeping off the request path: expired sessions and connections, and
+    // records past their retention, so the database does not grow without bound.
+    {
+        let broker = Arc::clone(&broker);
+        let retention = i64::from(args.record_retention_days) * 86_400;
+        let stop = stopped();
+        servers.spawn(async move {
+            let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = hourly.tick() => {}
+                }
+                let b = Arc::clone(&broker);
+                let purged = tokio::task::spawn_blocking(move || {
+                    b.store()
+                        .purge(crate::store::now().saturating_sub(retention))
+                })
+                .await;
+                match purged {
+                    Ok(Ok((s, c, r))) => info!(
+                        sessions = s,
+                        connections = c,
+                        records = r,
+                        "purged expired state"
+                    ),
+                    Ok(Err(e)) => warn!(error = %e, "purge failed"),
+                    Err(e) => warn!(error = %e, "purge task failed"),
+                }
+            }
+        });
+    }
 
     // The keybroker protocol, with gRPC health.
     let listener = bind_tcp(args.listen, "the keybroker protocol").await?;

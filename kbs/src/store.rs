@@ -168,6 +168,8 @@ CREATE TABLE IF NOT EXISTS records (
     firmware TEXT NOT NULL,
     description TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS records_by_time ON records (at);
+CREATE INDEX IF NOT EXISTS connections_by_expiry ON connections (expires_at);
 ";
 
 impl Store {
@@ -234,13 +236,28 @@ impl Store {
                 ],
             )?;
             insert_record(&tx, t, record)?;
-            // Sessions are kept a day past expiry, so that a late replay is
-            // reported as such; then they go.
-            tx.execute(
-                "DELETE FROM sessions WHERE expires_at < ?1",
-                params![t - 86_400],
-            )?;
             tx.commit()
+        })
+    }
+
+    /// Deletes what has outlived its use, and returns how many sessions,
+    /// connections and records went: sessions a day past expiry (kept that long
+    /// so that a late replay is reported as such), expired online connections,
+    /// and attestation records older than `records_before` (Unix seconds).
+    pub fn purge(&self, records_before: i64) -> Result<(usize, usize, usize), StoreError> {
+        let t = now();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let sessions = tx.execute(
+                "DELETE FROM sessions WHERE expires_at < ?1",
+                params![t.saturating_sub(86_400)],
+            )?;
+            let connections =
+                tx.execute("DELETE FROM connections WHERE expires_at < ?1", params![t])?;
+            let records =
+                tx.execute("DELETE FROM records WHERE at < ?1", params![records_before])?;
+            tx.commit()?;
+            Ok((sessions, connections, records))
         })
     }
 
@@ -637,6 +654,14 @@ mod tests {
             .unwrap();
         assert_eq!(s.take_session("old").unwrap(), TakeOutcome::Expired);
         assert_eq!(s.records(0, 10).unwrap().len(), 2);
+        // Housekeeping: the day-old expired session and every record before now+1 go;
+        // the fresh session stays.
+        s.insert_session("ancient", &session(), -200_000, &NewRecord::default())
+            .unwrap();
+        assert_eq!(s.purge(now() + 1).unwrap(), (1, 0, 3));
+        assert_eq!(s.take_session("ancient").unwrap(), TakeOutcome::Unknown);
+        assert_eq!(s.take_session("old").unwrap(), TakeOutcome::Used);
+        assert!(s.records(0, 10).unwrap().is_empty());
     }
 
     #[test]
