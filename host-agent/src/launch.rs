@@ -49,6 +49,9 @@ pub struct LoadedLaunch {
     firmware_path: PathBuf,
     firmware: Vec<u8>,
     hashes: Option<KernelHashes>,
+    /// The firmware's measurement per mode, started once: for SNP it is 1,024
+    /// page hashes, the same for every vCPU count and command line.
+    begun: std::cell::RefCell<std::collections::HashMap<SevMode, Measurement>>,
 }
 
 fn hash_optional(kind: ArtefactKind, path: Option<&Path>) -> Result<[u8; 32], ArtefactError> {
@@ -113,6 +116,7 @@ impl LoadedLaunch {
             firmware_path: art.firmware.clone(),
             firmware,
             hashes,
+            begun: Default::default(),
         })
     }
 
@@ -141,7 +145,15 @@ impl LoadedLaunch {
             (h, _) => h,
         };
         let fw = Firmware::parse(&self.firmware).map_err(|e| err(e.into()))?;
-        sev_core::launch_digest(&fw, mode, hashes.as_ref(), shape).map_err(err)
+        let started = match self.begun.borrow().get(&mode) {
+            Some(m) => m.clone(),
+            None => Measurement::begin(&fw, mode, hashes.is_some()).map_err(err)?,
+        };
+        self.begun
+            .borrow_mut()
+            .entry(mode)
+            .or_insert_with(|| started.clone());
+        started.finish(&fw, hashes.as_ref(), shape).map_err(err)
     }
 }
 
