@@ -4,14 +4,16 @@
 //! shim and the guest's attestation agent. `kbsadmin` is the broker's own admin
 //! API (digests, secrets, keysets, resources, attestation records).
 
-#![allow(missing_docs, clippy::all, clippy::pedantic)] // generated code
+pub mod admin_client;
 
 /// The simple-kbs `keybroker` package.
+#[allow(missing_docs, clippy::all, clippy::pedantic)] // generated code
 pub mod keybroker {
     tonic::include_proto!("keybroker");
 }
 
 /// The `kbsadmin` package: the broker's authenticated admin API.
+#[allow(missing_docs, clippy::all, clippy::pedantic)] // generated code
 pub mod kbsadmin {
     tonic::include_proto!("kbsadmin");
 }

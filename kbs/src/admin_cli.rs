@@ -6,7 +6,6 @@
 use crate::metrics::code_name;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use kbs_proto::kbsadmin::admin_client::AdminClient;
 use kbs_proto::kbsadmin::{
     DeleteRequest, Digest, ListDigestsRequest, ListInventoryRequest, ListRecordsRequest,
     ReplaceDigestsRequest, SetKeysetRequest, SetResourceRequest, SetSecretRequest,
@@ -15,9 +14,6 @@ use serde::Serialize;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::metadata::{AsciiMetadataValue, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use zeroize::Zeroizing;
 
 /// Where the kbs serves the admin socket unless told otherwise.
@@ -199,104 +195,22 @@ pub fn parse_digest(text: &str) -> Result<Digest, String> {
     })
 }
 
-/// Adds the bearer token, if any, to every call.
-#[derive(Clone)]
-pub struct Bearer(Option<AsciiMetadataValue>);
-
-impl std::fmt::Debug for Bearer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Bearer(..)")
-    }
-}
-
-impl Bearer {
-    /// `authorization: Bearer <token>` on every call.
-    pub fn token(token: &str) -> anyhow::Result<Bearer> {
-        let mut v: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| anyhow!("the admin token holds characters a header cannot carry"))?;
-        v.set_sensitive(true);
-        Ok(Bearer(Some(v)))
-    }
-
-    /// No token (the Unix socket).
-    pub fn none() -> Bearer {
-        Bearer(None)
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            request.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// An admin client.
-pub type Client = AdminClient<InterceptedService<Channel, Bearer>>;
+pub use kbs_proto::admin_client::{Bearer, Client};
 
 /// Connects to the admin Unix socket at `path`.
 pub async fn connect_unix(path: &Path, timeout: Duration) -> anyhow::Result<Client> {
-    let socket = path.to_path_buf();
-    // The URI is required by the API; the connector ignores it.
-    let endpoint = Endpoint::from_static("http://kbs-admin.invalid").timeout(timeout);
-    let channel =
-        endpoint.connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }));
-    let channel = tokio::time::timeout(timeout, channel)
-        .await
-        .map_err(|_| anyhow!("timed out"))
-        .and_then(|r| r.map_err(|e| anyhow!(root_cause(&e))))
-        .with_context(|| format!("cannot connect to the admin socket {}", path.display()))?;
-    Ok(AdminClient::with_interceptor(channel, Bearer::none()))
+    Ok(kbs_proto::admin_client::connect_unix(path, timeout).await?)
 }
 
 /// Connects to the TCP admin listener at `endpoint` (`http://HOST:PORT`),
 /// presenting `token`.
 pub async fn connect_tcp(endpoint: &str, token: &str, timeout: Duration) -> anyhow::Result<Client> {
-    let bearer = Bearer::token(token)?;
-    let channel = Endpoint::from_shared(endpoint.to_string())
-        .with_context(|| format!("{endpoint:?} is not a URL"))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
-        .await
-        .map_err(|e| anyhow!(root_cause(&e)))
-        .with_context(|| format!("cannot connect to {endpoint}"))?;
-    Ok(AdminClient::with_interceptor(channel, bearer))
-}
-
-/// The innermost error of a chain: tonic's transport errors repeat their
-/// source in their own message.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
+    Ok(kbs_proto::admin_client::connect_tcp(endpoint, token, timeout).await?)
 }
 
 /// Reads a token file the way the kbs does (trimmed), without checking its mode.
 pub fn read_token(path: &Path) -> anyhow::Result<Zeroizing<String>> {
-    let raw = Zeroizing::new(
-        std::fs::read(path)
-            .with_context(|| format!("cannot read token file {}", path.display()))?,
-    );
-    let text = std::str::from_utf8(raw.trim_ascii())
-        .map_err(|_| anyhow!("token file {} is not text", path.display()))?;
-    if text.is_empty() {
-        bail!("token file {} is empty", path.display());
-    }
-    Ok(Zeroizing::new(text.to_string()))
+    Ok(kbs_proto::admin_client::read_token(path)?)
 }
 
 fn read_input(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
