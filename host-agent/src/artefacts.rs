@@ -116,6 +116,49 @@ pub fn read_firmware(path: &Path) -> Result<Vec<u8>, ArtefactError> {
 /// SHA-256 of a file, read in fixed-size chunks.
 pub fn sha256_file(kind: ArtefactKind, path: &Path) -> Result<[u8; 32], ArtefactError> {
     let (mut file, _) = open(kind, path)?;
+    sha256_open(kind, path, &mut file)
+}
+
+/// Opens an artefact, refusing anything but a regular file; returns it with its
+/// metadata, so that callers can tell the file they hashed from a later one.
+pub fn open_artefact(
+    kind: ArtefactKind,
+    path: &Path,
+) -> Result<(File, std::fs::Metadata), ArtefactError> {
+    let (file, _) = open(kind, path)?;
+    let meta = file.metadata().map_err(|cause| ArtefactError::Io {
+        kind,
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    Ok((file, meta))
+}
+
+/// Reads an opened firmware image whole, within the size limit.
+pub fn read_firmware_open(path: &Path, file: &mut File) -> Result<Vec<u8>, ArtefactError> {
+    let mut data = Vec::new();
+    file.take(MAX_FIRMWARE_LEN + 1)
+        .read_to_end(&mut data)
+        .map_err(|cause| ArtefactError::Io {
+            kind: ArtefactKind::Firmware,
+            path: path.to_path_buf(),
+            cause,
+        })?;
+    if data.len() as u64 > MAX_FIRMWARE_LEN {
+        return Err(ArtefactError::FirmwareTooLarge {
+            path: path.to_path_buf(),
+            len: data.len() as u64,
+        });
+    }
+    Ok(data)
+}
+
+/// SHA-256 of an opened file (`path` only names it in errors).
+pub fn sha256_open(
+    kind: ArtefactKind,
+    path: &Path,
+    file: &mut File,
+) -> Result<[u8; 32], ArtefactError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     loop {

@@ -26,6 +26,22 @@ pub enum Command {
     /// Derive the launches that Kata configuration files yield (artefacts, kernel
     /// command line, vCPUs) and print their launch digests.
     Digests(crate::digests_cmd::DigestsArgs),
+    /// Run the daemon: follow the Kata configuration files and the artefacts
+    /// they name, and keep the key broker's digests for this node in step.
+    ///
+    /// Under systemd (Type=notify) it reports READY after the first full
+    /// registration, STATUS lines saying what it does, and pings the watchdog;
+    /// it logs to the journal there and readable lines on a terminal otherwise.
+    /// SIGTERM or SIGINT stops it cleanly.
+    Run(crate::agent::RunArgs),
+    /// Register this node's digests, the image signature policy and the cosign
+    /// key with the key broker, once. Safe to run again.
+    Provision(crate::provision::ProvisionArgs),
+    /// Show what the running agent derived and registered, errors and drift.
+    Status(crate::status_cmd::StatusArgs),
+    /// Edit Kata configuration files in place: guest pre-attestation and image
+    /// signature verification on or off.
+    Kata(crate::kata_cmd::KataArgs),
 }
 
 /// Parses `args` (including the program name) and runs the command, writing its
@@ -39,5 +55,9 @@ where
     match &cli.command {
         Command::Measure(a) => crate::measure_cmd::run(a, out),
         Command::Digests(a) => crate::digests_cmd::run(a, out),
+        Command::Kata(a) => crate::kata_cmd::run(a, out),
+        Command::Run(a) => crate::agent::run(a),
+        Command::Provision(a) => crate::provision::run(a, out),
+        Command::Status(a) => crate::status_cmd::run(a, out),
     }
 }

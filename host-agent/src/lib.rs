@@ -4,9 +4,16 @@
 //! The pure parts live in `sev-core` (measurement) and `kata-launch`
 //! (configuration and command line); this crate reads files and drives them.
 
+pub mod agent;
 pub mod artefacts;
 pub mod cli;
 pub mod digests_cmd;
+pub mod drift;
 pub mod host_cpu;
+pub mod kata_cmd;
+pub mod kata_edit;
 pub mod launch;
 pub mod measure_cmd;
+pub mod provision;
+pub mod status_cmd;
+pub mod systemd;
