@@ -1,0 +1,443 @@
+//! From one Kata configuration file to the launches it yields on this node and
+//! their digests: every pod CPU count Kata can boot the guest with, each
+//! measured over artefacts hashed at most once per version of the file.
+
+use super::cache::{hash_uncached, ArtefactCache, CacheError};
+use super::config::AgentConfig;
+use crate::artefacts::ArtefactKind;
+use kata_launch::{plan, ConfigError as KataError, CpuModel, KataConfig, LaunchContext, PlanError};
+use serde::Serialize;
+use sev_core::vcpu::vcpu_type_signature;
+use sev_core::{KernelHashes, SevMode, VcpuSignature, VmShape, VmmType};
+use std::path::{Path, PathBuf};
+
+/// What the node tells about itself, read once at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostFacts {
+    /// CPUID signature of the host CPU (AMD only).
+    pub host_sig: Option<VcpuSignature>,
+    /// The kernel runs in FIPS mode.
+    pub fips: bool,
+    /// Online CPUs.
+    pub host_cpus: Option<u32>,
+}
+
+impl HostFacts {
+    /// Reads the host, with the configuration's overrides.
+    pub fn detect(config: &AgentConfig) -> HostFacts {
+        let fips = config.launches.fips.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/crypto/fips_enabled")
+                .map(|s| s.trim() == "1")
+                .unwrap_or(false)
+        });
+        HostFacts {
+            host_sig: config
+                .host_cpu_signature()
+                .map(VcpuSignature)
+                .or_else(crate::host_cpu::detect),
+            fips,
+            host_cpus: std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| u32::try_from(n.get()).ok()),
+        }
+    }
+}
+
+/// One launch and its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DerivedLaunch {
+    /// The pod CPU limit it is for.
+    pub pod_cpus: u32,
+    /// `sev`, `seves` or `snp`.
+    pub mode: &'static str,
+    /// SEV guest policy.
+    pub policy: u32,
+    /// Firmware path.
+    pub firmware: PathBuf,
+    /// Kernel path.
+    pub kernel: PathBuf,
+    /// Initrd path.
+    pub initrd: Option<PathBuf>,
+    /// The exact kernel command line.
+    pub cmdline: String,
+    /// vCPUs at boot.
+    pub vcpus: u32,
+    /// The `-cpu` argument.
+    pub cpu: String,
+    /// The vCPU signature in the VMSAs (SEV-ES, SNP).
+    pub vcpu_sig: Option<String>,
+    /// The launch digest, hexadecimal.
+    pub digest: String,
+    /// The launch digest.
+    #[serde(skip)]
+    pub digest_bytes: Vec<u8>,
+    /// The mode.
+    #[serde(skip)]
+    pub sev_mode: SevMode,
+}
+
+/// Everything one configuration yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassLaunches {
+    /// The runtime class.
+    pub runtime_class: String,
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The launches, by pod CPU count.
+    pub launches: Vec<DerivedLaunch>,
+    /// SHA-256 of kernel and initrd (for drift reports).
+    pub kernel_sha256: [u8; 32],
+    /// SHA-256 of the initrd, if any.
+    pub initrd_sha256: Option<[u8; 32]>,
+}
+
+/// The outcome for one configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Derived {
+    /// Launches to register.
+    Launches(ClassLaunches),
+    /// The file is not an SEV launch this agent registers (a plain VM, another
+    /// hypervisor, a mode not configured).
+    Skipped {
+        /// The runtime class, when the file name gives one.
+        runtime_class: Option<String>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a configuration gave no launches.
+#[derive(Debug, thiserror::Error)]
+pub enum DeriveError {
+    /// The file could not be read.
+    #[error("cannot read {}: {cause}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        cause: std::io::Error,
+    },
+    /// The file is not a usable Kata configuration (names file, line and key).
+    #[error(transparent)]
+    Config(Box<KataError>),
+    /// Kata would not launch an SEV guest from it (names file, line and key).
+    #[error(transparent)]
+    Plan(Box<PlanError>),
+    /// An artefact it names cannot be used.
+    #[error("{at}: {cause}")]
+    Artefact {
+        /// File, line and key that name the artefact.
+        at: Box<kata_launch::Location>,
+        /// What is wrong with the file.
+        cause: Box<CacheError>,
+    },
+    /// The launch cannot be measured.
+    #[error("{}: {cause}", path.display())]
+    Measure {
+        /// The configuration.
+        path: PathBuf,
+        /// Why.
+        cause: String,
+    },
+}
+
+impl From<KataError> for DeriveError {
+    fn from(e: KataError) -> Self {
+        DeriveError::Config(Box::new(e))
+    }
+}
+
+impl From<PlanError> for DeriveError {
+    fn from(e: PlanError) -> Self {
+        DeriveError::Plan(Box::new(e))
+    }
+}
+
+impl DeriveError {
+    /// Whether the error may go away by itself (a file caught while being
+    /// written), so the previous result stands without being reported as broken.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DeriveError::Artefact { cause, .. } if matches!(**cause, CacheError::Changed { .. }))
+    }
+}
+
+/// Paths a configuration depends on: the file itself and the artefacts it
+/// names, whatever the outcome, so that fixing any of them is noticed.
+pub fn artefact_paths(config: &KataConfig) -> Vec<PathBuf> {
+    config.artefacts().into_iter().map(|a| a.path).collect()
+}
+
+/// The pod CPU counts to derive launches for.
+fn pod_cpu_counts(config: &KataConfig, agent: &AgentConfig, host: &HostFacts) -> Vec<u32> {
+    if let Some(list) = &agent.launches.pod_cpus {
+        let mut v = list.clone();
+        v.sort_unstable();
+        v.dedup();
+        return v;
+    }
+    if !config.runtime.static_sandbox_resource_mgmt.value {
+        return vec![0];
+    }
+    let max = agent
+        .launches
+        .max_pod_cpus
+        .or(host.host_cpus)
+        .unwrap_or(1)
+        .min(kata_launch::MAX_VCPUS);
+    (0..=max).collect()
+}
+
+fn vcpu_sig(
+    config: &KataConfig,
+    mode: SevMode,
+    model: &CpuModel,
+    host: &HostFacts,
+) -> Result<Option<VcpuSignature>, DeriveError> {
+    if mode == SevMode::Sev {
+        return Ok(None);
+    }
+    let measure = |cause: String| DeriveError::Measure {
+        path: config.path.clone(),
+        cause,
+    };
+    match model {
+        CpuModel::Host => host.host_sig.map(Some).ok_or_else(|| {
+            measure(format!(
+                "an {mode} guest runs with -cpu host, so its digest depends on the host CPU, \
+                 which is not an AMD CPU here; set launches.host_cpu_signature"
+            ))
+        }),
+        CpuModel::Named(name) => vcpu_type_signature(name)
+            .map(Some)
+            .ok_or_else(|| measure(format!("unknown vCPU model {name:?}"))),
+    }
+}
+
+/// Hashes every artefact not yet cached, in parallel (kernel and initrd are
+/// independent), before the launches are measured one after the other.
+fn warm(config: &KataConfig, cache: &mut ArtefactCache) {
+    let mut todo = Vec::new();
+    if !cache.is_fresh(ArtefactKind::Kernel, &config.qemu.kernel.value) {
+        todo.push((ArtefactKind::Kernel, config.qemu.kernel.value.clone()));
+    }
+    if let Some(i) = &config.qemu.initrd.value {
+        if !cache.is_fresh(ArtefactKind::Initrd, i) {
+            todo.push((ArtefactKind::Initrd, i.clone()));
+        }
+    }
+    if todo.len() < 2 {
+        return; // one file: hashed in place, no thread needed
+    }
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = todo
+            .iter()
+            .map(|(kind, path)| s.spawn(move || (path, hash_uncached(*kind, path))))
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    for (path, result) in results {
+        // Errors are reported by the sequential pass, with their key and line.
+        if let Ok((key, hash)) = result {
+            cache.insert_hash(path, key, hash);
+        }
+    }
+}
+
+/// Derives the launches of the configuration at `path`, whose text is `text`.
+pub fn derive(
+    path: &Path,
+    text: &str,
+    agent: &AgentConfig,
+    host: &HostFacts,
+    cache: &mut ArtefactCache,
+) -> Result<(KataConfig, Derived), DeriveError> {
+    let config = KataConfig::parse(path, text)?;
+    let derived = derive_parsed(&config, agent, host, cache)?;
+    Ok((config, derived))
+}
+
+/// As [`derive`], for a configuration already parsed.
+pub fn derive_parsed(
+    config: &KataConfig,
+    agent: &AgentConfig,
+    host: &HostFacts,
+    cache: &mut ArtefactCache,
+) -> Result<Derived, DeriveError> {
+    let ctx = |pod_cpus| LaunchContext {
+        pod_cpus,
+        fips: host.fips,
+        host_cpus: host.host_cpus,
+        kernel_params_annotation: None,
+    };
+    let first = match plan(config, &ctx(0)) {
+        Ok(p) => p,
+        Err(PlanError::NotConfidential { .. }) => {
+            return Ok(Derived::Skipped {
+                runtime_class: Some(config.runtime_class.clone()),
+                reason: "not a confidential guest".into(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !agent.mode_allowed(first.mode) {
+        return Ok(Derived::Skipped {
+            runtime_class: Some(config.runtime_class.clone()),
+            reason: format!("{} launches are not in launches.modes", first.mode),
+        });
+    }
+    let artefact_err = |key: &str, cause| {
+        let line = config
+            .artefacts()
+            .into_iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.line);
+        DeriveError::Artefact {
+            at: Box::new(config.qemu_key(key, line)),
+            cause: Box::new(cause),
+        }
+    };
+    warm(config, cache);
+    let firmware = cache
+        .firmware(&first.firmware)
+        .map_err(|e| artefact_err("firmware", e))?;
+    let kernel_sha256 = cache
+        .sha256(ArtefactKind::Kernel, &first.kernel)
+        .map_err(|e| artefact_err("kernel", e))?;
+    let initrd_sha256 = match &first.initrd {
+        Some(i) => Some(
+            cache
+                .sha256(ArtefactKind::Initrd, i)
+                .map_err(|e| artefact_err("initrd", e))?,
+        ),
+        None => None,
+    };
+    let mut launches = Vec::new();
+    for pod_cpus in pod_cpu_counts(config, agent, host) {
+        let p = if pod_cpus == 0 {
+            first.clone()
+        } else {
+            plan(config, &ctx(pod_cpus))?
+        };
+        let sig = vcpu_sig(config, p.mode, &p.cpu_model, host)?;
+        let shape = VmShape {
+            vcpus: p.vcpus,
+            vcpu_sig: sig.unwrap_or(VcpuSignature(0)),
+            guest_features: 0x1,
+            vmm: VmmType::Qemu,
+        };
+        let hashes = KernelHashes {
+            kernel: kernel_sha256,
+            initrd: initrd_sha256.unwrap_or_else(sev_core::hashes::empty_digest),
+            cmdline: sev_core::hashes::cmdline_digest(p.cmdline.as_bytes()),
+        };
+        let digest = firmware
+            .digest(p.mode, Some(&hashes), &shape)
+            .map_err(|e| artefact_err("firmware", e))?;
+        launches.push(DerivedLaunch {
+            pod_cpus,
+            mode: p.mode.name(),
+            policy: p.policy,
+            firmware: p.firmware.clone(),
+            kernel: p.kernel.clone(),
+            initrd: p.initrd.clone(),
+            cmdline: p.cmdline.clone(),
+            vcpus: p.vcpus,
+            cpu: p.cpu_arg(),
+            vcpu_sig: sig.map(|s| s.to_string()),
+            digest: digest.to_hex(),
+            digest_bytes: digest.as_bytes().to_vec(),
+            sev_mode: p.mode,
+        });
+    }
+    Ok(Derived::Launches(ClassLaunches {
+        runtime_class: config.runtime_class.clone(),
+        config: config.path.clone(),
+        launches,
+        kernel_sha256,
+        initrd_sha256,
+    }))
+}
+
+/// Reads and derives; the error names the file when it cannot be read.
+pub fn derive_file(
+    path: &Path,
+    agent: &AgentConfig,
+    host: &HostFacts,
+    cache: &mut ArtefactCache,
+) -> Result<(KataConfig, Derived), DeriveError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| DeriveError::Read {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    derive(path, &text, agent, host, cache)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostFacts {
+        HostFacts {
+            host_sig: Some(VcpuSignature(0x00a0_0f11)),
+            fips: false,
+            host_cpus: Some(2),
+        }
+    }
+
+    #[test]
+    fn sample_configuration_gives_one_launch_per_pod_cpu_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sample_artefacts::write_sample(dir.path()).unwrap();
+        let agent = AgentConfig::default();
+        let mut cache = ArtefactCache::new();
+        let (_, d) = derive_file(&s.config, &agent, &host(), &mut cache).unwrap();
+        let Derived::Launches(c) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(c.runtime_class, "kata-qemu-sev");
+        let counts: Vec<u32> = c.launches.iter().map(|l| l.pod_cpus).collect();
+        assert_eq!(counts, [0, 1, 2]);
+        let mut digests: Vec<&str> = c.launches.iter().map(|l| l.digest.as_str()).collect();
+        digests.dedup();
+        assert_eq!(digests.len(), 3, "nr_cpus differs, so the digests do");
+
+        // The same as `host-agent digests` computes without any cache.
+        let args = crate::digests_cmd::DigestsArgs {
+            kata_configs: vec![s.config.clone()],
+            pod_cpus: vec![0, 1, 2],
+            host_cpu_sig: Some(0x00a0_0f11),
+            fips: Some(false),
+            json: true,
+        };
+        let want: Vec<String> = crate::digests_cmd::reports(&args)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.digest)
+            .collect();
+        let got: Vec<String> = c.launches.iter().map(|l| l.digest.clone()).collect();
+        assert_eq!(got, want);
+
+        // A second pass reads nothing again.
+        let before = cache.stats().misses;
+        derive_file(&s.config, &agent, &host(), &mut cache).unwrap();
+        assert_eq!(cache.stats().misses, before);
+    }
+
+    #[test]
+    fn plain_vm_is_skipped_and_bad_artefact_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sample_artefacts::write_sample(dir.path()).unwrap();
+        let text = std::fs::read_to_string(&s.config).unwrap();
+        let agent = AgentConfig::default();
+        let mut cache = ArtefactCache::new();
+        let plain = text.replace("confidential_guest = true", "confidential_guest = false");
+        let (_, d) = derive(&s.config, &plain, &agent, &host(), &mut cache).unwrap();
+        assert!(matches!(d, Derived::Skipped { .. }), "{d:?}");
+
+        std::fs::remove_file(&s.initrd).unwrap();
+        let e = derive(&s.config, &text, &agent, &host(), &mut cache).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("hypervisor.qemu.initrd"), "{msg}");
+        assert!(!e.is_transient());
+    }
+}

@@ -1,0 +1,360 @@
+//! A node on loopback for the daemon's tests: a real `kbs` process trusting fake
+//! AMD roots, the real `host-agent run` following a sample Kata configuration,
+//! a datagram socket playing systemd's notify socket, and the simulated PSP and
+//! shim to try launches.
+
+use kbs_proto::admin_client;
+use kbs_proto::kbsadmin::ListDigestsRequest;
+use sev_sim::shim::ShimLaunch;
+use sev_sim::{FakeAmdRoots, SimPlatform};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const NODE: &str = "node-1";
+pub const CLASS: &str = "kata-qemu-sev";
+/// NODBG | NOKS, the sample configuration's policy.
+pub const POLICY: u32 = 0x3;
+
+/// The `kbs` binary, built beside this test by `cargo test --workspace`.
+fn kbs_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/kbs
+    let bin = exe.parent().unwrap().parent().unwrap().join("kbs");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the key broker first (`cargo build -p kbs`; \
+         `cargo test --workspace` builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// Lines a child prints on stderr, collected by a thread.
+fn collect_stderr(
+    child: &mut Child,
+    marker: &'static str,
+) -> (mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let stderr = child.stderr.take().unwrap();
+    let (found_tx, found_rx) = mpsc::channel();
+    let (log_tx, log_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(marker) {
+                let _ = found_tx.send(rest.trim().to_string());
+            }
+            let _ = log_tx.send(line);
+        }
+    });
+    (found_rx, log_rx)
+}
+
+pub struct KbsProcess {
+    _child: Child,
+    pub addr: SocketAddr,
+    _log: mpsc::Receiver<String>,
+}
+
+impl Drop for KbsProcess {
+    fn drop(&mut self) {
+        let _ = self._child.kill();
+        let _ = self._child.wait();
+    }
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub log: mpsc::Receiver<String>,
+    notify: UnixDatagram,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Agent {
+    /// Waits for a notification starting with `prefix` (READY=1, STOPPING=1...).
+    pub fn wait_notify(&self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            self.notify
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if msg.lines().any(|l| l.starts_with(prefix)) {
+                    return msg;
+                }
+                seen.push(msg);
+            }
+        }
+        let log: Vec<String> = self.log.try_iter().collect();
+        panic!(
+            "no {prefix} from the agent within {within:?}; got {seen:?}\nlog:\n{}",
+            log.join("\n")
+        );
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The agent's /status, parsed.
+    pub async fn status(&self) -> host_agent::agent::status::AgentStatus {
+        let body = host_agent::status_cmd::fetch(self.addr).await.unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub sample: sample_artefacts::Sample,
+    pub platform: SimPlatform,
+    pub kbs: Option<KbsProcess>,
+    ark: PathBuf,
+    pub socket: PathBuf,
+    pub agent_config: PathBuf,
+}
+
+impl Rig {
+    /// Writes the sample artefacts, the agent's configuration and starts the kbs.
+    pub fn new(extra_agent_config: &str) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let kata = dir.path().join("kata");
+        let sample = sample_artefacts::write_sample(&kata).unwrap();
+        let roots = FakeAmdRoots::generate().unwrap();
+        let platform = SimPlatform::new(&roots).unwrap();
+        let ark = dir.path().join("fake-ark.cert");
+        std::fs::write(&ark, roots.ark_cert()).unwrap();
+        let socket = dir.path().join("admin.sock");
+        let agent_config = dir.path().join("agent.toml");
+        std::fs::write(
+            &agent_config,
+            format!(
+                "kata_configs = [\"{}/configuration-*.toml\"]\n\
+                 node = \"{NODE}\"\n\
+                 listen = \"127.0.0.1:0\"\n\
+                 state_dir = \"{}\"\n\
+                 stale_grace_seconds = 2\n\
+                 {extra_agent_config}\n\
+                 [kbs]\n\
+                 admin_socket = \"{}\"\n\
+                 retry_max_seconds = 1\n\
+                 timeout_seconds = 2\n\
+                 [launches]\n\
+                 host_cpu_signature = \"0xa00f11\"\n\
+                 max_pod_cpus = 1\n",
+                kata.display(),
+                dir.path().join("state").display(),
+                socket.display(),
+            ),
+        )
+        .unwrap();
+        let mut rig = Rig {
+            dir,
+            sample,
+            platform,
+            kbs: None,
+            ark,
+            socket,
+            agent_config,
+        };
+        rig.start_kbs();
+        rig
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("kbs-data")
+    }
+
+    pub fn start_kbs(&mut self) {
+        let data = self.data_dir();
+        std::fs::create_dir_all(&data).unwrap();
+        let mut child = Command::new(kbs_binary())
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "none",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .arg("--admin-socket")
+            .arg(&self.socket)
+            .arg("--insecure-trust-anchor")
+            .arg(&self.ark)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (found, log) = collect_stderr(&mut child, "kbs: ");
+        // "listening on ADDR" comes first, "admin socket PATH" once that is bound.
+        let mut addr = None;
+        loop {
+            let line = found
+                .recv_timeout(Duration::from_secs(30))
+                .expect("kbs did not start");
+            if let Some(a) = line.strip_prefix("listening on ") {
+                addr = Some(a.parse().unwrap());
+            }
+            if line.starts_with("admin socket ") {
+                break;
+            }
+        }
+        self.kbs = Some(KbsProcess {
+            _child: child,
+            addr: addr.expect("keybroker address"),
+            _log: log,
+        });
+    }
+
+    pub fn stop_kbs(&mut self) {
+        self.kbs = None;
+    }
+
+    pub fn kbs_uri(&self) -> String {
+        format!("http://{}", self.kbs.as_ref().unwrap().addr)
+    }
+
+    /// Starts `host-agent run` with a notify socket of its own.
+    pub fn start_agent(&self) -> Agent {
+        let notify_path = self.dir.path().join(format!("notify-{}", rand_suffix()));
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_host-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.agent_config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (found, log) = collect_stderr(&mut child, "host-agent: listening on ");
+        let addr = match found.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                let lines: Vec<String> = log.try_iter().collect();
+                panic!("host-agent did not start:\n{}", lines.join("\n"));
+            }
+        };
+        Agent {
+            child: Some(child),
+            addr,
+            log,
+            notify,
+        }
+    }
+
+    /// The digests the broker holds for the node and class, hexadecimal, sorted.
+    pub async fn registered(&self) -> Vec<String> {
+        let mut c = admin_client::connect_unix(&self.socket, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let listed = c
+            .list_digests(ListDigestsRequest {
+                node: NODE.into(),
+                runtime_class: CLASS.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut v: Vec<String> = listed
+            .digests
+            .into_iter()
+            .filter_map(|d| d.digest.map(|d| hex::encode(d.digest)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Polls until the registered set satisfies `pred`.
+    pub async fn wait_registered(
+        &self,
+        what: &str,
+        pred: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.registered().await;
+            if pred(&now) {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; registered: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The SEV digest of a launch of the sample artefacts with `cmdline`, by the
+    /// `sev` crate (independent of the agent's measurement).
+    pub fn sev_digest(&self, initrd: &Path, cmdline: &str) -> [u8; 32] {
+        sev_sim::launch_digest_sev(
+            &self.sample.firmware,
+            &self.sample.kernel,
+            Some(initrd),
+            cmdline,
+        )
+        .unwrap()
+    }
+
+    /// A whole online pre-attestation of a guest measuring `digest`.
+    pub async fn launch(&self, digest: [u8; 32]) -> Result<(), String> {
+        let shim = ShimLaunch::online(self.kbs_uri(), POLICY, digest);
+        sev_sim::shim::pre_attest(&self.platform, &shim)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Replaces a file the way editors and package managers do: write a
+    /// temporary file beside it, then rename it over.
+    pub fn replace(&self, path: &Path, data: &[u8]) {
+        let tmp = path.with_extension("tmp-new");
+        std::fs::write(&tmp, data).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    pub fn kata_config_text(&self) -> String {
+        std::fs::read_to_string(&self.sample.config).unwrap()
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
