@@ -1,0 +1,303 @@
+//! Host agent benchmark: the time from the rename of an edited Kata
+//! configuration (or a replaced initrd) to the new digests being readable at a
+//! real key broker, and what the agent costs when idle.
+//!
+//! It starts release-built `kbs` and `host-agent run` processes on loopback over
+//! a sample configuration with a 32 MiB initrd, waits for the agent's READY,
+//! then times edits: each is written to a temporary file, renamed over the
+//! original, and the broker's digests for the node are polled over the admin
+//! socket until they change.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use kbs_proto::admin_client;
+use kbs_proto::kbsadmin::ListDigestsRequest;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Times the host agent's reaction to edits.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The kbs binary.
+    #[arg(long, default_value = "target/release/kbs")]
+    kbs_bin: PathBuf,
+    /// The host-agent binary.
+    #[arg(long, default_value = "target/release/host-agent")]
+    agent_bin: PathBuf,
+    /// kernel_params edits to time.
+    #[arg(long, default_value_t = 100)]
+    edits: usize,
+    /// Initrd replacements to time.
+    #[arg(long, default_value_t = 20)]
+    initrd_replacements: usize,
+    /// Initrd size in MiB.
+    #[arg(long, default_value_t = 32)]
+    initrd_mib: usize,
+    /// Seconds to watch the idle agent.
+    #[arg(long, default_value_t = 10)]
+    idle_seconds: u64,
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_line(child: &mut Child, prefix: &str) -> anyhow::Result<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix(prefix) {
+            let rest = rest.trim().to_string();
+            // Keep draining so that the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return Ok(rest);
+        }
+    }
+    bail!("the process ended before printing {prefix:?}")
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a rank within the slice
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64)).ceil() as usize;
+    sorted
+        .get(rank.saturating_sub(1).min(sorted.len() - 1))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+fn summary(name: &str, mut ms: Vec<f64>) {
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "{name:<28} n={:<4} p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+        ms.len(),
+        percentile(&ms, 50.0),
+        percentile(&ms, 90.0),
+        percentile(&ms, 99.0),
+        ms.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+/// Context switches of every thread of `pid`: each is a wake-up or a preemption.
+fn context_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(t.path().join("status")) {
+                for line in text.lines() {
+                    if let Some(v) = line
+                        .strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+                    {
+                        total += v.trim().parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        }
+    }
+    total
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix(key)
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
+            })
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn registered(client: &mut admin_client::Client) -> anyhow::Result<Vec<Vec<u8>>> {
+    let listed = client
+        .list_digests(ListDigestsRequest {
+            node: "bench-node".into(),
+            runtime_class: "kata-qemu-sev".into(),
+        })
+        .await?
+        .into_inner();
+    let mut v: Vec<Vec<u8>> = listed
+        .digests
+        .into_iter()
+        .filter_map(|d| d.digest.map(|d| d.digest))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Renames `tmp` over `path` and returns the milliseconds until the broker's
+/// set differs from `before`.
+async fn time_change(
+    client: &mut admin_client::Client,
+    tmp: &Path,
+    path: &Path,
+    before: &[Vec<u8>],
+) -> anyhow::Result<(f64, Vec<Vec<u8>>)> {
+    let start = Instant::now();
+    std::fs::rename(tmp, path)?;
+    loop {
+        let now = registered(client).await?;
+        if now != before {
+            return Ok((start.elapsed().as_secs_f64() * 1000.0, now));
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the broker's digests did not change within 30 s");
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let kata = dir.path().join("kata");
+    let sample = sample_artefacts::write_sample(&kata)?;
+    // A 32 MiB initrd of pseudo-random bytes.
+    let mut rng = sample_artefacts::SplitMix::new(7);
+    std::fs::write(&sample.initrd, rng.bytes(args.initrd_mib << 20))?;
+
+    let roots = sev_sim::FakeAmdRoots::generate()?;
+    let ark = dir.path().join("ark.cert");
+    std::fs::write(&ark, roots.ark_cert())?;
+    let data = dir.path().join("kbs-data");
+    std::fs::create_dir_all(&data)?;
+    let socket = dir.path().join("admin.sock");
+    let mut kbs = Command::new(&args.kbs_bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "none",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--admin-socket")
+        .arg(&socket)
+        .arg("--insecure-trust-anchor")
+        .arg(&ark)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", args.kbs_bin.display()))?;
+    wait_line(&mut kbs, "kbs: listening on ")?;
+    let _kbs = Killed(kbs);
+
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "kata_configs = [\"{}/configuration-*.toml\"]\nnode = \"bench-node\"\nlisten = \"off\"\n\
+             state_dir = \"{}\"\n[kbs]\nadmin_socket = \"{}\"\n[launches]\nhost_cpu_signature = \"0xa00f11\"\n\
+             max_pod_cpus = 1\n[drift]\nenabled = false\n",
+            kata.display(),
+            dir.path().join("state").display(),
+            socket.display()
+        ),
+    )?;
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path)?;
+    notify.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let started = Instant::now();
+    let agent = Command::new(&args.agent_bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", args.agent_bin.display()))?;
+    let pid = agent.id();
+    let _agent = Killed(agent);
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = notify
+            .recv(&mut buf)
+            .context("no READY=1 from the agent within 60 s")?;
+        if String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).contains("READY=1") {
+            break;
+        }
+    }
+    let startup = started.elapsed().as_secs_f64() * 1000.0;
+
+    let mut client = admin_client::connect_unix(&socket, Duration::from_secs(10)).await?;
+    let mut current = registered(&mut client).await?;
+    let base = std::fs::read_to_string(&sample.config)?;
+    let tmp = kata.join(".configuration-qemu-sev.toml.new");
+    let mut edits = Vec::with_capacity(args.edits);
+    for i in 0..args.edits {
+        let text = base.replace(
+            "agent.config_file=/etc/agent-config.toml",
+            &format!("agent.config_file=/etc/agent-config.toml bench.edit={i}"),
+        );
+        std::fs::write(&tmp, text)?;
+        let (ms, now) = time_change(&mut client, &tmp, &sample.config, &current).await?;
+        edits.push(ms);
+        current = now;
+    }
+
+    let original = std::fs::read(&sample.initrd)?;
+    let tmp_initrd = kata.join(".initrd.new");
+    let mut replacements = Vec::with_capacity(args.initrd_replacements);
+    let mut hashing = Vec::with_capacity(args.initrd_replacements);
+    for i in 0..args.initrd_replacements {
+        let mut data = original.clone();
+        if let Some(b) = data.get_mut(i * 4096) {
+            *b ^= 0xa5;
+        }
+        std::fs::write(&tmp_initrd, &data)?;
+        let h = Instant::now();
+        host_agent::artefacts::sha256_file(
+            host_agent::artefacts::ArtefactKind::Initrd,
+            &tmp_initrd,
+        )?;
+        hashing.push(h.elapsed().as_secs_f64() * 1000.0);
+        let (ms, now) = time_change(&mut client, &tmp_initrd, &sample.initrd, &current).await?;
+        replacements.push(ms);
+        current = now;
+    }
+
+    // Idle: nothing changes; count the agent's wake-ups.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = context_switches(pid);
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let idle_switches = context_switches(pid) - before;
+
+    println!(
+        "machine: {} cores; initrd {} MiB; release build",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.initrd_mib
+    );
+    println!("start to READY (first full registration): {startup:.1} ms");
+    summary("kernel_params edit", edits);
+    summary("initrd replacement", replacements.clone());
+    summary("  sha256 of the initrd alone", hashing.clone());
+    replacements.sort_by(f64::total_cmp);
+    hashing.sort_by(f64::total_cmp);
+    println!(
+        "initrd replacement minus hashing (p50): {:.2} ms",
+        percentile(&replacements, 50.0) - percentile(&hashing, 50.0)
+    );
+    println!(
+        "idle {} s: {} context switches; RSS {} KiB (peak {} KiB)",
+        args.idle_seconds,
+        idle_switches,
+        status_kib(pid, "VmRSS:"),
+        status_kib(pid, "VmHWM:")
+    );
+    Ok(())
+}
