@@ -113,7 +113,12 @@ impl Notifier {
         let Some(target) = &self.target else {
             return;
         };
-        let sent = UnixDatagram::unbound().and_then(|s| s.send_to_addr(message.as_bytes(), target));
+        // Non-blocking: a notify socket whose queue is full (a reader that
+        // stopped reading) must cost a lost notification, never a stuck daemon.
+        let sent = UnixDatagram::unbound().and_then(|s| {
+            s.set_nonblocking(true)?;
+            s.send_to_addr(message.as_bytes(), target)
+        });
         match sent {
             Ok(n) if n == message.len() => {}
             Ok(n) => tracing::debug!(
@@ -448,5 +453,19 @@ mod tests {
         assert!(!journal_stream_matches("2049", "2049", "123456"));
         assert!(!journal_stream_matches(":", "", ""));
         assert!(!journal_stream_matches("", "2049", "123456"));
+    }
+
+    #[test]
+    fn a_full_notify_socket_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let _socket = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier::new(Some(path.to_str().unwrap()), None, None);
+        // Nobody reads: the queue fills after a few messages, and the rest are dropped.
+        let started = std::time::Instant::now();
+        for i in 0..2000 {
+            n.status(&format!("message {i}"));
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
