@@ -473,7 +473,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, log_target))
+    // On a worker thread, not the block_on thread: the passes run in
+    // block_in_place, which hands this worker's other tasks to the second worker.
+    runtime.block_on(async move {
+        tokio::spawn(serve(config, log_target))
+            .await
+            .context("the daemon's task failed")?
+    })
 }
 
 async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> anyhow::Result<()> {
@@ -597,7 +603,9 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
                     Err(e) => { warn!("inotify: {e}"); continue; }
                 };
                 let now = tokio::time::Instant::now();
-                match watcher.classify(&event.wd, event.mask, event.name.as_deref()) {
+                let relevance = watcher.classify(&event.wd, event.mask, event.name.as_deref());
+                tracing::debug!(mask = ?event.mask, name = ?event.name, ?relevance, "inotify event");
+                match relevance {
                     Relevance::None => {}
                     Relevance::Writing => {
                         // Pushed back by every write, unless a short pass is due anyway.

@@ -201,3 +201,122 @@ async fn a_restart_with_nothing_changed_keeps_the_registration() {
     assert!(s.ready);
     assert_eq!(s.classes[CLASS].state, ClassState::Registered);
 }
+
+/// A process whose command line reads like the QEMU Kata starts for an SEV
+/// guest: `sh -c 'read -r line'` with `argv[0]` set to QEMU's path, blocked on
+/// its stdin, its QEMU arguments unused positional parameters.
+struct FakeQemu(std::process::Child);
+
+impl FakeQemu {
+    fn start(l: &host_agent::agent::status::LaunchView, append: &str) -> FakeQemu {
+        use std::os::unix::process::CommandExt as _;
+        let n = l.vcpus;
+        let mut args = vec![
+            "-machine".to_string(),
+            "q35,accel=kvm,kernel_irqchip=split,confidential-guest-support=sev".into(),
+            "-cpu".into(),
+            l.cpu.clone(),
+            "-object".into(),
+            format!(
+                "sev-guest,id=sev,cbitpos=51,reduced-phys-bits=1,policy={},kernel-hashes=on",
+                l.policy
+            ),
+            "-drive".into(),
+            format!(
+                "if=pflash,format=raw,readonly=on,file={}",
+                l.firmware.display()
+            ),
+            "-S".into(),
+            "-kernel".into(),
+            l.kernel.display().to_string(),
+        ];
+        if let Some(i) = &l.initrd {
+            args.extend(["-initrd".to_string(), i.display().to_string()]);
+        }
+        args.extend([
+            "-append".to_string(),
+            append.to_string(),
+            "-smp".into(),
+            format!("{n},cores=1,threads=1,sockets={n},maxcpus={n}"),
+        ]);
+        let child = std::process::Command::new("sh")
+            .arg0("/opt/confidential-containers/bin/qemu-system-x86_64")
+            .arg("-c")
+            .arg("read -r line")
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let path = format!("/proc/{}/cmdline", child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read(&path)
+            .unwrap_or_default()
+            .starts_with(b"/opt/confidential-containers/bin/qemu")
+        {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        FakeQemu(child)
+    }
+}
+
+impl Drop for FakeQemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_guests_that_measure_differently_are_reported() {
+    let rig = Rig::new("");
+    let agent = rig.start_agent();
+    agent.wait_notify("READY=1", Duration::from_secs(30));
+    let s = agent.status().await;
+    let launch = s.classes[CLASS]
+        .launches
+        .iter()
+        .find(|l| l.pod_cpus == 0)
+        .unwrap()
+        .clone();
+    let good = FakeQemu::start(&launch, &launch.cmdline);
+    let bad = FakeQemu::start(&launch, &format!("{} debug", launch.cmdline));
+
+    let s = agent.status().await;
+    let find = |pid: u32| {
+        s.drift
+            .iter()
+            .find(|d| d.pid == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not in {:?}", s.drift))
+            .clone()
+    };
+    let g = find(good.0.id());
+    assert!(!g.drifted, "{g:?}");
+    assert_eq!(g.runtime_class.as_deref(), Some(CLASS));
+    assert_eq!(g.digest.as_deref(), Some(launch.digest.as_str()));
+    let b = find(bad.0.id());
+    assert!(b.drifted, "{b:?}");
+    assert_eq!(b.differing, ["command line"], "{b:?}");
+
+    // Counted in the metrics, and logged once.
+    let metrics = fetch_metrics(agent.addr).await;
+    assert!(metrics.contains("host_agent_guests_drifted 1"), "{metrics}");
+    assert!(
+        metrics.contains("host_agent_drift_detected_total 1"),
+        "{metrics}"
+    );
+    let log: Vec<String> = agent.log.try_iter().collect();
+    let warned = log.iter().filter(|l| l.contains("drift:")).count();
+    assert_eq!(warned, 1, "{log:?}");
+}
+
+async fn fetch_metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

@@ -35,6 +35,9 @@ struct Args {
     /// Initrd size in MiB.
     #[arg(long, default_value_t = 32)]
     initrd_mib: usize,
+    /// Write the agent's log (at info level) to this file.
+    #[arg(long, value_name = "FILE")]
+    agent_log: Option<PathBuf>,
     /// Seconds to watch the idle agent.
     #[arg(long, default_value_t = 10)]
     idle_seconds: u64,
@@ -88,11 +91,12 @@ fn summary(name: &str, mut ms: Vec<f64>) {
     );
 }
 
-/// Context switches of every thread of `pid`: each is a wake-up or a preemption.
-fn context_switches(pid: u32) -> u64 {
-    let mut total = 0;
+/// Context switches per thread of `pid` (each is a wake-up or a preemption).
+fn context_switches(pid: u32) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
+            let mut total = 0;
             if let Ok(text) = std::fs::read_to_string(t.path().join("status")) {
                 for line in text.lines() {
                     if let Some(v) = line
@@ -103,9 +107,22 @@ fn context_switches(pid: u32) -> u64 {
                     }
                 }
             }
+            out.insert(t.file_name().to_string_lossy().into_owned(), total);
         }
     }
-    total
+    out
+}
+
+/// Wake-ups between two snapshots: the growth of every thread alive in the
+/// second, counting a new thread's switches whole.
+fn wakeups(
+    before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+) -> u64 {
+    after
+        .iter()
+        .map(|(tid, n)| n.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {
@@ -154,7 +171,22 @@ async fn time_change(
             return Ok((start.elapsed().as_secs_f64() * 1000.0, now));
         }
         if start.elapsed() > Duration::from_secs(30) {
-            bail!("the broker's digests did not change within 30 s");
+            let show = |v: &[Vec<u8>]| {
+                v.iter()
+                    .map(|d| hex::encode(d.get(..6).unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let socket = std::env::var("BENCH_SOCKET").unwrap_or_default();
+            let mut fresh =
+                admin_client::connect_unix(Path::new(&socket), Duration::from_secs(5)).await?;
+            let again = registered(&mut fresh).await?;
+            bail!(
+                "the broker's digests did not change within 30 s of renaming {} (still {}; fresh connection {})",
+                path.display(),
+                show(&now),
+                show(&again)
+            );
         }
     }
 }
@@ -216,9 +248,19 @@ async fn main() -> anyhow::Result<()> {
         .args(["run", "--config"])
         .arg(&config)
         .env("NOTIFY_SOCKET", &notify_path)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            if args.agent_log.is_some() {
+                "info,host_agent=debug"
+            } else {
+                "warn"
+            },
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(match &args.agent_log {
+            Some(p) => Stdio::from(std::fs::File::create(p)?),
+            None => Stdio::null(),
+        })
         .spawn()
         .with_context(|| format!("cannot start {}", args.agent_bin.display()))?;
     let pid = agent.id();
@@ -234,6 +276,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let startup = started.elapsed().as_secs_f64() * 1000.0;
 
+    std::env::set_var("BENCH_SOCKET", &socket);
     let mut client = admin_client::connect_unix(&socket, Duration::from_secs(10)).await?;
     let mut current = registered(&mut client).await?;
     let base = std::fs::read_to_string(&sample.config)?;
@@ -246,6 +289,14 @@ async fn main() -> anyhow::Result<()> {
         );
         std::fs::write(&tmp, text)?;
         let (ms, now) = time_change(&mut client, &tmp, &sample.config, &current).await?;
+        if std::env::var_os("BENCH_TRACE").is_some() {
+            eprintln!(
+                "edit {i}: {ms:.2} ms {:?}",
+                now.iter()
+                    .map(|d| hex::encode(d.get(..6).unwrap_or_default()))
+                    .collect::<Vec<_>>()
+            );
+        }
         edits.push(ms);
         current = now;
     }
@@ -271,11 +322,14 @@ async fn main() -> anyhow::Result<()> {
         current = now;
     }
 
-    // Idle: nothing changes; count the agent's wake-ups.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Idle: nothing changes; count the agent's wake-ups. Threads of the
+    // runtime's blocking pool that ran a pass exit after 10 s unused; wait for
+    // that first, as it happens once after activity, not periodically.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let threads = context_switches(pid).len();
     let before = context_switches(pid);
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-    let idle_switches = context_switches(pid) - before;
+    let idle_switches = wakeups(&before, &context_switches(pid));
 
     println!(
         "machine: {} cores; initrd {} MiB; release build",
@@ -293,9 +347,10 @@ async fn main() -> anyhow::Result<()> {
         percentile(&replacements, 50.0) - percentile(&hashing, 50.0)
     );
     println!(
-        "idle {} s: {} context switches; RSS {} KiB (peak {} KiB)",
+        "idle {} s: {} wake-ups over {} threads; RSS {} KiB (peak {} KiB)",
         args.idle_seconds,
         idle_switches,
+        threads,
         status_kib(pid, "VmRSS:"),
         status_kib(pid, "VmHWM:")
     );
