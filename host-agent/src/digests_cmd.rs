@@ -65,6 +65,9 @@ pub struct LaunchReport {
     pub cpu_model: String,
     /// vCPU signature in the VMSAs (SEV-ES and SNP).
     pub vcpu_sig: Option<String>,
+    /// Kernel, initrd and command line are measured (SEV, SEV-ES); an SNP guest
+    /// as Kata launches it measures its firmware only.
+    pub kernel_hashes: bool,
     /// Launch digest, hexadecimal.
     pub digest: String,
     /// Launch digest, base64 (as the KBS stores it).
@@ -144,11 +147,20 @@ pub fn reports(a: &DigestsArgs) -> anyhow::Result<Vec<LaunchReport>> {
             };
             let plan = plan(&config, &ctx)?;
             // Files are hashed once per set; the command line differs per launch.
-            let art = LaunchArtefacts {
-                firmware: plan.firmware.clone(),
-                kernel: Some(plan.kernel.clone()),
-                initrd: plan.initrd.clone(),
-                cmdline: None,
+            let art = if plan.kernel_hashes {
+                LaunchArtefacts {
+                    firmware: plan.firmware.clone(),
+                    kernel: Some(plan.kernel.clone()),
+                    initrd: plan.initrd.clone(),
+                    cmdline: None,
+                }
+            } else {
+                LaunchArtefacts {
+                    firmware: plan.firmware.clone(),
+                    kernel: None,
+                    initrd: None,
+                    cmdline: None,
+                }
             };
             let sig = vcpu_sig_for(&plan, host_sig)?;
             let shape = VmShape {
@@ -162,7 +174,11 @@ pub fn reports(a: &DigestsArgs) -> anyhow::Result<Vec<LaunchReport>> {
                 std::collections::hash_map::Entry::Vacant(e) => e.insert(LoadedLaunch::load(&art)?),
             };
             let digest = launch
-                .digest(plan.mode, &shape, Some(plan.cmdline.as_bytes()))
+                .digest(
+                    plan.mode,
+                    &shape,
+                    plan.kernel_hashes.then_some(plan.cmdline.as_bytes()),
+                )
                 .map_err(|e: LaunchError| anyhow::anyhow!("{}: {e}", path.display()))?;
             out.push(LaunchReport {
                 runtime_class: plan.runtime_class.clone(),
@@ -177,6 +193,7 @@ pub fn reports(a: &DigestsArgs) -> anyhow::Result<Vec<LaunchReport>> {
                 vcpus: plan.vcpus,
                 cpu_model: plan.cpu_arg(),
                 vcpu_sig: sig.map(|s| s.to_string()),
+                kernel_hashes: plan.kernel_hashes,
                 digest: digest.to_hex(),
                 digest_base64: base64::engine::general_purpose::STANDARD.encode(digest.as_bytes()),
             });
@@ -215,6 +232,12 @@ pub fn run(a: &DigestsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 r.vcpus, r.cpu_model
             )?,
             None => writeln!(out, "  vcpus     {} (-cpu {})", r.vcpus, r.cpu_model)?,
+        }
+        if !r.kernel_hashes {
+            writeln!(
+                out,
+                "  measures  the firmware only (Kata starts SNP guests without kernel hashes)"
+            )?;
         }
         writeln!(out, "  digest    {}", r.digest)?;
         writeln!(out, "  base64    {}", r.digest_base64)?;

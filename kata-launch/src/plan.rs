@@ -14,6 +14,11 @@
 //!   (on an SNP host). The comma is there even with no features.
 //! - Mode: SNP with `sev_snp_guest`; otherwise SEV-ES when the policy has bit 2
 //!   (ES), as Kata's own digest code decides (`calculateGuestLaunchDigest`); else SEV.
+//! - Kernel hashes: the `sev-guest` object carries `kernel-hashes=on`, so QEMU
+//!   measures kernel, initrd and command line for SEV and SEV-ES; the
+//!   `sev-snp-guest` object does not (`govmm/qemu/qemu.go`), and the SNP QEMU the
+//!   tag pins (AMDESE/qemu, 6.1.50 based) never adds the hashes table for SNP, so
+//!   an SNP guest measures its firmware only.
 
 use crate::cmdline::{kata_param, kernel_cmdline};
 use crate::config::{KataConfig, KbsMode};
@@ -106,6 +111,9 @@ pub struct LaunchPlan {
     pub machine_type: String,
     /// The exact `-append` string.
     pub cmdline: String,
+    /// QEMU measures kernel, initrd and command line into the launch digest
+    /// (SEV and SEV-ES); an SNP guest measures its firmware only.
+    pub kernel_hashes: bool,
 }
 
 impl LaunchPlan {
@@ -308,6 +316,7 @@ pub fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPlan, Plan
         snp_policy: q.snp_policy(),
         machine_type: q.machine_type.value.clone(),
         cmdline,
+        kernel_hashes: mode != SevMode::Snp,
     })
 }
 

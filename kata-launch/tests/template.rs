@@ -135,6 +135,10 @@ fn snp_guest_has_no_kbc_param_and_runs_epyc_v4() {
     assert_eq!(launch.cpu_model, CpuModel::Named("EPYC-v4".into()));
     assert_eq!(launch.cpu_arg(), "EPYC-v4,pmu=off");
     assert_eq!(launch.snp_policy, 0x30000);
+    assert!(
+        !launch.kernel_hashes,
+        "Kata's sev-snp-guest object has no kernel-hashes=on"
+    );
     assert_eq!(
         launch.cmdline,
         format!("{FIXED} console=hvc0 console=hvc1 quiet panic=1 nr_cpus=1 selinux=0 scsi_mod.scan=none {TAIL}")
@@ -151,6 +155,7 @@ fn sev_es_from_policy_bit_two() {
     let text = template(&[("sev_guest_policy = 3", "sev_guest_policy = 7")]);
     let launch = plan_of(&text, 2);
     assert_eq!(launch.mode, SevMode::SevEs);
+    assert!(launch.kernel_hashes, "sev-guest carries kernel-hashes=on");
     assert_eq!(launch.policy, 7);
     assert_eq!(launch.cpu_model, CpuModel::Host);
     assert_eq!(launch.vcpus, 3);

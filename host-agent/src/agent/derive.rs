@@ -66,6 +66,8 @@ pub struct DerivedLaunch {
     pub cpu: String,
     /// The vCPU signature in the VMSAs (SEV-ES, SNP).
     pub vcpu_sig: Option<String>,
+    /// Kernel, initrd and command line are measured (not for SNP guests).
+    pub kernel_hashes: bool,
     /// The launch digest, hexadecimal.
     pub digest: String,
     /// The launch digest.
@@ -331,7 +333,7 @@ pub fn derive_parsed(
             cmdline: sev_core::hashes::cmdline_digest(p.cmdline.as_bytes()),
         };
         let digest = firmware
-            .digest(p.mode, Some(&hashes), &shape)
+            .digest(p.mode, p.kernel_hashes.then_some(&hashes), &shape)
             .map_err(|e| artefact_err("firmware", e))?;
         launches.push(DerivedLaunch {
             pod_cpus,
@@ -344,6 +346,7 @@ pub fn derive_parsed(
             vcpus: p.vcpus,
             cpu: p.cpu_arg(),
             vcpu_sig: sig.map(|s| s.to_string()),
+            kernel_hashes: p.kernel_hashes,
             digest: digest.to_hex(),
             digest_bytes: digest.as_bytes().to_vec(),
             sev_mode: p.mode,
