@@ -18,7 +18,15 @@ fn main() -> ExitCode {
             }
             None => {
                 eprintln!("host-agent: error: {e:#}");
-                ExitCode::FAILURE
+                // EX_USAGE for a configuration the agent refuses, so that systemd
+                // stops restarting it (RestartPreventExitStatus=64).
+                if e.downcast_ref::<host_agent::agent::config::ConfigError>()
+                    .is_some()
+                {
+                    ExitCode::from(64)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         },
     }

@@ -68,9 +68,10 @@ fn unit_in_temp_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
 
     let unit = std::fs::read_to_string(repo_file("systemd/host-agent.service")).unwrap();
-    let exec_start = format!("ExecStart={INSTALLED_BINARY} run ");
+    let exec_start = format!("ExecStart={INSTALLED_BINARY} run");
     assert!(
-        unit.lines().any(|l| l.starts_with(&exec_start)),
+        unit.lines()
+            .any(|l| l == exec_start || l.starts_with(&format!("{exec_start} "))),
         "host-agent.service no longer starts `{INSTALLED_BINARY} run`: update this test"
     );
     let path = dir.path().join("host-agent.service");
