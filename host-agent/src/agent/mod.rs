@@ -239,6 +239,13 @@ impl Daemon {
                 }
                 Err(e) if e.is_transient() => out.retry_soon = true,
                 Err(e) => {
+                    // Keep watching what the last good version named, so that
+                    // a fix to an artefact is seen too.
+                    if let Some(l) = tracked.last_good.as_ref().and_then(|c| c.launches.first()) {
+                        out.interest.files.insert(l.firmware.clone());
+                        out.interest.files.insert(l.kernel.clone());
+                        out.interest.files.extend(l.initrd.clone());
+                    }
                     let message = e.to_string();
                     if tracked.error.as_deref() != Some(message.as_str()) {
                         error!(
@@ -640,7 +647,7 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
                 }
             }
             report = report_rx.recv() => match report {
-                Some(Report::InStep { generation }) => {
+                Some(Report::InStep { .. }) => {
                     let classes = daemon.desired().1.values().filter(|d| !d.is_empty()).count();
                     if !ready {
                         ready = true;
@@ -651,7 +658,7 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
                     }
                     kbs_waiting_noted = false;
                     set_activity(&status, &notifier, &format!(
-                        "watching {} files; {classes} runtime classes registered (generation {generation})",
+                        "watching {} files; {classes} runtime classes registered",
                         watcher.watched_files()
                     ));
                     tokio::task::block_in_place(|| drift.scan_and_log());

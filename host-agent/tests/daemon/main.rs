@@ -10,6 +10,7 @@
     clippy::panic
 )]
 
+mod provision;
 mod rig;
 
 use host_agent::agent::status::ClassState;
@@ -96,6 +97,8 @@ async fn edits_are_registered_and_launches_follow_them() {
         let c = &s.classes[CLASS];
         if let Some(e) = &c.config_error {
             assert_eq!(c.state, ClassState::Error);
+            // The artefacts of the last good version stay watched.
+            assert!(s.watched_files >= 4, "{s:?}");
             break e.clone();
         }
         assert!(
@@ -319,4 +322,35 @@ async fn fetch_metrics(addr: std::net::SocketAddr) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+#[test]
+fn a_refused_configuration_exits_64_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\n[launches]\nmodes = [\"tdx\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("agent.toml") && err.contains("launches.modes"),
+        "{err}"
+    );
+
+    std::fs::write(&config, "listen = [\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line"));
 }
