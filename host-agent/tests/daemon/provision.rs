@@ -1,0 +1,1 @@
+//! `host-agent provision` against a real kbs process.
