@@ -1,0 +1,222 @@
+//! The command line: `guest-client verify`.
+
+use crate::verify::{local_checks, mode_from_cmdline, Check, Mode, Paths};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Checks from inside an SEV guest that its secrets arrived through the
+/// PSP-protected path, and reports the outcome to the key broker.
+#[derive(Debug, Parser)]
+#[command(name = "guest-client", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the checks in order (securityfs, efi_secret, the secrets directory,
+    /// the entries the mode needs, the online round trip) and report them.
+    ///
+    /// Exit status 0 when the secret path works, 1 when a check failed.
+    /// Secret values are never printed.
+    Verify(VerifyArgs),
+}
+
+/// Options of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The secrets directory efi_secret exposes.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/sys/kernel/security/secrets/coco"
+    )]
+    pub secrets_dir: PathBuf,
+    /// The key broker, HOST:PORT; by default the one Kata put on the kernel
+    /// command line (agent.aa_kbc_params=online_sev_kbc::HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kbs: Option<String>,
+    /// The pre-attestation mode; by default from the kernel command line, or
+    /// online when the connection entry is present.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for the key broker.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub timeout: u64,
+    /// Where securityfs is mounted.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/sys/kernel/security",
+        hide = true
+    )]
+    pub securityfs: PathBuf,
+    /// The mount table.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/proc/self/mounts",
+        hide = true
+    )]
+    pub mounts: PathBuf,
+    /// The efi_secret module's sysfs directory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/sys/module/efi_secret",
+        hide = true
+    )]
+    pub module_dir: PathBuf,
+    /// The kernel command line.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/proc/cmdline",
+        hide = true
+    )]
+    pub cmdline: PathBuf,
+}
+
+/// What `verify` found.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// The mode checked.
+    pub mode: Mode,
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+    /// Every check passed.
+    pub path_works: bool,
+    /// The image signature policy delivered online, if fetched.
+    pub signature_policy: Option<crate::entries::PolicySummary>,
+}
+
+/// Runs `verify`.
+pub async fn verify(a: &VerifyArgs) -> Outcome {
+    let paths = Paths {
+        securityfs: a.securityfs.clone(),
+        mounts: a.mounts.clone(),
+        module: a.module_dir.clone(),
+        secrets: a.secrets_dir.clone(),
+        cmdline: a.cmdline.clone(),
+    };
+    let from_cmdline = std::fs::read_to_string(&paths.cmdline)
+        .ok()
+        .and_then(|c| mode_from_cmdline(&c));
+    let mode = a.mode.or(from_cmdline.as_ref().map(|(m, _)| *m)).unwrap_or(
+        if paths.secrets.join(crate::entries::CONNECTION_GUID).exists() {
+            Mode::Online
+        } else {
+            Mode::Offline
+        },
+    );
+    let kbs = a
+        .kbs
+        .clone()
+        .or_else(|| from_cmdline.and_then(|(_, uri)| uri));
+    let mut checks = Vec::new();
+    let found = local_checks(&paths, mode, &mut checks);
+    let mut signature_policy = None;
+    if mode == Mode::Online {
+        if let Some(conn) = &found.connection {
+            let (passed, reason) = match &kbs {
+                None => (
+                    false,
+                    "no key broker: give --kbs or boot with agent.aa_kbc_params".to_string(),
+                ),
+                Some(kbs) => {
+                    match crate::online::fetch_policy(kbs, conn, Duration::from_secs(a.timeout))
+                        .await
+                    {
+                        Ok(p) => {
+                            let reason = if p.enforced {
+                                format!(
+                                    "image signatures enforced: {}",
+                                    p.signed_repositories
+                                        .iter()
+                                        .map(|(r, k)| format!("{r} by {}", k.join(" or ")))
+                                        .collect::<Vec<_>>()
+                                        .join("; ")
+                                )
+                            } else {
+                                "image signatures not enforced (any image accepted)".into()
+                            };
+                            signature_policy = Some(p);
+                            (true, reason)
+                        }
+                        Err(e) => (false, e),
+                    }
+                }
+            };
+            checks.push(Check {
+                name: "online secret".into(),
+                passed,
+                reason,
+            });
+        }
+    }
+    let path_works = checks.iter().all(|c| c.passed);
+    Outcome {
+        mode,
+        checks,
+        path_works,
+        signature_policy,
+    }
+}
+
+/// Prints an outcome for people.
+pub fn print_human(o: &Outcome, out: &mut dyn Write) -> std::io::Result<()> {
+    for c in &o.checks {
+        writeln!(
+            out,
+            "{} {:<18} {}",
+            if c.passed { "ok  " } else { "FAIL" },
+            c.name,
+            c.reason
+        )?;
+    }
+    writeln!(
+        out,
+        "{} ({} mode)",
+        if o.path_works {
+            "the secrets arrived through the PSP-protected path"
+        } else {
+            "the secret path is broken"
+        },
+        match o.mode {
+            Mode::Online => "online",
+            Mode::Offline => "offline",
+        }
+    )
+}
+
+/// Parses and runs; returns the exit status.
+pub fn run(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let cli = Cli::try_parse_from(args)?;
+    match cli.command {
+        Command::Verify(a) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let outcome = runtime.block_on(verify(&a));
+            if a.json {
+                serde_json::to_writer_pretty(&mut *out, &outcome)?;
+                writeln!(out)?;
+            } else {
+                print_human(&outcome, out)?;
+            }
+            Ok(if outcome.path_works { 0 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! `guest-client verify` on secrets directories written the way `efi_secret`
+//! shows an injected table (by the simulated platform's view of it): each
+//! broken case fails with its own reason, and no secret value is printed.
+
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use base64::Engine as _;
+use guest_client::entries::{BUNDLE_GUID, CONNECTION_GUID, REPORT_KEY_GUID};
+use std::path::PathBuf;
+use std::process::Command;
+
+const SECRET: &[u8] = b"the image key, never printed";
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// A guest's view: securityfs "mounted" (per a mount table of our own), the
+/// module directory present, and the entries of `table` under secrets/coco.
+struct Guest {
+    dir: tempfile::TempDir,
+}
+
+impl Guest {
+    fn new(entries: &[(&str, Vec<u8>)], module: bool) -> Guest {
+        let dir = tempfile::tempdir().unwrap();
+        let sfs = dir.path().join("security");
+        std::fs::create_dir_all(&sfs).unwrap();
+        std::fs::write(
+            dir.path().join("mounts"),
+            format!("securityfs {} securityfs rw 0 0\n", sfs.display()),
+        )
+        .unwrap();
+        if module {
+            std::fs::create_dir_all(dir.path().join("module")).unwrap();
+        }
+        if !entries.is_empty() {
+            let refs: Vec<(&str, &[u8])> =
+                entries.iter().map(|(g, d)| (*g, d.as_slice())).collect();
+            let table = sev_sim::efi_secret::build_table(&refs).unwrap();
+            sev_sim::efi_secret::write_dir(&table, &sfs.join("secrets/coco")).unwrap();
+        }
+        std::fs::write(dir.path().join("cmdline"), "console=hvc0 quiet\n").unwrap();
+        Guest { dir }
+    }
+
+    fn secrets(&self) -> PathBuf {
+        self.dir.path().join("security/secrets/coco")
+    }
+
+    fn verify(&self, extra: &[&str]) -> (i32, String) {
+        let p = |n: &str| self.dir.path().join(n);
+        let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
+            .arg("verify")
+            .arg("--secrets-dir")
+            .arg(self.secrets())
+            .arg("--securityfs")
+            .arg(p("security"))
+            .arg("--mounts")
+            .arg(p("mounts"))
+            .arg("--module-dir")
+            .arg(p("module"))
+            .arg("--cmdline")
+            .arg(p("cmdline"))
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        (out.status.code().unwrap(), text)
+    }
+}
+
+fn bundle() -> Vec<u8> {
+    format!(
+        r#"{{"key-a":"{}","key-b":"{}"}}"#,
+        b64(SECRET),
+        b64(&[0, 1, 2])
+    )
+    .into_bytes()
+}
+
+fn report_key() -> Vec<u8> {
+    format!(
+        r#"{{"launch_id":"L-1","report_key":"{}"}}"#,
+        b64(&[9u8; 32])
+    )
+    .into_bytes()
+}
+
+fn failed_check(out: &str, name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(out).unwrap();
+    assert_eq!(v["path_works"], false, "{out}");
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {out}"))
+        .clone();
+    assert_eq!(c["passed"], false, "{out}");
+    c
+}
+
+#[test]
+fn a_good_offline_launch_passes_without_printing_secrets() {
+    let g = Guest::new(
+        &[(BUNDLE_GUID, bundle()), (REPORT_KEY_GUID, report_key())],
+        true,
+    );
+    let (code, out) = g.verify(&["--mode", "offline", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["path_works"], true);
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "securityfs",
+            "efi_secret",
+            "secrets directory",
+            "bundle",
+            "report key"
+        ]
+    );
+    assert!(out.contains("key-a"));
+    assert!(!out.contains(&b64(SECRET)) && !out.contains("never printed"));
+    let (code, human) = g.verify(&["--mode", "offline"]);
+    assert_eq!(code, 0);
+    assert!(human.contains("PSP-protected path"), "{human}");
+    // Nothing was removed: the attestation agent still needs the bundle.
+    assert!(g.secrets().join(BUNDLE_GUID).exists());
+}
+
+#[test]
+fn each_broken_path_fails_with_its_own_reason() {
+    // No module, no secrets: efi_secret missing.
+    let g = Guest::new(&[], false);
+    let (code, out) = g.verify(&["--mode", "offline", "--json"]);
+    assert_eq!(code, 1);
+    assert!(failed_check(&out, "efi_secret")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("efi_secret"));
+
+    // The bundle missing (already consumed, or never sent).
+    let g = Guest::new(&[(REPORT_KEY_GUID, report_key())], true);
+    let (_, out) = g.verify(&["--mode", "offline", "--json"]);
+    let r = failed_check(&out, "bundle")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(r.contains(BUNDLE_GUID) && r.contains("consumed"), "{r}");
+
+    // Non-JSON and truncated payloads.
+    for bad in [b"not json".to_vec(), bundle()[..10].to_vec()] {
+        let g = Guest::new(&[(BUNDLE_GUID, bad), (REPORT_KEY_GUID, report_key())], true);
+        let (_, out) = g.verify(&["--mode", "offline", "--json"]);
+        let r = failed_check(&out, "bundle")["reason"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(r.contains("JSON"), "{r}");
+    }
+
+    // The bundle under another GUID is not the bundle.
+    let g = Guest::new(
+        &[
+            ("0b1c2d3e-4f50-4617-8899-aabbccddeeff", bundle()),
+            (REPORT_KEY_GUID, report_key()),
+        ],
+        true,
+    );
+    let (_, out) = g.verify(&["--mode", "offline", "--json"]);
+    failed_check(&out, "bundle");
+
+    // Online mode without the connection entry.
+    let g = Guest::new(
+        &[(BUNDLE_GUID, bundle()), (REPORT_KEY_GUID, report_key())],
+        true,
+    );
+    let (_, out) = g.verify(&["--mode", "online", "--json"]);
+    let r = failed_check(&out, "connection")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(r.contains(CONNECTION_GUID), "{r}");
+
+    // A connection key of the wrong length.
+    let short = format!(r#"{{"client_id":"c","key":"{}"}}"#, b64(&[1u8; 16]));
+    let g = Guest::new(
+        &[
+            (CONNECTION_GUID, short.into_bytes()),
+            (REPORT_KEY_GUID, report_key()),
+        ],
+        true,
+    );
+    let (_, out) = g.verify(&["--mode", "online", "--json", "--kbs", "127.0.0.1:9"]);
+    let r = failed_check(&out, "connection")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(r.contains("16 bytes"), "{r}");
+
+    // The report key missing.
+    let g = Guest::new(&[(BUNDLE_GUID, bundle())], true);
+    let (_, out) = g.verify(&["--mode", "offline", "--json"]);
+    failed_check(&out, "report key");
+}
+
+#[test]
+fn mode_comes_from_the_kernel_command_line() {
+    let g = Guest::new(
+        &[(BUNDLE_GUID, bundle()), (REPORT_KEY_GUID, report_key())],
+        true,
+    );
+    std::fs::write(
+        g.dir.path().join("cmdline"),
+        "quiet agent.aa_kbc_params=offline_sev_kbc::null\n",
+    )
+    .unwrap();
+    let (code, out) = g.verify(&["--json"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"mode\": \"offline\""), "{out}");
+}
