@@ -2,7 +2,11 @@
 //! no protoc on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/keybroker.proto", "proto/kbsadmin.proto"];
+    let protos = [
+        "proto/keybroker.proto",
+        "proto/kbsadmin.proto",
+        "proto/kbsstatus.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

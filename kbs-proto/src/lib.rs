@@ -3,6 +3,8 @@
 //! `keybroker` is the simple-kbs protocol, kept wire-compatible with the Kata
 //! shim and the guest's attestation agent. `kbsadmin` is the broker's own admin
 //! API (digests, secrets, keysets, resources, attestation records).
+//! `kbsstatus` is the guest's authenticated report back to the broker, served
+//! beside `keybroker`.
 
 pub mod admin_client;
 
@@ -18,6 +20,12 @@ pub mod kbsadmin {
     tonic::include_proto!("kbsadmin");
 }
 
+/// The `kbsstatus` package: the guest's report on its secret delivery path.
+#[allow(missing_docs, clippy::all, clippy::pedantic)] // generated code
+pub mod kbsstatus {
+    tonic::include_proto!("kbsstatus");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,6 +37,10 @@ mod tests {
             "keybroker.KeyBrokerService"
         );
         assert_eq!(kbsadmin::admin_server::SERVICE_NAME, "kbsadmin.Admin");
+        assert_eq!(
+            kbsstatus::guest_status_server::SERVICE_NAME,
+            "kbsstatus.GuestStatus"
+        );
     }
 
     #[test]
@@ -47,5 +59,28 @@ mod tests {
         };
         let back = kbsadmin::ReplaceDigestsRequest::decode(d.encode_to_vec().as_slice());
         assert_eq!(back.ok(), Some(d));
+    }
+
+    #[test]
+    fn report_body_field_numbers_are_the_wire_contract() {
+        use prost::Message as _;
+        let body = kbsstatus::ReportBody {
+            launch_id: "l".into(),
+            checks: vec![kbsstatus::Check {
+                name: "n".into(),
+                passed: true,
+                reason: "r".into(),
+            }],
+            path_works: true,
+            client: "c".into(),
+        };
+        // Field 1 "l", field 2 {1 "n", 2 true, 3 "r"}, field 3 true, field 4 "c".
+        assert_eq!(
+            body.encode_to_vec(),
+            [
+                0x0a, 1, b'l', 0x12, 8, 0x0a, 1, b'n', 0x10, 1, 0x1a, 1, b'r', 0x18, 1, 0x22, 1,
+                b'c'
+            ]
+        );
     }
 }

@@ -750,6 +750,10 @@ impl From<crate::store::AttestationRecord> for AttestationRecord {
             policy: a.policy,
             firmware: a.firmware,
             description: a.description,
+            guest_status: a.guest_status,
+            failed_checks: a.failed_checks,
+            reported_at: a.reported_at,
+            guest_client: a.guest_client,
         }
     }
 }
@@ -767,6 +771,10 @@ impl From<AttestationRecord> for crate::store::AttestationRecord {
             policy: a.policy,
             firmware: a.firmware,
             description: a.description,
+            guest_status: a.guest_status,
+            failed_checks: a.failed_checks,
+            reported_at: a.reported_at,
+            guest_client: a.guest_client,
         }
     }
 }

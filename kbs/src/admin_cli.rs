@@ -65,8 +65,10 @@ pub enum AdminCommand {
     Resource(ResourceCommand),
     /// List the ids of every secret, keyset and resource (never values).
     List,
-    /// Show attestation records (every GetBundle, GetSecret and
-    /// GetOnlineSecret outcome), oldest first.
+    /// Show attestation records (every GetBundle, GetSecret, GetOnlineSecret
+    /// and guest Report outcome), oldest first. A GetSecret that released
+    /// secrets also shows what its guest reported back: awaiting, confirmed,
+    /// or path_broken with the names of the failed checks.
     Records {
         /// Only records with an id larger than N (for paging).
         #[arg(long, value_name = "N", default_value_t = 0)]
@@ -479,9 +481,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 print_json(&rows)?;
             } else {
                 for a in rows {
+                    let guest = if a.failed_checks.is_empty() {
+                        a.guest_status.clone()
+                    } else {
+                        format!("{} ({})", a.guest_status, a.failed_checks.join(","))
+                    };
                     println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}",
-                        a.id, a.at, a.rpc, a.outcome, a.launch_id, a.reason
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        a.id, a.at, a.rpc, a.outcome, a.launch_id, a.reason, guest
                     );
                 }
             }

@@ -6,7 +6,10 @@
 //! is checked against policy and given secrets. Refusals say what failed without
 //! saying which secrets, keysets or resources exist.
 
-use crate::store::{hex, LaunchSession, NewRecord, Store, StoreError, TakeOutcome};
+use crate::report::{ParsedReport, REPORT_KEY_GUID};
+use crate::store::{
+    hex, GuestReport, LaunchSession, NewRecord, ReportOutcome, Store, StoreError, TakeOutcome,
+};
 use crate::trust::{TrustAnchors, TrustError};
 use aes_gcm::aead::{Aead, KeyInit};
 use rand_core::{OsRng, RngCore};
@@ -18,6 +21,10 @@ use sev_core::session::{
 };
 use sev_core::Guid;
 use tracing::{info, warn};
+
+/// Largest secret table released, in bytes: the secret area of an AmdSev OVMF
+/// (and what the guest's `efi_secret` maps) is one 4 KiB page.
+pub const MAX_TABLE_LEN: usize = 4096;
 
 /// What the operator decides about launches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +84,13 @@ pub enum BrokerError {
     /// A requested secret cannot be served; deliberately unspecific.
     #[error("the requested secrets are not available to this launch")]
     SecretsUnavailable,
+    /// A guest report for a launch without a report key, or whose MAC does
+    /// not verify under it; the two are not told apart.
+    #[error("report refused: no report key for this launch, or the MAC does not verify")]
+    ReportNotVerified,
+    /// A verified report for a launch that has reported already.
+    #[error("this launch has reported already")]
+    AlreadyReported,
     /// Storage or another internal failure; details only in the log.
     #[error("internal error")]
     Internal(#[source] StoreError),
@@ -112,13 +126,17 @@ pub enum RefusalReason {
     OldFirmware,
     /// The requested secrets cannot be served.
     SecretsUnavailable,
+    /// A guest report without a known launch or with a wrong MAC.
+    ReportNotVerified,
+    /// A second report for the same launch.
+    ReportReplayed,
     /// Storage or another internal failure.
     Internal,
 }
 
 impl RefusalReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [RefusalReason; 11] = [
+    pub const ALL: [RefusalReason; 13] = [
         RefusalReason::InvalidArgument,
         RefusalReason::UntrustedChain,
         RefusalReason::UnknownLaunch,
@@ -129,6 +147,8 @@ impl RefusalReason {
         RefusalReason::DebugPolicy,
         RefusalReason::OldFirmware,
         RefusalReason::SecretsUnavailable,
+        RefusalReason::ReportNotVerified,
+        RefusalReason::ReportReplayed,
         RefusalReason::Internal,
     ];
 
@@ -145,6 +165,8 @@ impl RefusalReason {
             RefusalReason::DebugPolicy => "debug_policy",
             RefusalReason::OldFirmware => "old_firmware",
             RefusalReason::SecretsUnavailable => "secrets_unavailable",
+            RefusalReason::ReportNotVerified => "report_not_verified",
+            RefusalReason::ReportReplayed => "report_replayed",
             RefusalReason::Internal => "internal",
         }
     }
@@ -161,6 +183,8 @@ impl BrokerError {
             BrokerError::UnknownLaunch(_) => RefusalReason::UnknownLaunch,
             BrokerError::UnknownClient => RefusalReason::UnknownClient,
             BrokerError::SecretsUnavailable => RefusalReason::SecretsUnavailable,
+            BrokerError::ReportNotVerified => RefusalReason::ReportNotVerified,
+            BrokerError::AlreadyReported => RefusalReason::ReportReplayed,
             BrokerError::Internal(_) => RefusalReason::Internal,
             BrokerError::Refused { reason, .. } => *reason,
         }
@@ -285,6 +309,15 @@ pub struct SecretRequestSet {
     pub requests: Vec<SecretRequest>,
 }
 
+/// A guest report the broker accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportAccepted {
+    /// When it was recorded, Unix seconds.
+    pub recorded_at: i64,
+    /// The guest's verdict.
+    pub path_works: bool,
+}
+
 /// The key broker.
 pub struct Broker {
     store: Store,
@@ -396,6 +429,8 @@ impl Broker {
 
     /// Verifies a launch and packages the secrets it asks for: (header, ciphertext).
     pub fn get_secret(&self, req: &SecretRequestSet) -> Result<([u8; 52], Vec<u8>), BrokerError> {
+        // The shape of the request is checked before the launch is consumed.
+        check_table_requests(&req.requests)?;
         let digest_hex = hex(&req.digest);
         let fw = format!(
             "{}.{}.{}",
@@ -502,19 +537,100 @@ impl Broker {
         requests: &[SecretRequest],
         launch_id: &str,
     ) -> Result<Vec<u8>, BrokerError> {
-        if requests.len() > MAX_ENTRIES {
-            return Err(invalid(
-                "SecretRequests",
-                format!("at most {MAX_ENTRIES} entries"),
-            ));
-        }
         let mut table = SecretTable::default();
         for r in requests {
             table
                 .entries
                 .push((r.guid, self.payload(r, Some(launch_id))?));
         }
-        table.encode().map_err(|_| BrokerError::SecretsUnavailable)
+        let key = zeroize::Zeroizing::new(random::<32>());
+        table
+            .entries
+            .push((REPORT_KEY_GUID, crate::report::key_entry(launch_id, &key)));
+        let bytes = table
+            .encode()
+            .map_err(|_| BrokerError::SecretsUnavailable)?;
+        if bytes.len() > MAX_TABLE_LEN {
+            warn!(
+                launch_id,
+                len = bytes.len(),
+                max = MAX_TABLE_LEN,
+                "secret table larger than the guest's secret area"
+            );
+            return Err(BrokerError::SecretsUnavailable);
+        }
+        // Stored only once the table is sure to go out.
+        self.store.insert_report_key(launch_id, &key)?;
+        Ok(bytes)
+    }
+
+    /// Verifies and stores a guest's report on its launch (at most one per
+    /// launch). `body` is the exact signed bytes `report` was parsed from.
+    pub fn report(
+        &self,
+        report: &ParsedReport,
+        body: &[u8],
+    ) -> Result<ReportAccepted, BrokerError> {
+        let refuse = |reason: &str| {
+            self.record(&NewRecord {
+                rpc: "Report",
+                launch_id: &report.launch_id,
+                reason,
+                description: &report.client,
+                ..Default::default()
+            });
+        };
+        let key = self.store.report_key(&report.launch_id)?;
+        // An unknown launch costs the same MAC as a known one.
+        let known = key.is_some();
+        let key = key.unwrap_or_else(|| zeroize::Zeroizing::new([0; 32]));
+        if !crate::report::verify(&key, body, &report.mac) || !known {
+            refuse(if known {
+                "report MAC does not verify"
+            } else {
+                "report for a launch without a report key"
+            });
+            return Err(BrokerError::ReportNotVerified);
+        }
+        let stored = GuestReport {
+            path_works: report.path_works,
+            failed_checks: report.failed_checks.clone(),
+            client: report.client.clone(),
+            body: body.to_vec(),
+        };
+        let verdict = if report.path_works {
+            "guest confirmed the secret path"
+        } else {
+            "guest reports the secret path broken"
+        };
+        let record = NewRecord {
+            rpc: "Report",
+            launch_id: &report.launch_id,
+            ok: true,
+            reason: verdict,
+            description: &report.client,
+            ..Default::default()
+        };
+        match self
+            .store
+            .record_report(&report.launch_id, &stored, &record)?
+        {
+            ReportOutcome::Recorded(recorded_at) => {
+                info!(launch_id = %report.launch_id, path_works = report.path_works, checks = report.checks, failed = ?report.failed_checks, "guest report recorded");
+                Ok(ReportAccepted {
+                    recorded_at,
+                    path_works: report.path_works,
+                })
+            }
+            ReportOutcome::AlreadyReported => {
+                refuse("report replayed");
+                Err(BrokerError::AlreadyReported)
+            }
+            ReportOutcome::Unknown => {
+                refuse("report for a launch without a report key");
+                Err(BrokerError::ReportNotVerified)
+            }
+        }
     }
 
     fn payload(&self, r: &SecretRequest, launch_id: Option<&str>) -> Result<Vec<u8>, BrokerError> {
@@ -619,6 +735,26 @@ impl Broker {
         });
         Ok((ciphertext, iv))
     }
+}
+
+/// The limits on what one GetSecret may ask for: one entry of the table is
+/// the broker's own report key, so at most `MAX_ENTRIES - 1` requests, none
+/// of them under its GUID.
+fn check_table_requests(requests: &[SecretRequest]) -> Result<(), BrokerError> {
+    let most = MAX_ENTRIES - 1;
+    if requests.len() > most {
+        return Err(invalid(
+            "SecretRequests",
+            format!("at most {most} entries (one more is the broker's report key)"),
+        ));
+    }
+    if requests.iter().any(|r| r.guid == REPORT_KEY_GUID) {
+        return Err(invalid(
+            "SecretRequests.Guid",
+            format!("{REPORT_KEY_GUID} is reserved for the broker's report key"),
+        ));
+    }
+    Ok(())
 }
 
 /// A fresh guest-owner key pair on P-384 and its ECDH shared secret with the

@@ -11,6 +11,7 @@ use crate::trust::TrustAnchors;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use kbs_proto::kbsadmin::admin_server::AdminServer;
+use kbs_proto::kbsstatus::guest_status_server::GuestStatusServer;
 use kbs_proto::keybroker::key_broker_service_server::KeyBrokerServiceServer;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -277,10 +278,11 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
                 })
                 .await;
                 match purged {
-                    Ok(Ok((s, c, r))) => info!(
-                        sessions = s,
-                        connections = c,
-                        records = r,
+                    Ok(Ok(p)) => info!(
+                        sessions = p.sessions,
+                        connections = p.connections,
+                        records = p.records,
+                        reports = p.reports,
                         "purged expired state"
                     ),
                     Ok(Err(e)) => warn!(error = %e, "purge failed"),
@@ -290,16 +292,21 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         });
     }
 
-    // The keybroker protocol, with gRPC health.
+    // The keybroker protocol and the guests' reports, with gRPC health.
     let listener = bind_tcp(args.listen, "the keybroker protocol").await?;
     let addr = listener.local_addr()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<KeyBrokerServiceServer<KeyBroker>>()
         .await;
+    health.set_serving::<GuestStatusServer<KeyBroker>>().await;
     let keybroker = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(KeyBrokerServiceServer::new(KeyBroker::with_metrics(
+            Arc::clone(&broker),
+            Arc::clone(&metrics),
+        )))
+        .add_service(GuestStatusServer::new(KeyBroker::with_metrics(
             Arc::clone(&broker),
             Arc::clone(&metrics),
         )))

@@ -1,11 +1,15 @@
-//! The `keybroker` gRPC service: decodes requests into the broker's types,
-//! runs the broker off the async threads, maps its errors to status codes, and
-//! counts every call in the metrics (status code, refusal reason, latency).
+//! The `keybroker` gRPC service, and beside it on the same listener the
+//! guest's `kbsstatus.GuestStatus` report: decodes requests into the broker's
+//! types, runs the broker off the async threads, maps its errors to status
+//! codes, and counts every call in the metrics (status code, refusal reason,
+//! latency; guest reports also by outcome).
 
 use crate::broker::{Broker, BrokerError, RefusalReason, SecretRequest, SecretRequestSet};
-use crate::metrics::Metrics;
+use crate::metrics::{GuestReportOutcome, Metrics};
 use crate::trust::TrustError;
 use base64::Engine as _;
+use kbs_proto::kbsstatus::guest_status_server::GuestStatus;
+use kbs_proto::kbsstatus::{ReportAck, SignedReport};
 use kbs_proto::keybroker::key_broker_service_server::KeyBrokerService;
 use kbs_proto::keybroker::{
     BundleRequest, BundleResponse, OnlineSecretRequest, OnlineSecretResponse, RequestDetails,
@@ -21,7 +25,8 @@ use tracing::{error, info_span, Instrument};
 /// Largest base64 field accepted (a full chain is about 12 KiB of base64).
 const MAX_FIELD: usize = 64 << 10;
 
-/// The service over a shared broker.
+/// The service over a shared broker: serves both `keybroker.KeyBrokerService`
+/// and `kbsstatus.GuestStatus`.
 pub struct KeyBroker {
     broker: Arc<Broker>,
     metrics: Arc<Metrics>,
@@ -102,6 +107,8 @@ pub fn status(e: &BrokerError) -> Status {
             Status::permission_denied(e.to_string())
         }
         BrokerError::SecretsUnavailable => Status::failed_precondition(e.to_string()),
+        BrokerError::ReportNotVerified => Status::permission_denied(e.to_string()),
+        BrokerError::AlreadyReported => Status::already_exists(e.to_string()),
         BrokerError::Internal(inner) => {
             error!(error = %inner, "internal error");
             Status::internal("internal error")
@@ -245,5 +252,43 @@ impl KeyBrokerService for KeyBroker {
         })
         .instrument(span)
         .await
+    }
+}
+
+#[tonic::async_trait]
+impl GuestStatus for KeyBroker {
+    async fn report(&self, request: Request<SignedReport>) -> Result<Response<ReportAck>, Status> {
+        let r = request.into_inner();
+        let span = info_span!(
+            "Report",
+            body_len = r.body.len(),
+            launch_id = tracing::field::Empty
+        );
+        let result = self
+            .counted("Report", async {
+                let parsed = crate::report::parse(&r.body, &r.mac)?;
+                tracing::Span::current().record("launch_id", parsed.launch_id.as_str());
+                let body = r.body;
+                run(&self.broker, move |b| b.report(&parsed, &body)).await
+            })
+            .instrument(span)
+            .await;
+        match result {
+            Ok(accepted) => {
+                let accepted = accepted.into_inner();
+                self.metrics.guest_report(if accepted.path_works {
+                    GuestReportOutcome::Confirmed
+                } else {
+                    GuestReportOutcome::PathBroken
+                });
+                Ok(Response::new(ReportAck {
+                    recorded_at: accepted.recorded_at,
+                }))
+            }
+            Err(status) => {
+                self.metrics.guest_report(GuestReportOutcome::Refused);
+                Err(status)
+            }
+        }
     }
 }

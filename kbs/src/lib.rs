@@ -1,7 +1,8 @@
 //! The key broker (relying party) for SEV pre-attestation of Kata confidential
 //! guests: the simple-kbs `keybroker` protocol, with AMD root pinning, durable
 //! launch sessions, measurement verification before policy, and a record of
-//! every attestation outcome; an authenticated admin API for host agents and
+//! every attestation outcome; the guest's authenticated report on its secret
+//! delivery path (`kbsstatus`); an authenticated admin API for host agents and
 //! operators; and Prometheus metrics.
 
 pub mod admin;
@@ -10,5 +11,6 @@ pub mod broker;
 pub mod cli;
 pub mod grpc;
 pub mod metrics;
+pub mod report;
 pub mod store;
 pub mod trust;

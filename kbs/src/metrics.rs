@@ -39,6 +39,40 @@ struct Rpc {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+/// What became of a guest report, for `kbs_guest_reports_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GuestReportOutcome {
+    /// Accepted; the guest says the secret path works.
+    Confirmed,
+    /// Accepted; the guest says the secret path is broken.
+    PathBroken,
+    /// Refused (malformed, unverified, replayed or an internal failure).
+    Refused,
+}
+
+impl GuestReportOutcome {
+    /// Every outcome, in a fixed order.
+    pub const ALL: [GuestReportOutcome; 3] = [
+        GuestReportOutcome::Confirmed,
+        GuestReportOutcome::PathBroken,
+        GuestReportOutcome::Refused,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            GuestReportOutcome::Confirmed => "confirmed",
+            GuestReportOutcome::PathBroken => "path_broken",
+            GuestReportOutcome::Refused => "refused",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct Listener {
     listener: &'static str,
 }
@@ -54,6 +88,7 @@ pub struct Metrics {
     admin_requests: Family<RpcCode, Counter>,
     admin_duration: HistogramFamily,
     admin_auth_failures: Family<Listener, Counter>,
+    guest_reports: Family<Outcome, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,6 +117,11 @@ impl Metrics {
         let admin_requests = Family::<RpcCode, Counter>::default();
         let admin_duration: HistogramFamily = Family::new_with_constructor(histogram);
         let admin_auth_failures = Family::<Listener, Counter>::default();
+        let guest_reports = Family::<Outcome, Counter>::default();
+        // Every outcome from the start, so that a rate over zero reads as zero.
+        for o in GuestReportOutcome::ALL {
+            drop(guest_reports.get_or_create(&Outcome { outcome: o.label() }));
+        }
         registry.register(
             "requests",
             "Keybroker RPCs handled, by RPC and gRPC status code",
@@ -112,6 +152,11 @@ impl Metrics {
             "Admin calls refused as unauthenticated, by listener (tcp or unix)",
             admin_auth_failures.clone(),
         );
+        registry.register(
+            "guest_reports",
+            "Guest reports on the secret delivery path (kbsstatus.GuestStatus/Report), by outcome",
+            guest_reports.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -120,7 +165,17 @@ impl Metrics {
             admin_requests,
             admin_duration,
             admin_auth_failures,
+            guest_reports,
         }
+    }
+
+    /// Counts a guest report by outcome.
+    pub fn guest_report(&self, outcome: GuestReportOutcome) {
+        self.guest_reports
+            .get_or_create(&Outcome {
+                outcome: outcome.label(),
+            })
+            .inc();
     }
 
     /// Counts a keybroker RPC: its status code, the reason if it failed, and
@@ -246,7 +301,13 @@ mod tests {
         m.keybroker("GetBundle", Code::Ok, None, Duration::from_micros(100));
         m.admin("SetSecret", Code::Ok, Duration::from_millis(1));
         m.admin_auth_failure("tcp");
+        m.guest_report(GuestReportOutcome::Confirmed);
+        m.guest_report(GuestReportOutcome::Refused);
+        m.guest_report(GuestReportOutcome::Refused);
         let text = m.encode();
+        assert!(text.contains("kbs_guest_reports_total{outcome=\"confirmed\"} 1"));
+        assert!(text.contains("kbs_guest_reports_total{outcome=\"path_broken\"} 0"));
+        assert!(text.contains("kbs_guest_reports_total{outcome=\"refused\"} 2"));
         assert!(text.contains("kbs_requests_total{rpc=\"GetSecret\",code=\"PermissionDenied\"} 1"));
         assert!(text
             .contains("kbs_refusals_total{rpc=\"GetSecret\",reason=\"measurement_mismatch\"} 1"));

@@ -87,7 +87,7 @@ pub struct AttestationRecord {
     pub id: i64,
     /// Unix seconds.
     pub at: i64,
-    /// `GetBundle`, `GetSecret` or `GetOnlineSecret`.
+    /// `GetBundle`, `GetSecret`, `GetOnlineSecret` or `Report`.
     pub rpc: String,
     /// Launch id, if known.
     pub launch_id: String,
@@ -103,6 +103,39 @@ pub struct AttestationRecord {
     pub firmware: String,
     /// Free text from the orchestrator.
     pub description: String,
+    /// Only on a GetSecret that released secrets: `awaiting` (no guest report
+    /// yet), `confirmed` or `path_broken`; empty otherwise.
+    pub guest_status: String,
+    /// Names of the checks the guest reported as failed.
+    pub failed_checks: Vec<String>,
+    /// When the guest's report was recorded, Unix seconds (0: none).
+    pub reported_at: i64,
+    /// The reporting client's self-description.
+    pub guest_client: String,
+}
+
+/// A guest's verified report on its launch, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestReport {
+    /// The guest's verdict: the secret delivery path works.
+    pub path_works: bool,
+    /// Names of the checks that failed.
+    pub failed_checks: Vec<String>,
+    /// The client's self-description.
+    pub client: String,
+    /// The exact signed body, kept for audit.
+    pub body: Vec<u8>,
+}
+
+/// What became of a request to store a guest report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// Stored; the Unix time it was recorded at.
+    Recorded(i64),
+    /// The launch has reported already; nothing changed.
+    AlreadyReported,
+    /// The launch has no report key.
+    Unknown,
 }
 
 /// The ids of what the broker holds (never the secret values).
@@ -170,7 +203,22 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_by_time ON records (at);
 CREATE INDEX IF NOT EXISTS connections_by_expiry ON connections (expires_at);
+CREATE TABLE IF NOT EXISTS launch_reports (
+    launch_id TEXT PRIMARY KEY,
+    report_key BLOB NOT NULL,
+    issued_at INTEGER NOT NULL,
+    reported_at INTEGER,
+    path_works INTEGER,
+    failed_checks TEXT,
+    client TEXT,
+    body BLOB
+);
+CREATE INDEX IF NOT EXISTS launch_reports_by_issue ON launch_reports (issued_at);
 ";
+// Every statement above is CREATE ... IF NOT EXISTS: a database made by an
+// earlier version gains the tables it lacks (launch_reports) on open, and no
+// existing table changes shape. Keep it so: a new column on an existing table
+// needs an ALTER TABLE guarded by a check of the table's columns.
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`.
@@ -241,10 +289,11 @@ impl Store {
     }
 
     /// Deletes what has outlived its use, and returns how many sessions,
-    /// connections and records went: sessions a day past expiry (kept that long
-    /// so that a late replay is reported as such), expired online connections,
-    /// and attestation records older than `records_before` (Unix seconds).
-    pub fn purge(&self, records_before: i64) -> Result<(usize, usize, usize), StoreError> {
+    /// connections, records and launch reports went: sessions a day past expiry
+    /// (kept that long so that a late replay is reported as such), expired
+    /// online connections, and attestation records and launch report keys (with
+    /// their reports) older than `records_before` (Unix seconds).
+    pub fn purge(&self, records_before: i64) -> Result<Purged, StoreError> {
         let t = now();
         self.with(|c| {
             let tx = c.transaction()?;
@@ -256,8 +305,17 @@ impl Store {
                 tx.execute("DELETE FROM connections WHERE expires_at < ?1", params![t])?;
             let records =
                 tx.execute("DELETE FROM records WHERE at < ?1", params![records_before])?;
+            let reports = tx.execute(
+                "DELETE FROM launch_reports WHERE issued_at < ?1",
+                params![records_before],
+            )?;
             tx.commit()?;
-            Ok((sessions, connections, records))
+            Ok(Purged {
+                sessions,
+                connections,
+                records,
+                reports,
+            })
         })
     }
 
@@ -532,6 +590,87 @@ impl Store {
         .transpose()
     }
 
+    /// Stores the report key issued to `launch_id` with its secrets.
+    pub fn insert_report_key(&self, launch_id: &str, key: &[u8; 32]) -> Result<(), StoreError> {
+        let t = now();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO launch_reports (launch_id, report_key, issued_at) VALUES (?1, ?2, ?3)",
+                params![launch_id, &key[..], t],
+            )
+            .map(drop)
+        })
+    }
+
+    /// The report key issued to `launch_id`, whether or not it has reported.
+    pub fn report_key(
+        &self,
+        launch_id: &str,
+    ) -> Result<Option<zeroize::Zeroizing<[u8; 32]>>, StoreError> {
+        let key: Option<zeroize::Zeroizing<Vec<u8>>> = self.with(|c| {
+            c.query_row(
+                "SELECT report_key FROM launch_reports WHERE launch_id = ?1",
+                params![launch_id],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+            .map(|k| k.map(zeroize::Zeroizing::new))
+        })?;
+        key.map(|k| {
+            <[u8; 32]>::try_from(k.as_slice())
+                .map(zeroize::Zeroizing::new)
+                .map_err(|_| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what: "report key",
+                })
+        })
+        .transpose()
+    }
+
+    /// Stores the verified report of `launch_id` and, in the same transaction,
+    /// its record, unless the launch has reported already (then nothing is
+    /// written).
+    pub fn record_report(
+        &self,
+        launch_id: &str,
+        report: &GuestReport,
+        record: &NewRecord<'_>,
+    ) -> Result<ReportOutcome, StoreError> {
+        let t = now();
+        let failed = serde_json::to_string(&report.failed_checks).unwrap_or_else(|_| "[]".into());
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let changed = tx.execute(
+                "UPDATE launch_reports SET reported_at = ?2, path_works = ?3, failed_checks = ?4,                  client = ?5, body = ?6 WHERE launch_id = ?1 AND reported_at IS NULL",
+                params![
+                    launch_id,
+                    t,
+                    report.path_works,
+                    failed,
+                    report.client,
+                    report.body
+                ],
+            )?;
+            let outcome = if changed == 1 {
+                insert_record(&tx, t, record)?;
+                ReportOutcome::Recorded(t)
+            } else {
+                let exists: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM launch_reports WHERE launch_id = ?1)",
+                    params![launch_id],
+                    |r| r.get(0),
+                )?;
+                if exists {
+                    ReportOutcome::AlreadyReported
+                } else {
+                    ReportOutcome::Unknown
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
+    }
+
     /// Records an attestation outcome on its own.
     pub fn record(&self, r: &NewRecord<'_>) -> Result<(), StoreError> {
         let t = now();
@@ -541,9 +680,15 @@ impl Store {
     /// The newest `limit` records after id `after`, oldest first.
     pub fn records(&self, after: i64, limit: u32) -> Result<Vec<AttestationRecord>, StoreError> {
         self.with(|c| {
+            // A released GetSecret carries its launch's report state; no other
+            // record does.
             let mut st = c.prepare(
-                "SELECT id, at, rpc, launch_id, outcome, reason, digest, policy, firmware, description \
-                 FROM records WHERE id > ?1 ORDER BY id LIMIT ?2",
+                "SELECT r.id, r.at, r.rpc, r.launch_id, r.outcome, r.reason, r.digest, r.policy, \
+                 r.firmware, r.description, \
+                 lr.launch_id IS NOT NULL, lr.reported_at, lr.path_works, lr.failed_checks, lr.client \
+                 FROM records r LEFT JOIN launch_reports lr \
+                 ON lr.launch_id = r.launch_id AND r.rpc = 'GetSecret' AND r.outcome = 'ok' \
+                 WHERE r.id > ?1 ORDER BY r.id LIMIT ?2",
             )?;
             let rows = st.query_map(params![after, limit], |r| {
                 Ok(AttestationRecord {
@@ -557,11 +702,41 @@ impl Store {
                     policy: r.get(7)?,
                     firmware: r.get(8)?,
                     description: r.get(9)?,
+                    guest_status: match (
+                        r.get::<_, bool>(10)?,
+                        r.get::<_, Option<i64>>(11)?,
+                        r.get::<_, Option<bool>>(12)?,
+                    ) {
+                        (false, _, _) => String::new(),
+                        (true, None, _) => "awaiting".into(),
+                        (true, Some(_), Some(true)) => "confirmed".into(),
+                        (true, Some(_), _) => "path_broken".into(),
+                    },
+                    // Written by this broker as a JSON list; anything else reads as none.
+                    failed_checks: r
+                        .get::<_, Option<String>>(13)?
+                        .and_then(|s| serde_json::from_str(&s).ok())
+                        .unwrap_or_default(),
+                    reported_at: r.get::<_, Option<i64>>(11)?.unwrap_or(0),
+                    guest_client: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
                 })
             })?;
             rows.collect()
         })
     }
+}
+
+/// How many rows [`Store::purge`] deleted, by table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Launch sessions.
+    pub sessions: usize,
+    /// Online connections.
+    pub connections: usize,
+    /// Attestation records.
+    pub records: usize,
+    /// Launch report keys and their reports.
+    pub reports: usize,
 }
 
 /// An attestation outcome to record.
@@ -658,10 +833,104 @@ mod tests {
         // the fresh session stays.
         s.insert_session("ancient", &session(), -200_000, &NewRecord::default())
             .unwrap();
-        assert_eq!(s.purge(now() + 1).unwrap(), (1, 0, 3));
+        assert_eq!(
+            s.purge(now() + 1).unwrap(),
+            Purged {
+                sessions: 1,
+                records: 3,
+                ..Purged::default()
+            }
+        );
         assert_eq!(s.take_session("ancient").unwrap(), TakeOutcome::Unknown);
         assert_eq!(s.take_session("old").unwrap(), TakeOutcome::Used);
         assert!(s.records(0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_report_is_stored_once_shows_on_its_release_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let released = NewRecord {
+            rpc: "GetSecret",
+            launch_id: "l1",
+            ok: true,
+            ..Default::default()
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.record(&NewRecord {
+                rpc: "GetBundle",
+                launch_id: "l1",
+                ok: true,
+                ..Default::default()
+            })
+            .unwrap();
+            s.record(&released).unwrap();
+            s.insert_report_key("l1", &[9; 32]).unwrap();
+            let r = s.records(0, 10).unwrap();
+            assert_eq!(r[0].guest_status, "");
+            assert_eq!(r[1].guest_status, "awaiting");
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.report_key("l1").unwrap().as_deref(), Some(&[9; 32]));
+        assert_eq!(s.report_key("l2").unwrap(), None);
+        let report = GuestReport {
+            path_works: false,
+            failed_checks: vec!["online".into()],
+            client: "gc".into(),
+            body: vec![1, 2],
+        };
+        let rec = NewRecord {
+            rpc: "Report",
+            launch_id: "l1",
+            ok: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.record_report("l1", &report, &rec).unwrap(),
+            ReportOutcome::Recorded(t) if t > 0
+        ));
+        assert_eq!(
+            s.record_report("l1", &report, &rec).unwrap(),
+            ReportOutcome::AlreadyReported
+        );
+        assert_eq!(
+            s.record_report("l2", &report, &rec).unwrap(),
+            ReportOutcome::Unknown
+        );
+        let r = s.records(0, 10).unwrap();
+        assert_eq!(r.len(), 3, "only the accepted report is recorded here");
+        assert_eq!(r[1].guest_status, "path_broken");
+        assert_eq!(r[1].failed_checks, vec!["online".to_string()]);
+        assert_eq!(r[1].guest_client, "gc");
+        assert!(r[1].reported_at > 0);
+        assert_eq!(
+            (r[2].rpc.as_str(), r[2].guest_status.as_str()),
+            ("Report", "")
+        );
+        assert_eq!(s.purge(now() + 1).unwrap().reports, 1);
+        assert_eq!(s.report_key("l1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_database_from_before_reports_gains_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.record(&NewRecord {
+                rpc: "GetSecret",
+                launch_id: "old",
+                ok: true,
+                ..Default::default()
+            })
+            .unwrap();
+            s.with(|c| c.execute_batch("DROP TABLE launch_reports"))
+                .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let r = s.records(0, 10).unwrap();
+        assert_eq!((r.len(), r[0].guest_status.as_str()), (1, ""));
+        s.insert_report_key("new", &[1; 32]).unwrap();
+        assert!(s.report_key("new").unwrap().is_some());
     }
 
     #[test]

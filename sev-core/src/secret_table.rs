@@ -10,6 +10,11 @@ use crate::guid::Guid;
 
 /// GUID that opens a secret table.
 pub const TABLE_GUID: Guid = Guid::from_text("1e74f542-71dd-4d66-963e-ef4287ff173b");
+/// GUID of the report-key entry the key broker adds to every secret table it
+/// releases: JSON `{"launch_id":"<id>","report_key":"<base64 of 32 bytes>"}`.
+/// The guest proves the secrets reached it through the PSP by MACing its status
+/// report with that key (HMAC-SHA256, `kbsstatus.GuestStatus/Report`).
+pub const REPORT_KEY_GUID: Guid = Guid::from_text("6c8e2b4a-3f1d-4e7a-9b5c-0d2f8a1e7c93");
 /// Length of the table header and of each entry header.
 pub const HEADER_LEN: usize = 20;
 /// Most entries the guest's `efi_secret` module exposes.

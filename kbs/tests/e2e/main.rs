@@ -11,6 +11,7 @@
 )]
 
 mod harness;
+mod report;
 
 use aes_gcm::aead::{Aead, KeyInit};
 use base64::Engine as _;
@@ -236,8 +237,10 @@ async fn a_good_launch_gets_the_keysets_secrets_in_the_guest() {
         .await
         .unwrap();
     let entries = sev_sim::efi_secret::parse_table(&table).unwrap();
-    assert_eq!(entries.len(), 1);
+    // The keyset's bundle, then the broker's report key.
+    assert_eq!(entries.len(), 2);
     assert_eq!(entries[0].0, BUNDLE_GUID);
+    assert_eq!(entries[1].0, report::REPORT_KEY_GUID);
     let bundle: serde_json::Value = serde_json::from_slice(&entries[0].1).unwrap();
     assert_eq!(bundle["key-a"], b64(b"image key A"));
     assert_eq!(bundle["key-b"], b64(&[0, 1, 2, 255]));
@@ -470,7 +473,7 @@ async fn a_launch_in_flight_survives_a_broker_crash() {
             &unb64(&r.launch_secret_data),
         )
         .unwrap();
-    assert_eq!(sev_sim::efi_secret::parse_table(&table).unwrap().len(), 1);
+    assert_eq!(sev_sim::efi_secret::parse_table(&table).unwrap().len(), 2);
 }
 
 #[tokio::test]
