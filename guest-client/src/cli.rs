@@ -49,6 +49,9 @@ pub struct VerifyArgs {
     /// Print the outcome as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Do not send the report to the key broker (and keep the report key).
+    #[arg(long)]
+    pub no_report: bool,
     /// Seconds to wait for the key broker.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub timeout: u64,
@@ -97,6 +100,29 @@ pub struct Outcome {
     pub path_works: bool,
     /// The image signature policy delivered online, if fetched.
     pub signature_policy: Option<crate::entries::PolicySummary>,
+    /// What became of the report.
+    pub report: ReportOutcome,
+}
+
+/// What became of the report to the key broker.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum ReportOutcome {
+    /// Recorded by the broker at this Unix time; the report key was wiped.
+    Recorded {
+        /// When.
+        at: i64,
+    },
+    /// Not sent, and why.
+    NotSent {
+        /// Why.
+        reason: String,
+    },
+    /// Refused or unreachable.
+    Failed {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Runs `verify`.
@@ -164,11 +190,41 @@ pub async fn verify(a: &VerifyArgs) -> Outcome {
         }
     }
     let path_works = checks.iter().all(|c| c.passed);
+    let report = match (&found.report_key, &kbs) {
+        _ if a.no_report => ReportOutcome::NotSent {
+            reason: "--no-report".into(),
+        },
+        (None, _) => ReportOutcome::NotSent {
+            reason: "no report key (see the checks)".into(),
+        },
+        (Some(_), None) => ReportOutcome::NotSent {
+            reason: "no key broker address: give --kbs".into(),
+        },
+        (Some(key), Some(kbs)) => {
+            let signed = crate::report::sign(key, &checks, path_works);
+            match crate::report::send(kbs, signed, Duration::from_secs(a.timeout)).await {
+                Ok(at) => {
+                    // The key has done its job: wipe it from guest memory, so that
+                    // nothing later in this guest can speak for the launch.
+                    match crate::verify::wipe_report_key(&paths) {
+                        Ok(()) => ReportOutcome::Recorded { at },
+                        Err(e) => ReportOutcome::Failed {
+                            reason: format!(
+                                "recorded, but the report key entry could not be wiped: {e}"
+                            ),
+                        },
+                    }
+                }
+                Err(reason) => ReportOutcome::Failed { reason },
+            }
+        }
+    };
     Outcome {
         mode,
         checks,
         path_works,
         signature_policy,
+        report,
     }
 }
 
@@ -195,7 +251,14 @@ pub fn print_human(o: &Outcome, out: &mut dyn Write) -> std::io::Result<()> {
             Mode::Online => "online",
             Mode::Offline => "offline",
         }
-    )
+    )?;
+    match &o.report {
+        ReportOutcome::Recorded { at } => {
+            writeln!(out, "report recorded by the key broker (at {at})")
+        }
+        ReportOutcome::NotSent { reason } => writeln!(out, "report not sent: {reason}"),
+        ReportOutcome::Failed { reason } => writeln!(out, "report failed: {reason}"),
+    }
 }
 
 /// Parses and runs; returns the exit status.

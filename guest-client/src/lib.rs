@@ -6,4 +6,5 @@
 pub mod cli;
 pub mod entries;
 pub mod online;
+pub mod report;
 pub mod verify;

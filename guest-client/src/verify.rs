@@ -302,11 +302,6 @@ pub fn wipe_report_key(paths: &Paths) -> std::io::Result<()> {
     std::fs::remove_file(paths.secrets.join(REPORT_KEY_GUID))
 }
 
-/// The path of the report key entry.
-pub fn report_key_path(paths: &Paths) -> PathBuf {
-    paths.secrets.join(REPORT_KEY_GUID)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
