@@ -1,0 +1,189 @@
+//! Guest client benchmark: from starting `guest-client verify` to the key
+//! broker's acknowledgement of its report, on loopback.
+//!
+//! It starts a release-built `kbs`, pre-attests launches through the simulated
+//! PSP and shim (online mode, so the run includes a GetOnlineSecret round trip
+//! and the report), writes each guest's secrets as `efi_secret` shows them, and
+//! times the whole `guest-client verify` process, start to exit, once per launch.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use kbs_proto::admin_client;
+use kbs_proto::kbsadmin::{Digest, ReplaceDigestsRequest, SetResourceRequest};
+use sev_sim::shim::{pre_attest, ShimLaunch};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Times guest-client runs.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The kbs binary.
+    #[arg(long, default_value = "target/release/kbs")]
+    kbs_bin: PathBuf,
+    /// The guest-client binary (the static build).
+    #[arg(
+        long,
+        default_value = "target/x86_64-unknown-linux-gnu/release/guest-client"
+    )]
+    client_bin: PathBuf,
+    /// Launches to verify.
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+}
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a rank within the slice
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * (sorted.len() as f64)).ceil() as usize;
+    sorted
+        .get(rank.saturating_sub(1).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+fn guest_view(root: &Path, table: &[u8]) -> anyhow::Result<()> {
+    let sfs = root.join("security");
+    sev_sim::efi_secret::write_dir(table, &sfs.join("secrets/coco"))?;
+    std::fs::create_dir_all(root.join("module"))?;
+    std::fs::write(
+        root.join("mounts"),
+        format!("securityfs {} securityfs rw 0 0\n", sfs.display()),
+    )?;
+    std::fs::write(root.join("cmdline"), "quiet\n")?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let roots = sev_sim::FakeAmdRoots::generate()?;
+    let platform = sev_sim::SimPlatform::new(&roots)?;
+    let ark = dir.path().join("ark.cert");
+    std::fs::write(&ark, roots.ark_cert())?;
+    let data = dir.path().join("kbs-data");
+    std::fs::create_dir_all(&data)?;
+    let socket = dir.path().join("admin.sock");
+    let mut kbs = Command::new(&args.kbs_bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "none",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--admin-socket")
+        .arg(&socket)
+        .arg("--insecure-trust-anchor")
+        .arg(&ark)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", args.kbs_bin.display()))?;
+    let mut addr = None;
+    let mut lines = std::io::BufReader::new(kbs.stderr.take().context("stderr")?).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(a) = line.strip_prefix("kbs: listening on ") {
+            addr = Some(a.trim().to_string());
+        }
+        if line.starts_with("kbs: admin socket ") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let _kbs = Killed(kbs);
+    let addr = addr.context("kbs did not say where it listens")?;
+
+    let digest = [0x42u8; 32];
+    let mut admin = admin_client::connect_unix(&socket, Duration::from_secs(5)).await?;
+    admin
+        .replace_digests(ReplaceDigestsRequest {
+            node: "bench".into(),
+            runtime_class: "kata-qemu-sev".into(),
+            digests: vec![Digest {
+                mode: "sev".into(),
+                digest: digest.to_vec(),
+                vcpus: 1,
+                vcpu_type: String::new(),
+                config: "bench".into(),
+            }],
+        })
+        .await?;
+    admin
+        .set_resource(SetResourceRequest {
+            id: "default/security-policy/test".into(),
+            data: br#"{"default":[{"type":"insecureAcceptAnything"}],"transports":{}}"#.to_vec(),
+        })
+        .await?;
+
+    let size = std::fs::metadata(&args.client_bin)
+        .with_context(|| format!("{}", args.client_bin.display()))?
+        .len();
+    let mut times = Vec::with_capacity(args.runs);
+    for i in 0..args.runs {
+        let launch = ShimLaunch::online(format!("http://{addr}"), 0x3, digest);
+        let out = pre_attest(&platform, &launch).await?;
+        let root = dir.path().join(format!("guest-{i}"));
+        guest_view(&root, &out.secret_table)?;
+        let start = Instant::now();
+        let status = Command::new(&args.client_bin)
+            .arg("verify")
+            .arg("--secrets-dir")
+            .arg(root.join("security/secrets/coco"))
+            .arg("--securityfs")
+            .arg(root.join("security"))
+            .arg("--mounts")
+            .arg(root.join("mounts"))
+            .arg("--module-dir")
+            .arg(root.join("module"))
+            .arg("--cmdline")
+            .arg(root.join("cmdline"))
+            .args(["--kbs", &addr, "--mode", "online"])
+            .stdout(Stdio::null())
+            .status()?;
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        if !status.success() {
+            bail!("guest-client verify failed on launch {i}");
+        }
+        if root
+            .join("security/secrets/coco")
+            .join(guest_client_report_key())
+            .exists()
+        {
+            bail!("launch {i}: the report was not acknowledged (report key not wiped)");
+        }
+        times.push(ms);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "guest-client {} bytes ({:.2} MiB)",
+        size,
+        size as f64 / 1048576.0
+    );
+    println!(
+        "verify + online round trip + report acknowledged, n={}: p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        times.len(),
+        percentile(&times, 50.0),
+        percentile(&times, 90.0),
+        percentile(&times, 99.0),
+        times.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
+/// The report key entry's GUID: wiped once the broker acknowledged the report.
+fn guest_client_report_key() -> &'static str {
+    "6c8e2b4a-3f1d-4e7a-9b5c-0d2f8a1e7c93"
+}
