@@ -26,10 +26,35 @@ pub enum Command {
     /// Exit status 0 when the secret path works, 1 when a check failed.
     /// Secret values are never printed.
     Verify(VerifyArgs),
+    /// Run as the initrd's init: verify and report (bounded by --boot-timeout),
+    /// then hand PID 1 to PATH (the Kata agent) by exec.
+    ///
+    /// As PID 1 it mounts /proc, /sys and securityfs for the checks and
+    /// unmounts what it mounted before the exec, so the agent finds the system
+    /// as the kernel left it. A failed check or an unreachable broker never
+    /// stops the boot: the outcome is printed on the console and the exec goes on.
+    Init(InitArgs),
+}
+
+/// Options of `init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The program to hand PID 1 to, e.g. /usr/bin/kata-agent.
+    #[arg(long, value_name = "PATH")]
+    pub exec: PathBuf,
+    /// The most the checks and the report may delay the boot, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub boot_timeout: u64,
+    /// The checks' options.
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+    /// Arguments for the program.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// Options of `verify`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
     /// The secrets directory efi_secret exposes.
     #[arg(
@@ -281,5 +306,6 @@ pub fn run(
             }
             Ok(if outcome.path_works { 0 } else { 1 })
         }
+        Command::Init(a) => Err(crate::init::run(&a, out)),
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod entries;
+pub mod init;
 pub mod online;
 pub mod report;
 pub mod verify;

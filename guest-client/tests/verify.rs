@@ -233,3 +233,84 @@ fn mode_comes_from_the_kernel_command_line() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"mode\": \"offline\""), "{out}");
 }
+
+#[test]
+fn init_verifies_then_hands_over_by_exec() {
+    let g = Guest::new(
+        &[(BUNDLE_GUID, bundle()), (REPORT_KEY_GUID, report_key())],
+        true,
+    );
+    let p = |n: &str| g.dir.path().join(n);
+    let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
+        .arg("init")
+        .args(["--exec", "/bin/sh", "--boot-timeout", "10"])
+        .arg("--secrets-dir")
+        .arg(g.secrets())
+        .arg("--securityfs")
+        .arg(p("security"))
+        .arg("--mounts")
+        .arg(p("mounts"))
+        .arg("--module-dir")
+        .arg(p("module"))
+        .arg("--cmdline")
+        .arg(p("cmdline"))
+        .args([
+            "--mode",
+            "offline",
+            "--",
+            "-c",
+            "echo handed over to pid $$",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("PSP-protected path"), "{text}");
+    // The same process: exec, not a child.
+    assert!(text.contains("handed over to pid"), "{text}");
+}
+
+#[test]
+fn init_never_holds_the_boot_past_its_bound() {
+    let g = Guest::new(
+        &[(BUNDLE_GUID, bundle()), (REPORT_KEY_GUID, report_key())],
+        true,
+    );
+    // A broker that never answers: a listener that accepts nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let kbs = silent.local_addr().unwrap().to_string();
+    let p = |n: &str| g.dir.path().join(n);
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
+        .arg("init")
+        .args(["--exec", "/bin/echo", "--boot-timeout", "1"])
+        .arg("--secrets-dir")
+        .arg(g.secrets())
+        .arg("--securityfs")
+        .arg(p("security"))
+        .arg("--mounts")
+        .arg(p("mounts"))
+        .arg("--module-dir")
+        .arg(p("module"))
+        .arg("--cmdline")
+        .arg(p("cmdline"))
+        .args([
+            "--mode",
+            "offline",
+            "--kbs",
+            &kbs,
+            "--timeout",
+            "30",
+            "--",
+            "booted",
+        ])
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("booting on") && text.ends_with("booted\n"),
+        "{text}"
+    );
+    assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+}
