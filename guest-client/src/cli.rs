@@ -286,12 +286,29 @@ pub fn print_human(o: &Outcome, out: &mut dyn Write) -> std::io::Result<()> {
     }
 }
 
+/// The agent an initrd guest's init wrapper hands PID 1 to by default.
+pub const DEFAULT_AGENT: &str = "/usr/bin/kata-agent";
+
+/// Started by the kernel as init (`rdinit=/usr/bin/guest-client`) with no
+/// arguments: act as `init --exec` the agent, which `GUEST_CLIENT_EXEC` on the
+/// kernel command line can name (the kernel passes such parameters to init as
+/// environment).
+fn as_init(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    if args.len() != 1 || std::process::id() != 1 {
+        return args;
+    }
+    let agent = std::env::var_os("GUEST_CLIENT_EXEC").unwrap_or_else(|| DEFAULT_AGENT.into());
+    let mut v = args;
+    v.extend(["init".into(), "--exec".into(), agent]);
+    v
+}
+
 /// Parses and runs; returns the exit status.
 pub fn run(
     args: impl IntoIterator<Item = std::ffi::OsString>,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
-    let cli = Cli::try_parse_from(args)?;
+    let cli = Cli::try_parse_from(as_init(args.into_iter().collect()))?;
     match cli.command {
         Command::Verify(a) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
