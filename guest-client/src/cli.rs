@@ -34,6 +34,25 @@ pub enum Command {
     /// as the kernel left it. A failed check or an unreachable broker never
     /// stops the boot: the outcome is printed on the console and the exec goes on.
     Init(InitArgs),
+    /// The network half of `init`, run in the background: reads the local
+    /// outcome on standard input, then does the online round trip and the
+    /// report once the network is up.
+    #[command(hide = true)]
+    Finish(FinishArgs),
+}
+
+/// Options of `finish`.
+#[derive(Debug, Args)]
+pub struct FinishArgs {
+    /// Seconds to wait for each call.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    /// Seconds to keep retrying while the broker cannot be reached.
+    #[arg(long, default_value_t = 300)]
+    pub report_patience: u64,
+    /// Do not send the report.
+    #[arg(long)]
+    pub no_report: bool,
 }
 
 /// Options of `init`.
@@ -42,9 +61,13 @@ pub struct InitArgs {
     /// The program to hand PID 1 to, e.g. /usr/bin/kata-agent.
     #[arg(long, value_name = "PATH")]
     pub exec: PathBuf,
-    /// The most the checks and the report may delay the boot, in seconds.
+    /// The most the checks may delay the boot, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub boot_timeout: u64,
+    /// How long the background reporter keeps trying to reach the broker
+    /// (the network comes up only once the agent runs), in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub report_patience: u64,
     /// The checks' options.
     #[command(flatten)]
     pub verify: VerifyArgs,
@@ -150,15 +173,48 @@ pub enum ReportOutcome {
     },
 }
 
-/// Runs `verify`.
-pub async fn verify(a: &VerifyArgs) -> Outcome {
-    let paths = Paths {
+/// What the local checks found, and what the network steps need.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Local {
+    /// The mode.
+    pub mode: Mode,
+    /// The key broker, if known.
+    pub kbs: Option<String>,
+    /// The local checks.
+    pub checks: Vec<Check>,
+    /// The connection entry (online), if well-formed.
+    pub connection: Option<(String, String)>,
+    /// The report key entry, if well-formed: launch id and base64 key.
+    pub report_key: Option<(String, String)>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn key_of(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
+}
+
+/// The paths of `a`.
+pub fn paths_of(a: &VerifyArgs) -> Paths {
+    Paths {
         securityfs: a.securityfs.clone(),
         mounts: a.mounts.clone(),
         module: a.module_dir.clone(),
         secrets: a.secrets_dir.clone(),
         cmdline: a.cmdline.clone(),
-    };
+    }
+}
+
+/// The checks that need no network.
+pub fn local(a: &VerifyArgs) -> Local {
+    let paths = paths_of(a);
     let from_cmdline = std::fs::read_to_string(&paths.cmdline)
         .ok()
         .and_then(|c| mode_from_cmdline(&c));
@@ -175,18 +231,47 @@ pub async fn verify(a: &VerifyArgs) -> Outcome {
         .or_else(|| from_cmdline.and_then(|(_, uri)| uri));
     let mut checks = Vec::new();
     let found = local_checks(&paths, mode, &mut checks);
+    Local {
+        mode,
+        kbs,
+        checks,
+        connection: found.connection.map(|c| (c.client_id, b64(&c.key))),
+        report_key: found.report_key.map(|k| (k.launch_id, b64(&k.key))),
+    }
+}
+
+/// The online round trip and the report. `wipe` runs once the broker has
+/// acknowledged the report; `patience` is how long to keep retrying while the
+/// broker cannot be reached (zero: one attempt).
+pub async fn network(
+    l: Local,
+    no_report: bool,
+    timeout: Duration,
+    patience: Duration,
+    wipe: Option<&Paths>,
+) -> Outcome {
+    let deadline = tokio::time::Instant::now() + patience;
+    let unreachable = |e: &str| e.starts_with("cannot reach");
+    let Local {
+        mode,
+        kbs,
+        mut checks,
+        connection,
+        report_key,
+    } = l;
     let mut signature_policy = None;
+    let connection = connection.and_then(|(client_id, key)| {
+        key_of(&key).map(|key| crate::entries::Connection { client_id, key })
+    });
     if mode == Mode::Online {
-        if let Some(conn) = &found.connection {
+        if let Some(conn) = &connection {
             let (passed, reason) = match &kbs {
                 None => (
                     false,
                     "no key broker: give --kbs or boot with agent.aa_kbc_params".to_string(),
                 ),
-                Some(kbs) => {
-                    match crate::online::fetch_policy(kbs, conn, Duration::from_secs(a.timeout))
-                        .await
-                    {
+                Some(kbs) => loop {
+                    match crate::online::fetch_policy(kbs, conn, timeout).await {
                         Ok(p) => {
                             let reason = if p.enforced {
                                 format!(
@@ -201,11 +286,14 @@ pub async fn verify(a: &VerifyArgs) -> Outcome {
                                 "image signatures not enforced (any image accepted)".into()
                             };
                             signature_policy = Some(p);
-                            (true, reason)
+                            break (true, reason);
                         }
-                        Err(e) => (false, e),
+                        Err(e) if unreachable(&e) && tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => break (false, e),
                     }
-                }
+                },
             };
             checks.push(Check {
                 name: "online secret".into(),
@@ -215,8 +303,11 @@ pub async fn verify(a: &VerifyArgs) -> Outcome {
         }
     }
     let path_works = checks.iter().all(|c| c.passed);
-    let report = match (&found.report_key, &kbs) {
-        _ if a.no_report => ReportOutcome::NotSent {
+    let key = report_key.and_then(|(launch_id, key)| {
+        key_of(&key).map(|key| crate::entries::ReportKey { launch_id, key })
+    });
+    let report = match (&key, &kbs) {
+        _ if no_report => ReportOutcome::NotSent {
             reason: "--no-report".into(),
         },
         (None, _) => ReportOutcome::NotSent {
@@ -225,24 +316,27 @@ pub async fn verify(a: &VerifyArgs) -> Outcome {
         (Some(_), None) => ReportOutcome::NotSent {
             reason: "no key broker address: give --kbs".into(),
         },
-        (Some(key), Some(kbs)) => {
+        (Some(key), Some(kbs)) => loop {
             let signed = crate::report::sign(key, &checks, path_works);
-            match crate::report::send(kbs, signed, Duration::from_secs(a.timeout)).await {
+            match crate::report::send(kbs, signed, timeout).await {
                 Ok(at) => {
                     // The key has done its job: wipe it from guest memory, so that
                     // nothing later in this guest can speak for the launch.
-                    match crate::verify::wipe_report_key(&paths) {
-                        Ok(()) => ReportOutcome::Recorded { at },
-                        Err(e) => ReportOutcome::Failed {
+                    break match wipe.map(crate::verify::wipe_report_key) {
+                        None | Some(Ok(())) => ReportOutcome::Recorded { at },
+                        Some(Err(e)) => ReportOutcome::Failed {
                             reason: format!(
                                 "recorded, but the report key entry could not be wiped: {e}"
                             ),
                         },
-                    }
+                    };
                 }
-                Err(reason) => ReportOutcome::Failed { reason },
+                Err(e) if unreachable(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(reason) => break ReportOutcome::Failed { reason },
             }
-        }
+        },
     };
     Outcome {
         mode,
@@ -251,6 +345,20 @@ pub async fn verify(a: &VerifyArgs) -> Outcome {
         signature_policy,
         report,
     }
+}
+
+/// Runs `verify`.
+pub async fn verify(a: &VerifyArgs) -> Outcome {
+    let l = local(a);
+    let paths = paths_of(a);
+    network(
+        l,
+        a.no_report,
+        Duration::from_secs(a.timeout),
+        Duration::ZERO,
+        Some(&paths),
+    )
+    .await
 }
 
 /// Prints an outcome for people.
@@ -324,5 +432,23 @@ pub fn run(
             Ok(if outcome.path_works { 0 } else { 1 })
         }
         Command::Init(a) => Err(crate::init::run(&a, out)),
+        Command::Finish(a) => {
+            let mut input = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)?;
+            let l: Local = serde_json::from_slice(&input)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let outcome = runtime.block_on(network(
+                l,
+                a.no_report,
+                Duration::from_secs(a.timeout),
+                Duration::from_secs(a.report_patience),
+                None,
+            ));
+            let mut err = std::io::stderr();
+            print_human(&outcome, &mut err)?;
+            Ok(if outcome.path_works { 0 } else { 1 })
+        }
     }
 }

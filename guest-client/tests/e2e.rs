@@ -266,3 +266,52 @@ async fn attested_guests_verify_and_are_confirmed_at_the_broker() {
         "path_broken"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_reports_in_the_background_after_the_hand_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let roots = FakeAmdRoots::generate().unwrap();
+    let platform = SimPlatform::new(&roots).unwrap();
+    let ark = dir.path().join("ark.cert");
+    std::fs::write(&ark, roots.ark_cert()).unwrap();
+    let kbs = start_kbs(dir.path(), &ark);
+    setup(&kbs).await;
+    let launched = pre_attest(
+        &platform,
+        &ShimLaunch::online(format!("http://{}", kbs.addr), 0x3, DIGEST),
+    )
+    .await
+    .unwrap();
+    let root = guest_view(dir.path(), &launched.secret_table);
+    std::fs::write(root.join("cmdline"), "quiet\n").unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_guest-client"))
+        .arg("init")
+        .args(["--exec", "/bin/true"])
+        .arg("--secrets-dir")
+        .arg(root.join("security/secrets/coco"))
+        .arg("--securityfs")
+        .arg(root.join("security"))
+        .arg("--mounts")
+        .arg(root.join("mounts"))
+        .arg("--module-dir")
+        .arg(root.join("module"))
+        .arg("--cmdline")
+        .arg(root.join("cmdline"))
+        .args(["--kbs", &kbs.addr, "--mode", "online"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if guest_status_of(&kbs, &launched.launch_id).await == "confirmed" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background report never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -265,13 +265,16 @@ fn init_verifies_then_hands_over_by_exec() {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("PSP-protected path"), "{text}");
+    assert!(text.contains("guest-client: ok bundle"), "{text}");
+    // The report key was wiped before the hand-over; the bundle stays.
+    assert!(!g.secrets().join(REPORT_KEY_GUID).exists());
+    assert!(g.secrets().join(BUNDLE_GUID).exists());
     // The same process: exec, not a child.
     assert!(text.contains("handed over to pid"), "{text}");
 }
 
 #[test]
-fn init_never_holds_the_boot_past_its_bound() {
+fn init_does_not_wait_for_the_network() {
     let g = Guest::new(
         &[(BUNDLE_GUID, bundle()), (REPORT_KEY_GUID, report_key())],
         true,
@@ -283,7 +286,14 @@ fn init_never_holds_the_boot_past_its_bound() {
     let started = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
         .arg("init")
-        .args(["--exec", "/bin/echo", "--boot-timeout", "1"])
+        .args([
+            "--exec",
+            "/bin/echo",
+            "--boot-timeout",
+            "5",
+            "--report-patience",
+            "0",
+        ])
         .arg("--secrets-dir")
         .arg(g.secrets())
         .arg("--securityfs")
@@ -300,17 +310,16 @@ fn init_never_holds_the_boot_past_its_bound() {
             "--kbs",
             &kbs,
             "--timeout",
-            "30",
+            "1",
             "--",
             "booted",
         ])
+        .stderr(std::process::Stdio::null())
         .output()
         .unwrap();
     let elapsed = started.elapsed();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        text.contains("booting on") && text.ends_with("booted\n"),
-        "{text}"
-    );
-    assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+    assert!(text.ends_with("booted\n"), "{text}");
+    // The report waits in the background; the boot does not.
+    assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
 }
