@@ -323,3 +323,37 @@ fn init_does_not_wait_for_the_network() {
     // The report waits in the background; the boot does not.
     assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
 }
+
+/// As PID 1 (the first process of a new PID namespace, as the kernel starts
+/// init): the checks run, and the agent gets PID 1 by exec.
+#[test]
+fn init_as_pid_1_hands_pid_1_to_the_agent() {
+    let g = Guest::new(
+        &[(BUNDLE_GUID, bundle()), (REPORT_KEY_GUID, report_key())],
+        true,
+    );
+    let p = |n: &str| g.dir.path().join(n);
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(env!("CARGO_BIN_EXE_guest-client"))
+        .arg("init")
+        .args(["--exec", "/bin/sh", "--no-report", "--mode", "offline"])
+        .arg("--secrets-dir")
+        .arg(g.secrets())
+        .arg("--securityfs")
+        .arg(p("security"))
+        .arg("--mounts")
+        .arg(p("mounts"))
+        .arg("--module-dir")
+        .arg(p("module"))
+        .arg("--cmdline")
+        .arg(p("cmdline"))
+        .args(["--", "-c", "echo agent is pid $$"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("unshare (util-linux) runs a process as PID 1 of a new PID namespace; run as root");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("guest-client: ok bundle"), "{text}");
+    assert!(text.contains("agent is pid 1\n"), "{text}");
+}
