@@ -204,13 +204,21 @@ pub fn reports(a: &DigestsArgs) -> anyhow::Result<Vec<LaunchReport>> {
 
 /// Runs `digests`.
 pub fn run(a: &DigestsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let reports = reports(a)?;
-    if a.json {
-        serde_json::to_writer_pretty(&mut *out, &reports).context("writing JSON")?;
+    print_reports(&reports(a)?, a.json, out)
+}
+
+/// Prints launch reports as `host-agent digests` does: text, or JSON with `json`.
+pub fn print_reports(
+    reports: &[LaunchReport],
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, reports).context("writing JSON")?;
         writeln!(out)?;
         return Ok(());
     }
-    for r in &reports {
+    for r in reports {
         writeln!(
             out,
             "{} ({}, pod CPUs {})",

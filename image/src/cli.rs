@@ -101,7 +101,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, log: &mut dyn Write) -> anyhow::Resul
                     fips: a.fips,
                 };
                 let reports = digests::reports_with_initrd(config, &a.output, &host)?;
-                digests::print(&reports, a.json, out)?;
+                host_agent::digests_cmd::print_reports(&reports, a.json, out)?;
             }
         }
         Command::Rootfs(a) => {

@@ -5,7 +5,6 @@
 use anyhow::{bail, Context as _};
 use host_agent::digests_cmd::{reports, DigestsArgs, LaunchReport};
 use kata_launch::KataConfig;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Host facts the digests depend on, as `host-agent digests` takes them.
@@ -96,46 +95,4 @@ pub fn reports_with_initrd(
         r.config = config.to_path_buf();
     }
     Ok(out)
-}
-
-/// Prints reports as `host-agent digests` does: text, or JSON with `json`.
-pub fn print(reports: &[LaunchReport], json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    if json {
-        serde_json::to_writer_pretty(&mut *out, reports).context("writing JSON")?;
-        writeln!(out)?;
-        return Ok(());
-    }
-    for r in reports {
-        writeln!(
-            out,
-            "{} ({}, pod CPUs {})",
-            r.runtime_class,
-            r.config.display(),
-            r.pod_cpus
-        )?;
-        writeln!(out, "  mode      {} (policy {:#x})", r.mode, r.policy)?;
-        writeln!(out, "  firmware  {}", r.firmware.display())?;
-        writeln!(out, "  kernel    {}", r.kernel.display())?;
-        if let Some(i) = &r.initrd {
-            writeln!(out, "  initrd    {}", i.display())?;
-        }
-        writeln!(out, "  cmdline   {}", r.cmdline)?;
-        match &r.vcpu_sig {
-            Some(s) => writeln!(
-                out,
-                "  vcpus     {} (-cpu {}, signature {s})",
-                r.vcpus, r.cpu_model
-            )?,
-            None => writeln!(out, "  vcpus     {} (-cpu {})", r.vcpus, r.cpu_model)?,
-        }
-        if !r.kernel_hashes {
-            writeln!(
-                out,
-                "  measures  the firmware only (Kata starts SNP guests without kernel hashes): the initrd does not change this digest"
-            )?;
-        }
-        writeln!(out, "  digest    {}", r.digest)?;
-        writeln!(out, "  base64    {}", r.digest_base64)?;
-    }
-    Ok(())
 }
