@@ -19,78 +19,17 @@ use kbs_proto::kbsadmin::{
 };
 use sev_sim::shim::{pre_attest, ShimLaunch};
 use sev_sim::{FakeAmdRoots, SimPlatform};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const DIGEST: [u8; 32] = [0x42; 32];
 
-struct Kbs {
-    child: Child,
-    addr: String,
-    socket: PathBuf,
-}
-
-impl Drop for Kbs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `kbs` binary beside this test (`cargo test --workspace` builds it).
-fn kbs_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("kbs");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the key broker first (`cargo build -p kbs`; \
-         `cargo test --workspace` builds it)",
-        bin.display()
-    );
-    bin
-}
+type Kbs = sev_sim::kbs_process::KbsProcess;
 
 fn start_kbs(dir: &Path, ark: &Path) -> Kbs {
-    let data = dir.join("kbs-data");
-    std::fs::create_dir_all(&data).unwrap();
-    let socket = dir.join("admin.sock");
-    let mut child = Command::new(kbs_binary())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "none",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .arg("--admin-socket")
-        .arg(&socket)
-        .arg("--insecure-trust-anchor")
-        .arg(ark)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut addr = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("kbs: listening on ") {
-            addr = Some(a.trim().to_string());
-        }
-        if line.starts_with("kbs: admin socket ") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Kbs {
-        child,
-        addr: addr.expect("kbs address"),
-        socket,
-    }
+    let bin = sev_sim::kbs_process::kbs_beside_current_exe().unwrap();
+    Kbs::start(&bin, &dir.join("kbs-data"), &dir.join("admin.sock"), ark).unwrap()
 }
 
 /// A guest's view of `table`, as efi_secret shows it.

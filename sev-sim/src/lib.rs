@@ -30,6 +30,7 @@
 mod bytes;
 pub mod efi_secret;
 mod error;
+pub mod kbs_process;
 mod kdf;
 mod measure;
 mod platform;

@@ -20,20 +20,6 @@ pub const CLASS: &str = "kata-qemu-sev";
 /// NODBG | NOKS, the sample configuration's policy.
 pub const POLICY: u32 = 0x3;
 
-/// The `kbs` binary, built beside this test by `cargo test --workspace`.
-fn kbs_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/kbs
-    let bin = exe.parent().unwrap().parent().unwrap().join("kbs");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the key broker first (`cargo build -p kbs`; \
-         `cargo test --workspace` builds it)",
-        bin.display()
-    );
-    bin
-}
-
 /// Lines a child prints on stderr, collected by a thread.
 fn collect_stderr(
     child: &mut Child,
@@ -53,18 +39,7 @@ fn collect_stderr(
     (found_rx, log_rx)
 }
 
-pub struct KbsProcess {
-    _child: Child,
-    pub addr: SocketAddr,
-    _log: mpsc::Receiver<String>,
-}
-
-impl Drop for KbsProcess {
-    fn drop(&mut self) {
-        let _ = self._child.kill();
-        let _ = self._child.wait();
-    }
-}
+use sev_sim::kbs_process::KbsProcess;
 
 pub struct Agent {
     child: Option<Child>,
@@ -194,46 +169,9 @@ impl Rig {
     }
 
     pub fn start_kbs(&mut self) {
-        let data = self.data_dir();
-        std::fs::create_dir_all(&data).unwrap();
-        let mut child = Command::new(kbs_binary())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "none",
-                "--data-dir",
-            ])
-            .arg(&data)
-            .arg("--admin-socket")
-            .arg(&self.socket)
-            .arg("--insecure-trust-anchor")
-            .arg(&self.ark)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (found, log) = collect_stderr(&mut child, "kbs: ");
-        // "listening on ADDR" comes first, "admin socket PATH" once that is bound.
-        let mut addr = None;
-        loop {
-            let line = found
-                .recv_timeout(Duration::from_secs(30))
-                .expect("kbs did not start");
-            if let Some(a) = line.strip_prefix("listening on ") {
-                addr = Some(a.parse().unwrap());
-            }
-            if line.starts_with("admin socket ") {
-                break;
-            }
-        }
-        self.kbs = Some(KbsProcess {
-            _child: child,
-            addr: addr.expect("keybroker address"),
-            _log: log,
-        });
+        let bin = sev_sim::kbs_process::kbs_beside_current_exe().unwrap();
+        self.kbs =
+            Some(KbsProcess::start(&bin, &self.data_dir(), &self.socket, &self.ark).unwrap());
     }
 
     pub fn stop_kbs(&mut self) {
@@ -241,7 +179,7 @@ impl Rig {
     }
 
     pub fn kbs_uri(&self) -> String {
-        format!("http://{}", self.kbs.as_ref().unwrap().addr)
+        self.kbs.as_ref().unwrap().uri()
     }
 
     /// Starts `host-agent run` with a notify socket of its own.

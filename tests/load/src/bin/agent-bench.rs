@@ -51,22 +51,6 @@ impl Drop for Killed {
     }
 }
 
-fn wait_line(child: &mut Child, prefix: &str) -> anyhow::Result<String> {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().context("stderr")?;
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(rest) = line.strip_prefix(prefix) {
-            let rest = rest.trim().to_string();
-            // Keep draining so that the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return Ok(rest);
-        }
-    }
-    bail!("the process ended before printing {prefix:?}")
-}
-
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a rank within the slice
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -218,29 +202,14 @@ async fn main() -> anyhow::Result<()> {
     let roots = sev_sim::FakeAmdRoots::generate()?;
     let ark = dir.path().join("ark.cert");
     std::fs::write(&ark, roots.ark_cert())?;
-    let data = dir.path().join("kbs-data");
-    std::fs::create_dir_all(&data)?;
     let socket = dir.path().join("admin.sock");
-    let mut kbs = Command::new(&args.kbs_bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "none",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .arg("--admin-socket")
-        .arg(&socket)
-        .arg("--insecure-trust-anchor")
-        .arg(&ark)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", args.kbs_bin.display()))?;
-    wait_line(&mut kbs, "kbs: listening on ")?;
-    let _kbs = Killed(kbs);
+    let _kbs = sev_sim::kbs_process::KbsProcess::start(
+        &args.kbs_bin,
+        &dir.path().join("kbs-data"),
+        &socket,
+        &ark,
+    )
+    .with_context(|| format!("cannot start {}", args.kbs_bin.display()))?;
 
     let config = dir.path().join("agent.toml");
     std::fs::write(

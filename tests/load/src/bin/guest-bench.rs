@@ -11,7 +11,6 @@ use clap::Parser;
 use kbs_proto::admin_client;
 use kbs_proto::kbsadmin::{Digest, ReplaceDigestsRequest, SetResourceRequest};
 use sev_sim::shim::{pre_attest, ShimLaunch};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,14 +30,6 @@ struct Args {
     /// Launches to verify.
     #[arg(long, default_value_t = 50)]
     runs: usize,
-}
-
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a rank within the slice
@@ -70,41 +61,15 @@ async fn main() -> anyhow::Result<()> {
     let platform = sev_sim::SimPlatform::new(&roots)?;
     let ark = dir.path().join("ark.cert");
     std::fs::write(&ark, roots.ark_cert())?;
-    let data = dir.path().join("kbs-data");
-    std::fs::create_dir_all(&data)?;
     let socket = dir.path().join("admin.sock");
-    let mut kbs = Command::new(&args.kbs_bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "none",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .arg("--admin-socket")
-        .arg(&socket)
-        .arg("--insecure-trust-anchor")
-        .arg(&ark)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", args.kbs_bin.display()))?;
-    let mut addr = None;
-    let mut lines = std::io::BufReader::new(kbs.stderr.take().context("stderr")?).lines();
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(a) = line.strip_prefix("kbs: listening on ") {
-            addr = Some(a.trim().to_string());
-        }
-        if line.starts_with("kbs: admin socket ") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let _kbs = Killed(kbs);
-    let addr = addr.context("kbs did not say where it listens")?;
+    let kbs = sev_sim::kbs_process::KbsProcess::start(
+        &args.kbs_bin,
+        &dir.path().join("kbs-data"),
+        &socket,
+        &ark,
+    )
+    .with_context(|| format!("cannot start {}", args.kbs_bin.display()))?;
+    let addr = kbs.addr.clone();
 
     let digest = [0x42u8; 32];
     let mut admin = admin_client::connect_unix(&socket, Duration::from_secs(5)).await?;
