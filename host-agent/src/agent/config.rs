@@ -335,11 +335,11 @@ impl AgentConfig {
                 ));
             }
         }
-        if self.kbs.timeout_seconds == 0 || self.kbs.retry_max_seconds == 0 {
-            return Err(invalid(
-                "kbs.timeout_seconds",
-                "timeouts are at least 1 second".into(),
-            ));
+        if self.kbs.timeout_seconds == 0 {
+            return Err(invalid("kbs.timeout_seconds", "at least 1 second".into()));
+        }
+        if self.kbs.retry_max_seconds == 0 {
+            return Err(invalid("kbs.retry_max_seconds", "at least 1 second".into()));
         }
         if let Some(modes) = &self.launches.modes {
             for m in modes {
@@ -525,6 +525,7 @@ host_cpu_signature = "0xa00f11"
                 "launches.host_cpu_signature",
             ),
             ("[launches]\npod_cpus = []", "launches.pod_cpus"),
+            ("[kbs]\nretry_max_seconds = 0", "kbs.retry_max_seconds"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains("/etc/host-agent/config.toml"), "{e}");
