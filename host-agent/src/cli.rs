@@ -42,6 +42,12 @@ pub enum Command {
     /// Edit Kata configuration files in place: guest pre-attestation and image
     /// signature verification on or off.
     Kata(crate::kata_cmd::KataArgs),
+    /// Sign container images and verify their signatures, in cosign's formats
+    /// (key pairs, simple-signing payloads under the `sha256-<digest>.sig` tag).
+    Cosign(crate::cosign_cmd::CosignArgs),
+    /// Knative settings for confidential services (the queue-proxy sidecar
+    /// image by digest).
+    Knative(crate::knative_cmd::KnativeArgs),
 }
 
 /// Parses `args` (including the program name) and runs the command, writing its
@@ -59,5 +65,7 @@ where
         Command::Run(a) => crate::agent::run(a),
         Command::Provision(a) => crate::provision::run(a, out),
         Command::Status(a) => crate::status_cmd::run(a, out),
+        Command::Cosign(a) => crate::cosign_cmd::run(a, out),
+        Command::Knative(a) => crate::knative_cmd::run(a, out),
     }
 }

@@ -7,11 +7,13 @@
 pub mod agent;
 pub mod artefacts;
 pub mod cli;
+pub mod cosign_cmd;
 pub mod digests_cmd;
 pub mod drift;
 pub mod host_cpu;
 pub mod kata_cmd;
 pub mod kata_edit;
+pub mod knative_cmd;
 pub mod launch;
 pub mod measure_cmd;
 pub mod provision;
