@@ -1,0 +1,1 @@
+//! Container image signatures in cosign's formats.
