@@ -480,21 +480,62 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             if json {
                 print_json(&rows)?;
             } else {
-                for a in rows {
-                    let guest = if a.failed_checks.is_empty() {
-                        a.guest_status.clone()
-                    } else {
-                        format!("{} ({})", a.guest_status, a.failed_checks.join(","))
-                    };
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                        a.id, a.at, a.rpc, a.outcome, a.launch_id, a.reason, guest
-                    );
-                }
+                print!("{}", records_table(&rows));
             }
         }
     }
     Ok(())
+}
+
+/// Attestation records as a table for people (scripts read `--json`): one
+/// line per record, columns aligned, times in UTC.
+fn records_table(rows: &[crate::store::AttestationRecord]) -> String {
+    let mut lines = vec![[
+        "ID".to_string(),
+        "TIME (UTC)".into(),
+        "CALL".into(),
+        "OUTCOME".into(),
+        "LAUNCH OR CLIENT".into(),
+        "GUEST".into(),
+        "REASON".into(),
+    ]];
+    for a in rows {
+        let guest = if a.failed_checks.is_empty() {
+            a.guest_status.clone()
+        } else {
+            format!("{} ({})", a.guest_status, a.failed_checks.join(","))
+        };
+        let at = u64::try_from(a.at)
+            .ok()
+            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_else(|| a.at.to_string());
+        lines.push([
+            a.id.to_string(),
+            at,
+            a.rpc.clone(),
+            a.outcome.clone(),
+            a.launch_id.clone(),
+            if guest.is_empty() { "-".into() } else { guest },
+            a.reason.clone(),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for l in &lines {
+        for (w, cell) in widths.iter_mut().zip(l) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for l in &lines {
+        let mut line = String::new();
+        for (w, cell) in widths.iter().zip(l) {
+            line.push_str(&format!("{cell:<w$}  "));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -513,5 +554,26 @@ mod tests {
         assert!(parse_digest("sev").is_err());
         assert!(parse_digest("sev:zz").is_err());
         assert!(parse_digest("sev:00:x").is_err());
+    }
+
+    #[test]
+    fn records_print_as_an_aligned_table() {
+        let row = crate::store::AttestationRecord {
+            id: 7,
+            at: 1_795_887_886,
+            rpc: "GetSecret".into(),
+            outcome: "refused".into(),
+            launch_id: "l-1".into(),
+            reason: "launch digest not registered".into(),
+            ..crate::store::AttestationRecord::default()
+        };
+        let table = records_table(&[row]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("ID  TIME (UTC)"), "{table}");
+        assert!(lines[1].contains("2026-11-28T"), "{table}");
+        assert!(lines[1].ends_with("launch digest not registered"), "{table}");
+        // Columns line up: CALL starts at the same offset on both lines.
+        assert_eq!(lines[0].find("CALL"), lines[1].find("GetSecret"));
     }
 }

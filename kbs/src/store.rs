@@ -81,7 +81,7 @@ pub struct DigestRecord {
 }
 
 /// One attestation outcome.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct AttestationRecord {
     /// Sequence number.
     pub id: i64,
