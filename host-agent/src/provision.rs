@@ -1,11 +1,20 @@
 //! `host-agent provision`: one-shot registration of this node's launch digests,
-//! the image signature policy and the cosign public key, for nodes that do not
-//! run the daemon or to set the policy.
+//! the image signature policy, the cosign public key and the key of encrypted
+//! images, for nodes that do not run the daemon or to set the policy.
 //!
-//! Every call replaces (digests per runtime class, resources by id), so running
-//! it twice gives the same state. What this node set is recorded in its state
-//! directory, so that `--clean` removes this node's digests and the resources it
-//! set, and nothing another node or an operator registered.
+//! Every call replaces (digests per runtime class, resources and secrets by id),
+//! so running it twice gives the same state. What this node set is recorded in
+//! its state directory, so that `--clean` removes this node's digests and the
+//! resources and secrets it set, and nothing another node or an operator
+//! registered.
+//!
+//! The image key is a secret in a keyset, because that is how both of the
+//! guest's paths reach it: offline, the Kata shim asks for one keyset's bundle
+//! and the attestation agent looks the key up in it by id; online, the agent
+//! asks for the secret itself by id (`SecretType` "key"). Keysets are shared
+//! with the operator and other nodes, so joining one is read-modify-write and
+//! `--clean` takes only this node's id back out, deleting the keyset only when
+//! this node created it and nothing else is left in it.
 
 use crate::agent::cache::ArtefactCache;
 use crate::agent::config::{AgentConfig, KbsTarget};
@@ -14,7 +23,8 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use kbs_proto::admin_client::{self, Client};
 use kbs_proto::kbsadmin::{
-    DeleteRequest, Digest, ListDigestsRequest, ReplaceDigestsRequest, SetResourceRequest,
+    DeleteRequest, Digest, ListDigestsRequest, ListInventoryRequest, ReplaceDigestsRequest,
+    SetKeysetRequest, SetResourceRequest, SetSecretRequest,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,6 +37,17 @@ pub const POLICY_RESOURCE: &str = "default/security-policy/test";
 pub const COSIGN_KEY_RESOURCE: &str = "default/cosign-key/1";
 /// How the policy names the key: a KBS resource URI the guest resolves.
 pub const COSIGN_KEY_PATH: &str = "kbs:///default/cosign-key/1";
+/// The secret holding the key of encrypted images: the resource path of the
+/// `kid` (`kbs:///default/image-encryption-key/1`) in the layers' annotations.
+pub const IMAGE_KEY_SECRET: &str = "default/image-encryption-key/1";
+/// Length of the image key: the attestation agent unwraps each layer's key
+/// with AES-256 (wrap types A256GCM and A256CTR), which takes exactly 32 bytes.
+pub const IMAGE_KEY_LEN: usize = 32;
+/// The keyset the Kata shim asks for when `guest_pre_attestation_keyset` is
+/// not set.
+pub const DEFAULT_KEYSET: &str = "KEYSET-1";
+/// Longest id the broker takes, in bytes.
+const MAX_ID: usize = 256;
 
 /// Which images the guest accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -41,6 +62,14 @@ pub enum SignaturePolicy {
 
 /// Options of `host-agent provision`.
 #[derive(Debug, Args)]
+#[command(after_long_help = "\
+Encrypted images: --image-encryption-key sets the secret default/image-encryption-key/1 \
+(the key id kbs:///default/image-encryption-key/1 of the layers' annotations) and puts it \
+in the keyset the Kata shim asks for (guest_pre_attestation_keyset, KEYSET-1 by default; \
+other secrets of that keyset stay). Offline guests find it in that keyset's bundle, online \
+guests ask for it by id. Without the option, a key this node set earlier stays registered; \
+--clean removes it and takes its id out of the keyset, deleting the keyset only when this \
+node created it and nothing else is in it. The key is never printed.")]
 pub struct ProvisionArgs {
     /// The agent's configuration file (Kata configurations, key broker, node
     /// name, launches); /etc/host-agent/config.toml when it exists, else the
@@ -60,8 +89,23 @@ pub struct ProvisionArgs {
     /// The cosign public key (PEM) that signs the images; needed with `verify`.
     #[arg(long, value_name = "FILE")]
     pub cosign_key: Option<PathBuf>,
-    /// First remove everything this node registered before (its digests and the
-    /// resources it set), then provision afresh.
+    /// The key of encrypted images: a file of exactly 32 raw bytes (AES-256,
+    /// e.g. from `head -c 32 /dev/urandom`; not base64 or hex), set as secret
+    /// default/image-encryption-key/1 in the --keyset. Never printed.
+    #[arg(long, value_name = "FILE")]
+    pub image_encryption_key: Option<PathBuf>,
+    /// The keyset the image key joins: the one the Kata shim asks for
+    /// (`guest_pre_attestation_keyset`). Its other secrets stay.
+    #[arg(
+        long,
+        value_name = "ID",
+        default_value = DEFAULT_KEYSET,
+        requires = "image_encryption_key"
+    )]
+    pub keyset: String,
+    /// First remove everything this node registered before (its digests, the
+    /// resources and secrets it set, its secrets' keyset memberships), then
+    /// provision afresh.
     #[arg(long)]
     pub clean: bool,
     /// Only remove what this node registered; provision nothing.
@@ -81,6 +125,42 @@ pub struct Provisioned {
     pub classes: Vec<String>,
     /// Resource ids set.
     pub resources: Vec<String>,
+    /// Secret ids set (absent from records written before secrets were set).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Keyset memberships this node added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keysets: Vec<KeysetMembership>,
+}
+
+/// A secret this node put in a keyset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysetMembership {
+    /// The keyset.
+    pub keyset: String,
+    /// The secret.
+    pub secret: String,
+    /// This node created the keyset (it did not exist before), so it may
+    /// delete it once nothing else is in it.
+    pub created: bool,
+}
+
+/// The image key's bytes, wiped when dropped (best effort: the gRPC layer
+/// makes its own copies while sending).
+struct ImageKey(Vec<u8>);
+
+impl Drop for ImageKey {
+    fn drop(&mut self) {
+        self.0.fill(0);
+        // Keeps the compiler from dropping the writes to memory about to be freed.
+        std::hint::black_box(&self.0);
+    }
+}
+
+impl std::fmt::Debug for ImageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ImageKey({} bytes)", self.0.len())
+    }
 }
 
 /// The containers-policy.json text for a policy.
@@ -140,6 +220,42 @@ fn read_cosign_key(path: &Path) -> anyhow::Result<Vec<u8>> {
         bail!("{} is not a PEM public key (cosign.pub)", path.display());
     }
     Ok(data)
+}
+
+/// Reads and checks the image key: exactly [`IMAGE_KEY_LEN`] raw bytes. The
+/// message names the file and the length, never the content.
+fn read_image_key(path: &Path) -> anyhow::Result<ImageKey> {
+    let key = ImageKey(
+        std::fs::read(path)
+            .with_context(|| format!("cannot read the image encryption key {}", path.display()))?,
+    );
+    if key.0.len() != IMAGE_KEY_LEN {
+        let len = key.0.len();
+        let text = key
+            .0
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+        bail!(
+            "{}: the image encryption key is {len} bytes; it must be exactly {IMAGE_KEY_LEN} raw \
+             bytes (an AES-256 key){}",
+            path.display(),
+            if text && len > 0 {
+                ", and this looks like text: give the raw bytes, not base64 or hex"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(key)
+}
+
+/// Checks a keyset id as the broker does, so that a bad one is refused before
+/// anything is set.
+fn check_keyset(id: &str) -> anyhow::Result<()> {
+    if id.is_empty() || id.len() > MAX_ID || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("--keyset {id:?}: give 1 to {MAX_ID} printable ASCII characters without spaces");
+    }
+    Ok(())
 }
 
 fn state_file(config: &AgentConfig) -> PathBuf {
@@ -247,6 +363,16 @@ pub struct Outcome {
     pub resources: Vec<String>,
     /// The policy, when set.
     pub signature_policy: Option<SignaturePolicy>,
+    /// Secrets set (ids only).
+    pub secrets: Vec<String>,
+    /// Secrets deleted by --clean.
+    pub removed_secrets: Vec<String>,
+    /// Keyset memberships in place after the run (set now or kept from before).
+    pub keyset_members: Vec<KeysetMembership>,
+    /// Memberships taken out of keysets.
+    pub removed_keyset_members: Vec<KeysetMembership>,
+    /// Keysets deleted: this node created them and nothing else was left in them.
+    pub removed_keysets: Vec<String>,
 }
 
 async fn provision(a: &ProvisionArgs, config: &AgentConfig) -> anyhow::Result<Outcome> {
@@ -267,6 +393,13 @@ async fn provision(a: &ProvisionArgs, config: &AgentConfig) -> anyhow::Result<Ou
     for i in &a.images {
         check_repository(i)?;
     }
+    let mut image_key = match &a.image_encryption_key {
+        Some(p) if !a.clean_only => {
+            check_keyset(&a.keyset)?;
+            Some(read_image_key(p)?)
+        }
+        _ => None,
+    };
     let digests = if a.clean_only {
         BTreeMap::new()
     } else {
@@ -312,6 +445,14 @@ async fn provision(a: &ProvisionArgs, config: &AgentConfig) -> anyhow::Result<Ou
         for id in &before.resources {
             delete_resource(&mut client, id, &mut out).await?;
         }
+        // Out of the keysets first: a keyset naming a missing secret would
+        // refuse every launch asking for it.
+        for m in &before.keysets {
+            leave_keyset(&mut client, m, &mut out).await?;
+        }
+        for id in &before.secrets {
+            delete_secret(&mut client, id, &mut out).await?;
+        }
         // The record now says nothing is provisioned, in case the rest fails.
         write_state(&state_path, &record)?;
         if a.clean_only {
@@ -344,8 +485,153 @@ async fn provision(a: &ProvisionArgs, config: &AgentConfig) -> anyhow::Result<Ou
         // This node set the key for an earlier `verify`; nothing points at it now.
         delete_resource(&mut client, COSIGN_KEY_RESOURCE, &mut out).await?;
     }
+    // After --clean, nothing of the earlier run is left to carry over.
+    let earlier = if a.clean {
+        Provisioned::default()
+    } else {
+        before
+    };
+    if let Some(key) = image_key.as_mut() {
+        // A move to another keyset: out of the old one first.
+        for m in earlier
+            .keysets
+            .iter()
+            .filter(|m| m.secret == IMAGE_KEY_SECRET && m.keyset != a.keyset)
+        {
+            leave_keyset(&mut client, m, &mut out).await?;
+        }
+        // Set before it joins the keyset, so that the keyset never names a
+        // missing secret.
+        client
+            .set_secret(SetSecretRequest {
+                id: IMAGE_KEY_SECRET.into(),
+                payload: std::mem::take(&mut key.0),
+            })
+            .await
+            .map_err(|s| rpc("SetSecret", &s))?;
+        record.secrets.push(IMAGE_KEY_SECRET.into());
+        out.secrets.push(IMAGE_KEY_SECRET.into());
+        let created_before = earlier
+            .keysets
+            .iter()
+            .any(|m| m.keyset == a.keyset && m.secret == IMAGE_KEY_SECRET && m.created);
+        let m = join_keyset(&mut client, &a.keyset, IMAGE_KEY_SECRET, created_before).await?;
+        record.keysets.push(m.clone());
+        out.keyset_members.push(m);
+    } else {
+        // Not asked for this time: what this node set earlier stays, and stays
+        // recorded, so that --clean can still remove it.
+        for id in &earlier.secrets {
+            if !record.secrets.contains(id) {
+                record.secrets.push(id.clone());
+            }
+        }
+        for m in &earlier.keysets {
+            if !record.keysets.contains(m) {
+                record.keysets.push(m.clone());
+                out.keyset_members.push(m.clone());
+            }
+        }
+    }
     write_state(&state_path, &record)?;
     Ok(out)
+}
+
+/// Puts `secret` in `keyset`, keeping its other members; creates the keyset
+/// when it does not exist. Returns the membership to record: `created` when
+/// this call created the keyset or an earlier run of this node did.
+async fn join_keyset(
+    client: &mut Client,
+    keyset: &str,
+    secret: &str,
+    created_before: bool,
+) -> anyhow::Result<KeysetMembership> {
+    let existing = keyset_members(client, keyset).await?;
+    let created = existing.is_none() || created_before;
+    let mut members = existing.unwrap_or_default();
+    if !members.iter().any(|s| s == secret) {
+        members.push(secret.to_string());
+        client
+            .set_keyset(SetKeysetRequest {
+                id: keyset.to_string(),
+                secret_ids: members,
+            })
+            .await
+            .map_err(|s| rpc("SetKeyset", &s))?;
+    }
+    Ok(KeysetMembership {
+        keyset: keyset.to_string(),
+        secret: secret.to_string(),
+        created,
+    })
+}
+
+/// Takes a membership back out: the keyset is deleted when this node created
+/// it and nothing else is left in it, otherwise only the secret's id leaves.
+async fn leave_keyset(
+    client: &mut Client,
+    m: &KeysetMembership,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    // Already gone: the state wanted.
+    let Some(members) = keyset_members(client, &m.keyset).await? else {
+        return Ok(());
+    };
+    let was_member = members.contains(&m.secret);
+    let rest: Vec<String> = members.into_iter().filter(|s| *s != m.secret).collect();
+    if m.created && rest.is_empty() {
+        match client
+            .delete_keyset(DeleteRequest {
+                id: m.keyset.clone(),
+            })
+            .await
+        {
+            Ok(_) => out.removed_keysets.push(m.keyset.clone()),
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(rpc("DeleteKeyset", &s)),
+        }
+    } else if was_member {
+        client
+            .set_keyset(SetKeysetRequest {
+                id: m.keyset.clone(),
+                secret_ids: rest,
+            })
+            .await
+            .map_err(|s| rpc("SetKeyset", &s))?;
+        out.removed_keyset_members.push(m.clone());
+    }
+    Ok(())
+}
+
+/// The members of a keyset, `None` when the broker has no such keyset. The
+/// admin API has no call for one keyset; the inventory lists every keyset
+/// with its members (ids only, never secret values).
+async fn keyset_members(client: &mut Client, keyset: &str) -> anyhow::Result<Option<Vec<String>>> {
+    let inventory = client
+        .list_inventory(ListInventoryRequest {})
+        .await
+        .map_err(|s| rpc("ListInventory", &s))?
+        .into_inner();
+    Ok(inventory
+        .keysets
+        .into_iter()
+        .find(|k| k.id == keyset)
+        .map(|k| k.secret_ids))
+}
+
+async fn delete_secret(client: &mut Client, id: &str, out: &mut Outcome) -> anyhow::Result<()> {
+    match client
+        .delete_secret(DeleteRequest { id: id.to_string() })
+        .await
+    {
+        Ok(_) => {
+            out.removed_secrets.push(id.to_string());
+            Ok(())
+        }
+        // Already gone: the state wanted.
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(rpc("DeleteSecret", &s)),
+    }
 }
 
 async fn set_resource(client: &mut Client, id: &str, data: Vec<u8>) -> anyhow::Result<()> {
@@ -393,11 +679,31 @@ pub fn run(a: &ProvisionArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     for r in &outcome.removed_resources {
         writeln!(out, "removed   resource {r}")?;
     }
+    for m in &outcome.removed_keyset_members {
+        writeln!(out, "removed   {} from keyset {}", m.secret, m.keyset)?;
+    }
+    for k in &outcome.removed_keysets {
+        writeln!(out, "removed   keyset {k}")?;
+    }
+    for s in &outcome.removed_secrets {
+        writeln!(out, "removed   secret {s}")?;
+    }
     for (c, n) in &outcome.registered {
         writeln!(out, "registered {n} digests of {c} (node {})", outcome.node)?;
     }
     for r in &outcome.resources {
         writeln!(out, "set       resource {r}")?;
+    }
+    for s in &outcome.secrets {
+        writeln!(out, "set       secret {s} (value not shown)")?;
+    }
+    for m in &outcome.keyset_members {
+        let kept = if outcome.secrets.contains(&m.secret) {
+            ""
+        } else {
+            " (kept from an earlier run)"
+        };
+        writeln!(out, "keyset    {} holds {}{kept}", m.keyset, m.secret)?;
     }
     if let Some(p) = outcome.signature_policy {
         let p = match p {
@@ -476,8 +782,62 @@ mod tests {
             node: "n".into(),
             classes: vec!["kata-qemu-sev".into()],
             resources: vec![POLICY_RESOURCE.into()],
+            ..Provisioned::default()
         };
         write_state(&p, &s).unwrap();
         assert_eq!(read_state(&p).unwrap(), s);
+        // Without secrets the record reads as before they existed.
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            !text.contains("secrets") && !text.contains("keysets"),
+            "{text}"
+        );
+        let s = Provisioned {
+            secrets: vec![IMAGE_KEY_SECRET.into()],
+            keysets: vec![KeysetMembership {
+                keyset: DEFAULT_KEYSET.into(),
+                secret: IMAGE_KEY_SECRET.into(),
+                created: true,
+            }],
+            ..s
+        };
+        write_state(&p, &s).unwrap();
+        assert_eq!(read_state(&p).unwrap(), s);
+    }
+
+    #[test]
+    fn image_keys_are_32_raw_bytes_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("image.key");
+        std::fs::write(&p, [0xa5u8; 32]).unwrap();
+        let k = read_image_key(&p).unwrap();
+        assert_eq!(k.0, [0xa5u8; 32]);
+        assert_eq!(format!("{k:?}"), "ImageKey(32 bytes)");
+        for (len, text) in [(31, false), (33, false), (0, false), (44, true)] {
+            let data: Vec<u8> = if text {
+                vec![b'A'; len]
+            } else {
+                vec![0x01; len]
+            };
+            std::fs::write(&p, &data).unwrap();
+            let e = read_image_key(&p).unwrap_err().to_string();
+            assert!(
+                e.contains("image.key") && e.contains(&format!("is {len} bytes")),
+                "{e}"
+            );
+            assert_eq!(e.contains("not base64 or hex"), text, "{e}");
+        }
+        let e = read_image_key(&dir.path().join("none"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none"), "{e}");
+    }
+
+    #[test]
+    fn keyset_ids_are_checked_before_the_broker() {
+        assert!(check_keyset("KEYSET-1").is_ok());
+        assert!(check_keyset("").is_err());
+        assert!(check_keyset("a b").is_err());
+        assert!(check_keyset(&"k".repeat(257)).is_err());
     }
 }

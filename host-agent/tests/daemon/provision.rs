@@ -1,6 +1,8 @@
 //! `host-agent provision` against a real kbs process: the real binary run as a
 //! child, the broker checked through its admin socket, and what a guest gets
-//! checked through an online launch on the simulated PSP and shim.
+//! checked through launches on the simulated PSP and shim: online (resources
+//! and secrets over GetOnlineSecret) and offline (the keyset bundle the shim
+//! asks for, as injected into the secret table).
 
 use crate::rig::{Rig, CLASS, NODE, POLICY};
 use aes_gcm::aead::{Aead, KeyInit};
@@ -8,11 +10,11 @@ use base64::Engine as _;
 use kbs_proto::admin_client::{self, Client};
 use kbs_proto::kbsadmin::{
     Digest, ListDigestsRequest, ListInventoryRequest, RegisteredDigest, ReplaceDigestsRequest,
-    SetResourceRequest,
+    SetKeysetRequest, SetResourceRequest, SetSecretRequest,
 };
 use kbs_proto::keybroker::key_broker_service_client::KeyBrokerServiceClient;
 use kbs_proto::keybroker::{OnlineSecretRequest, RequestDetails};
-use sev_sim::shim::{pre_attest, ShimLaunch, ONLINE_GUID};
+use sev_sim::shim::{pre_attest, ShimError, ShimLaunch, OFFLINE_GUID, ONLINE_GUID};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -22,6 +24,8 @@ const COSIGN_KEY_RESOURCE: &str = "default/cosign-key/1";
 const KEY_PATH: &str = "kbs:///default/cosign-key/1";
 const OTHER_NODE: &str = "node-2";
 const OTHER_RESOURCE: &str = "other/resource/1";
+const IMAGE_KEY: &str = "default/image-encryption-key/1";
+const OPERATOR_SECRET: &str = "operator/key/1";
 const REPOS: [&str; 2] = [
     "registry.example:5000/apps/hello",
     "docker.io/library/nginx",
@@ -263,6 +267,17 @@ fn decode_online_payload(plain: &[u8]) -> Vec<(String, Vec<u8>)> {
 /// shim, takes the connection secret from its secret table, and asks for the
 /// resources `ids` over GetOnlineSecret; returns their bytes, decrypted.
 async fn online_resources(rig: &Rig, digest: [u8; 32], ids: &[&str]) -> Vec<Vec<u8>> {
+    let wanted: Vec<(&str, &str)> = ids.iter().map(|id| ("resource", *id)).collect();
+    online_secrets(rig, digest, &wanted).await.unwrap()
+}
+
+/// As [`online_resources`], for (SecretType, Id) pairs; the broker's refusal
+/// of the GetOnlineSecret call is returned.
+async fn online_secrets(
+    rig: &Rig,
+    digest: [u8; 32],
+    wanted: &[(&str, &str)],
+) -> Result<Vec<Vec<u8>>, tonic::Status> {
     let launch = ShimLaunch::online(rig.kbs_uri(), POLICY, digest);
     let outcome = pre_attest(&rig.platform, &launch)
         .await
@@ -276,7 +291,7 @@ async fn online_resources(rig: &Rig, digest: [u8; 32], ids: &[&str]) -> Vec<Vec<
     let client_id = c["client_id"].as_str().unwrap().to_string();
     let key = unb64(c["key"].as_str().unwrap());
     assert_eq!(key.len(), 32);
-    let guids: Vec<String> = (0..ids.len())
+    let guids: Vec<String> = (0..wanted.len())
         .map(|i| format!("0b1c2d3e-4f50-4617-8899-aabbccddee{i:02x}"))
         .collect();
     let resp = KeyBrokerServiceClient::connect(rig.kbs_uri())
@@ -284,19 +299,19 @@ async fn online_resources(rig: &Rig, digest: [u8; 32], ids: &[&str]) -> Vec<Vec<
         .unwrap()
         .get_online_secret(OnlineSecretRequest {
             client_id,
-            secret_requests: ids
+            secret_requests: wanted
                 .iter()
                 .zip(&guids)
-                .map(|(id, guid)| RequestDetails {
+                .map(|((kind, id), guid)| RequestDetails {
                     guid: guid.clone(),
+                    // What the guest's online_sev_kbc sends.
                     format: "binary".into(),
-                    secret_type: "resource".into(),
+                    secret_type: (*kind).to_string(),
                     id: (*id).to_string(),
                 })
                 .collect(),
         })
-        .await
-        .unwrap()
+        .await?
         .into_inner();
     let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key).unwrap();
     let iv = unb64(&resp.iv);
@@ -305,7 +320,7 @@ async fn online_resources(rig: &Rig, digest: [u8; 32], ids: &[&str]) -> Vec<Vec<
         .decrypt(iv.as_slice().into(), unb64(&resp.payload).as_slice())
         .expect("the payload decrypts under the connection key");
     let map = decode_online_payload(&plain);
-    guids
+    Ok(guids
         .iter()
         .map(|g| {
             map.iter()
@@ -314,7 +329,45 @@ async fn online_resources(rig: &Rig, digest: [u8; 32], ids: &[&str]) -> Vec<Vec<
                 .1
                 .clone()
         })
-        .collect()
+        .collect())
+}
+
+/// A guest measuring `digest` launches offline, the shim asking for the bundle
+/// of `keyset` as Kata does; returns the bundle entry of the injected secret
+/// table, secret id to decoded bytes, as the guest's offline KBC reads it.
+async fn offline_bundle(
+    rig: &Rig,
+    digest: [u8; 32],
+    keyset: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, ShimError> {
+    let launch = ShimLaunch::offline(rig.kbs_uri(), POLICY, digest, keyset);
+    let outcome = pre_attest(&rig.platform, &launch).await?;
+    let entries = sev_sim::efi_secret::parse_table(&outcome.secret_table).unwrap();
+    let bundle = entries
+        .iter()
+        .find(|(g, _)| g == OFFLINE_GUID)
+        .expect("the bundle entry in the secret table");
+    let map: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&bundle.1).unwrap();
+    Ok(map.into_iter().map(|(k, v)| (k, unb64(&v))).collect())
+}
+
+/// Writes a key file of `len` random bytes; returns its path and bytes.
+fn key_file(dir: &Path, name: &str, len: usize) -> (PathBuf, Vec<u8>) {
+    let key: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
+    let p = dir.join(name);
+    std::fs::write(&p, &key).unwrap();
+    (p, key)
+}
+
+/// Asserts that `text` shows no form of `key`.
+#[track_caller]
+fn assert_not_shown(text: &str, key: &[u8]) {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    assert!(
+        !text.contains(&b64) && !text.contains(&hex::encode(key)),
+        "the key is shown: {text}"
+    );
 }
 
 /// The sev crate's digest of the pod-CPUs-0 launch, which must be registered.
@@ -668,4 +721,299 @@ async fn without_the_broker_provision_fails_naming_the_admin_socket() {
         started.elapsed()
     );
     assert_eq!(state(&rig), None, "nothing recorded as provisioned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_key_reaches_attested_guests_in_the_bundle_and_online() {
+    let rig = Rig::new("");
+    let dir = rig.dir.path();
+    let (key_path, key) = key_file(dir, "image.key", 32);
+    let key_s = key_path.to_str().unwrap();
+    let none_with_key = [
+        "--signature-policy",
+        "none",
+        "--image-encryption-key",
+        key_s,
+    ];
+
+    // The operator's keyset KEYSET-1, with a secret of its own.
+    let mut c = admin(&rig).await;
+    c.set_secret(SetSecretRequest {
+        id: OPERATOR_SECRET.into(),
+        payload: b"operator secret".to_vec(),
+    })
+    .await
+    .unwrap();
+    c.set_keyset(SetKeysetRequest {
+        id: "KEYSET-1".into(),
+        secret_ids: vec![OPERATOR_SECRET.into()],
+    })
+    .await
+    .unwrap();
+    let operator_only = inventory(&rig).await;
+
+    // Bad key files are refused, naming the file and the length, before
+    // anything is set (5).
+    let (short, _) = key_file(dir, "short.key", 31);
+    let (long, _) = key_file(dir, "long.key", 33);
+    let text = dir.join("base64.key");
+    std::fs::write(
+        &text,
+        base64::engine::general_purpose::STANDARD.encode(&key),
+    )
+    .unwrap();
+    let missing = dir.join("missing.key");
+    let bad: [(&Path, &[&str]); 4] = [
+        (&short, &["short.key", "is 31 bytes", "exactly 32"]),
+        (&long, &["long.key", "is 33 bytes"]),
+        (&text, &["base64.key", "is 44 bytes", "not base64 or hex"]),
+        (&missing, &["missing.key", "cannot read"]),
+    ];
+    let check_refusals = |phase: &str| {
+        for (file, words) in &bad {
+            let err = failed(&provision(
+                &rig,
+                &[
+                    "--signature-policy",
+                    "none",
+                    "--image-encryption-key",
+                    file.to_str().unwrap(),
+                ],
+            ));
+            for w in *words {
+                assert!(err.contains(w), "{phase}: {w:?} not in {err}");
+            }
+            assert_not_shown(&err, &key);
+        }
+    };
+    check_refusals("on a fresh broker");
+    assert!(all_digests(&rig).await.is_empty());
+    assert_eq!(inventory(&rig).await, operator_only);
+    assert_eq!(state(&rig), None);
+
+    // Provisioned: the secret, in KEYSET-1 beside the operator's.
+    let out = ok(&provision(&rig, &none_with_key));
+    assert!(
+        out.contains(&format!("set       secret {IMAGE_KEY}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("keyset    KEYSET-1 holds {IMAGE_KEY}")),
+        "{out}"
+    );
+    assert_not_shown(&out, &key);
+    let inv = inventory(&rig).await;
+    assert_eq!(inv.0, sorted(&[IMAGE_KEY, OPERATOR_SECRET]));
+    assert_eq!(
+        inv.1,
+        [format!("KEYSET-1={OPERATOR_SECRET},{IMAGE_KEY}")],
+        "the operator's secret stays in the keyset"
+    );
+    let membership =
+        serde_json::json!([{"keyset": "KEYSET-1", "secret": IMAGE_KEY, "created": false}]);
+    let st = state(&rig).unwrap();
+    assert_eq!(st["secrets"], serde_json::json!([IMAGE_KEY]));
+    assert_eq!(st["keysets"], membership);
+    let digest = registered_digest(&rig).await;
+
+    // (1) Offline: the bundle of KEYSET-1 holds exactly the key's bytes.
+    let bundle = offline_bundle(&rig, digest, "KEYSET-1").await.unwrap();
+    assert_eq!(bundle.len(), 2, "{:?}", bundle.keys());
+    assert_eq!(bundle[IMAGE_KEY], key);
+    assert_eq!(bundle[OPERATOR_SECRET], b"operator secret");
+    // (2) Online: the key asked for as online_sev_kbc does.
+    let got = online_secrets(&rig, digest, &[("key", IMAGE_KEY)])
+        .await
+        .unwrap();
+    assert_eq!(got[0], key);
+    // (3) A launch of a digest nobody registered gets nothing, either way.
+    for launch in [
+        ShimLaunch::offline(rig.kbs_uri(), POLICY, [0x5a; 32], "KEYSET-1"),
+        ShimLaunch::online(rig.kbs_uri(), POLICY, [0x5a; 32]),
+    ] {
+        let e = pre_attest(&rig.platform, &launch).await.unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::PermissionDenied), "{e}");
+    }
+
+    // Again: the same state, the key in the keyset once.
+    ok(&provision(&rig, &none_with_key));
+    assert_eq!(inventory(&rig).await, inv);
+    assert_eq!(state(&rig).unwrap(), st);
+    let out = ok(&provision(
+        &rig,
+        &[&none_with_key[..], &["--json"]].concat(),
+    ));
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["secrets"], serde_json::json!([IMAGE_KEY]));
+    assert_eq!(j["keyset_members"], membership);
+    assert_not_shown(&out, &key);
+    assert_eq!(inventory(&rig).await, inv);
+
+    // (5) Bad key files change nothing now either: same ids, same bytes.
+    check_refusals("after provisioning");
+    assert_eq!(inventory(&rig).await, inv);
+    assert_eq!(state(&rig).unwrap(), st);
+    assert_eq!(
+        offline_bundle(&rig, digest, "KEYSET-1").await.unwrap()[IMAGE_KEY],
+        key
+    );
+
+    // Without the option the key stays, and stays recorded for --clean.
+    let out = ok(&provision(&rig, &["--signature-policy", "none"]));
+    assert!(out.contains("kept from an earlier run"), "{out}");
+    assert_eq!(inventory(&rig).await, inv);
+    assert_eq!(state(&rig).unwrap(), st);
+
+    // (4) --clean takes the key out of the keyset it did not create and
+    // deletes the secret; the operator's secret and keyset stay.
+    let out = ok(&provision(&rig, &["--signature-policy", "none", "--clean"]));
+    assert!(
+        out.contains(&format!("removed   {IMAGE_KEY} from keyset KEYSET-1")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("removed   secret {IMAGE_KEY}")),
+        "{out}"
+    );
+    assert!(!out.contains("removed   keyset"), "{out}");
+    let after = inventory(&rig).await;
+    assert_eq!(after.0, sorted(&[OPERATOR_SECRET]));
+    assert_eq!(after.1, [format!("KEYSET-1={OPERATOR_SECRET}")]);
+    assert_eq!(
+        state(&rig).unwrap(),
+        serde_json::json!({"node": NODE, "classes": [CLASS], "resources": [POLICY_RESOURCE]})
+    );
+    let bundle = offline_bundle(&rig, digest, "KEYSET-1").await.unwrap();
+    assert_eq!(bundle.keys().collect::<Vec<_>>(), [OPERATOR_SECRET]);
+    let refused = online_secrets(&rig, digest, &[("key", IMAGE_KEY)])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyset_this_node_created_is_removed_only_when_nothing_else_is_in_it() {
+    let rig = Rig::new("");
+    let (key_path, key) = key_file(rig.dir.path(), "image.key", 32);
+    let key_s = key_path.to_str().unwrap();
+    let with_keyset = |keyset: &'static str| {
+        vec![
+            "--signature-policy",
+            "none",
+            "--image-encryption-key",
+            key_s,
+            "--keyset",
+            keyset,
+        ]
+    };
+
+    // --keyset alone, or a keyset id the broker would refuse: refused here,
+    // before anything is set.
+    let err = failed(&provision(
+        &rig,
+        &["--signature-policy", "none", "--keyset", "KEYSET-9"],
+    ));
+    assert!(err.contains("--image-encryption-key"), "{err}");
+    let err = failed(&provision(
+        &rig,
+        &[
+            "--signature-policy",
+            "none",
+            "--image-encryption-key",
+            key_s,
+            "--keyset",
+            "KEY SET",
+        ],
+    ));
+    assert!(err.contains("--keyset"), "{err}");
+    assert_eq!(inventory(&rig).await, (vec![], vec![], vec![]));
+    assert_eq!(state(&rig), None);
+
+    // A keyset that did not exist: created, and recorded as created.
+    ok(&provision(&rig, &with_keyset("KEYSET-9")));
+    assert_eq!(inventory(&rig).await.1, [format!("KEYSET-9={IMAGE_KEY}")]);
+    let created = serde_json::json!([{"keyset": "KEYSET-9", "secret": IMAGE_KEY, "created": true}]);
+    assert_eq!(state(&rig).unwrap()["keysets"], created);
+    let digest = registered_digest(&rig).await;
+    assert_eq!(
+        offline_bundle(&rig, digest, "KEYSET-9").await.unwrap()[IMAGE_KEY],
+        key
+    );
+    // Again: still recorded as this node's.
+    ok(&provision(&rig, &with_keyset("KEYSET-9")));
+    assert_eq!(state(&rig).unwrap()["keysets"], created);
+
+    // Moved to another keyset: the one it created and left empty goes.
+    let out = ok(&provision(&rig, &with_keyset("KEYSET-2")));
+    assert!(out.contains("removed   keyset KEYSET-9"), "{out}");
+    assert_eq!(inventory(&rig).await.1, [format!("KEYSET-2={IMAGE_KEY}")]);
+    assert_eq!(
+        state(&rig).unwrap()["keysets"],
+        serde_json::json!([{"keyset": "KEYSET-2", "secret": IMAGE_KEY, "created": true}])
+    );
+    let refused = offline_bundle(&rig, digest, "KEYSET-9").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(tonic::Code::FailedPrecondition),
+        "{refused}"
+    );
+
+    // The operator puts a secret of theirs in that keyset: --clean takes only
+    // this node's id out and keeps the keyset.
+    let mut c = admin(&rig).await;
+    c.set_secret(SetSecretRequest {
+        id: OPERATOR_SECRET.into(),
+        payload: b"operator secret".to_vec(),
+    })
+    .await
+    .unwrap();
+    c.set_keyset(SetKeysetRequest {
+        id: "KEYSET-2".into(),
+        secret_ids: vec![IMAGE_KEY.into(), OPERATOR_SECRET.into()],
+    })
+    .await
+    .unwrap();
+    let out = ok(&provision(
+        &rig,
+        &["--signature-policy", "none", "--clean", "--clean-only"],
+    ));
+    assert!(
+        out.contains(&format!("removed   {IMAGE_KEY} from keyset KEYSET-2")),
+        "{out}"
+    );
+    let inv = inventory(&rig).await;
+    assert_eq!(inv.0, sorted(&[OPERATOR_SECRET]));
+    assert_eq!(inv.1, [format!("KEYSET-2={OPERATOR_SECRET}")]);
+
+    // Created and alone in it: --clean deletes the keyset.
+    ok(&provision(&rig, &with_keyset("KEYSET-9")));
+    let out = ok(&provision(
+        &rig,
+        &["--signature-policy", "none", "--clean", "--clean-only"],
+    ));
+    assert!(out.contains("removed   keyset KEYSET-9"), "{out}");
+    let inv = inventory(&rig).await;
+    assert_eq!(inv.0, sorted(&[OPERATOR_SECRET]));
+    assert_eq!(inv.1, [format!("KEYSET-2={OPERATOR_SECRET}")]);
+    assert!(inv.2.is_empty(), "{inv:?}");
+}
+
+#[test]
+fn help_explains_the_image_key() {
+    let o = Command::new(env!("CARGO_BIN_EXE_host-agent"))
+        .args(["provision", "--help"])
+        .output()
+        .unwrap();
+    let help = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for w in [
+        "--image-encryption-key <FILE>",
+        "32 raw bytes",
+        "--keyset <ID>",
+        "[default: KEYSET-1]",
+        IMAGE_KEY,
+        "guest_pre_attestation_keyset",
+    ] {
+        assert!(help.contains(w), "{w:?} not in {help}");
+    }
 }
