@@ -1,5 +1,8 @@
 //! The command line: `guest-client verify`.
 
+use crate::delivered::{describe_policy, CosignKeyReport, ImageKeyReport, OFFLINE_NOTE};
+use crate::entries::COSIGN_KEY_RESOURCE;
+use crate::online::OnlineClient;
 use crate::verify::{local_checks, mode_from_cmdline, Check, Mode, Paths};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -22,6 +25,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the checks in order (securityfs, efi_secret, the secrets directory,
     /// the entries the mode needs, the online round trip) and report them.
+    ///
+    /// Also says what the images will get: the signature policy (online), the
+    /// cosign key it names (by the SHA-256 fingerprint of the public key) and
+    /// the key of encrypted images, default/image-encryption-key/1 (from the
+    /// bundle offline, asked for online; by its length only). A key that is
+    /// not provisioned is no failure; one that is unusable is.
     ///
     /// Exit status 0 when the secret path works, 1 when a check failed.
     /// Secret values are never printed.
@@ -148,6 +157,11 @@ pub struct Outcome {
     pub path_works: bool,
     /// The image signature policy delivered online, if fetched.
     pub signature_policy: Option<crate::entries::PolicySummary>,
+    /// The cosign public key resource the policy verifies with.
+    pub cosign_key: Option<CosignKeyReport>,
+    /// The key of encrypted images: from the bundle (offline) or asked for
+    /// online.
+    pub image_encryption_key: Option<ImageKeyReport>,
     /// What became of the report.
     pub report: ReportOutcome,
 }
@@ -186,6 +200,9 @@ pub struct Local {
     pub connection: Option<(String, String)>,
     /// The report key entry, if well-formed: launch id and base64 key.
     pub report_key: Option<(String, String)>,
+    /// The image key in the offline bundle, if the bundle was read.
+    #[serde(default)]
+    pub image_key: Option<ImageKeyReport>,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -237,6 +254,7 @@ pub fn local(a: &VerifyArgs) -> Local {
         checks,
         connection: found.connection.map(|c| (c.client_id, b64(&c.key))),
         report_key: found.report_key.map(|k| (k.launch_id, b64(&k.key))),
+        image_key: found.image_key,
     }
 }
 
@@ -258,40 +276,34 @@ pub async fn network(
         mut checks,
         connection,
         report_key,
+        image_key,
     } = l;
     let mut signature_policy = None;
+    let mut image_encryption_key = image_key;
+    // Offline, the attestation agent gets nothing but the bundle.
+    let mut cosign_key = (mode == Mode::Offline).then(CosignKeyReport::offline);
     let connection = connection.and_then(|(client_id, key)| {
         key_of(&key).map(|key| crate::entries::Connection { client_id, key })
     });
     if mode == Mode::Online {
         if let Some(conn) = &connection {
-            let (passed, reason) = match &kbs {
+            let (passed, reason, fetched) = match &kbs {
                 None => (
                     false,
                     "no key broker: give --kbs or boot with agent.aa_kbc_params".to_string(),
+                    None,
                 ),
                 Some(kbs) => loop {
-                    match crate::online::fetch_policy(kbs, conn, timeout).await {
-                        Ok(p) => {
-                            let reason = if p.enforced {
-                                format!(
-                                    "image signatures enforced: {}",
-                                    p.signed_repositories
-                                        .iter()
-                                        .map(|(r, k)| format!("{r} by {}", k.join(" or ")))
-                                        .collect::<Vec<_>>()
-                                        .join("; ")
-                                )
-                            } else {
-                                "image signatures not enforced (any image accepted)".into()
-                            };
-                            signature_policy = Some(p);
-                            break (true, reason);
-                        }
+                    let attempt = match OnlineClient::connect(kbs, conn, timeout).await {
+                        Ok(mut client) => client.policy().await.map(|p| (client, p)),
+                        Err(e) => Err(e),
+                    };
+                    match attempt {
+                        Ok((client, p)) => break (true, describe_policy(&p), Some((client, p))),
                         Err(e) if unreachable(&e) && tokio::time::Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
-                        Err(e) => break (false, e),
+                        Err(e) => break (false, e, None),
                     }
                 },
             };
@@ -300,6 +312,17 @@ pub async fn network(
                 passed,
                 reason,
             });
+            if let Some((mut client, p)) = fetched {
+                let key = client
+                    .cosign_key(p.needs_resource(COSIGN_KEY_RESOURCE))
+                    .await;
+                checks.extend(key.check());
+                let image = client.image_key().await;
+                checks.push(image.check());
+                signature_policy = Some(p);
+                cosign_key = Some(key);
+                image_encryption_key = Some(image);
+            }
         }
     }
     let path_works = checks.iter().all(|c| c.passed);
@@ -343,6 +366,8 @@ pub async fn network(
         checks,
         path_works,
         signature_policy,
+        cosign_key,
+        image_encryption_key,
         report,
     }
 }
@@ -370,6 +395,12 @@ pub fn print_human(o: &Outcome, out: &mut dyn Write) -> std::io::Result<()> {
             if c.passed { "ok  " } else { "FAIL" },
             c.name,
             c.reason
+        )?;
+    }
+    if o.mode == Mode::Offline {
+        writeln!(
+            out,
+            "signature policy and cosign key not fetched ({OFFLINE_NOTE})"
         )?;
     }
     writeln!(

@@ -14,6 +14,15 @@ pub const BUNDLE_GUID: &str = "e6f5a162-d67f-4750-a67c-5d065f2a9910";
 pub const CONNECTION_GUID: &str = "1ee27366-0c87-43a6-af48-28543eaf7cb0";
 /// The key broker's per-launch report key (JSON `{launch_id, report_key}`).
 pub const REPORT_KEY_GUID: &str = "6c8e2b4a-3f1d-4e7a-9b5c-0d2f8a1e7c93";
+/// The secret encrypted images' layers name as their key
+/// (`kbs:///default/image-encryption-key/1`): in the offline bundle under this
+/// id, or asked for online as a `key`.
+pub const IMAGE_KEY_ID: &str = "default/image-encryption-key/1";
+/// The image key's length: the attestation agent unwraps layer keys with
+/// AES-256 (A256GCM or A256CTR).
+pub const IMAGE_KEY_LEN: usize = 32;
+/// The resource holding the cosign public key the signature policy names.
+pub const COSIGN_KEY_RESOURCE: &str = "default/cosign-key/1";
 
 /// Why an entry is not what it must be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +47,15 @@ pub enum EntryError {
     /// A required field is empty.
     #[error("{0} is empty")]
     Empty(&'static str),
+    /// Not one PEM block of the expected label.
+    #[error("not a PEM {0}")]
+    NotPem(&'static str),
+    /// A private key where a public key belongs.
+    #[error("a private key, where only the public key belongs")]
+    PrivateKey,
+    /// The DER inside the PEM is not a SubjectPublicKeyInfo.
+    #[error("not a SubjectPublicKeyInfo ({0})")]
+    NotSpki(&'static str),
 }
 
 fn b64(field: &str, text: &str) -> Result<Vec<u8>, EntryError> {
@@ -174,13 +192,76 @@ pub fn decode_online_payload(data: &[u8]) -> Option<BTreeMap<String, Vec<u8>>> {
     rest.is_empty().then_some(out)
 }
 
+/// Which of the shapes `host-agent provision` writes a signature policy has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// Any image: the default accepts anything and no repository says otherwise.
+    None,
+    /// Images are rejected by default, and each listed repository must be
+    /// signed (`sigstoreSigned` with a key path).
+    Verify,
+    /// Anything else (hand-written): see the repositories.
+    Custom,
+}
+
+/// One requirement of a policy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Requirement {
+    /// Its `type` (`sigstoreSigned`, `signedBy`, `reject`...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its `keyPath`, if any.
+    pub key_path: Option<String>,
+}
+
+/// What a policy requires of one repository.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RepositoryPolicy {
+    /// The transport (`docker`).
+    pub transport: String,
+    /// The repository.
+    pub repository: String,
+    /// Its requirements, in order.
+    pub requirements: Vec<Requirement>,
+    /// Every requirement is `sigstoreSigned` with a key path.
+    pub sigstore_signed: bool,
+}
+
 /// What an image signature policy (containers-policy.json) enforces.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PolicySummary {
+    /// The policy's shape.
+    pub policy: PolicyKind,
     /// Images are rejected unless a requirement accepts them.
     pub enforced: bool,
     /// Repository to the key paths its signatures must verify with.
     pub signed_repositories: BTreeMap<String, Vec<String>>,
+    /// Every repository the policy names, with its requirements.
+    pub repositories: Vec<RepositoryPolicy>,
+}
+
+impl PolicySummary {
+    /// Whether a requirement's key path names the KBS resource `id`
+    /// (`kbs:///ID` or `kbs://HOST:PORT/ID`).
+    pub fn needs_resource(&self, id: &str) -> bool {
+        self.repositories
+            .iter()
+            .flat_map(|r| &r.requirements)
+            .filter_map(|q| q.key_path.as_deref())
+            .any(|k| kbs_resource_path(k) == Some(id))
+    }
+}
+
+/// The resource path of a KBS resource URI (`kbs://[HOST[:PORT]]/PATH`).
+pub fn kbs_resource_path(uri: &str) -> Option<&str> {
+    let rest = uri.strip_prefix("kbs://")?;
+    let (_authority, path) = rest.split_once('/')?;
+    (!path.is_empty()).then_some(path)
+}
+
+fn requirement_type(r: &serde_json::Value) -> Option<&str> {
+    r.get("type").and_then(|t| t.as_str())
 }
 
 /// Reads a containers-policy.json.
@@ -193,30 +274,198 @@ pub fn summarise_policy(data: &[u8]) -> Result<PolicySummary, EntryError> {
         .ok_or_else(|| EntryError::NotJson("no \"default\" list".into()))?;
     let enforced = default
         .iter()
-        .all(|r| r.get("type").and_then(|t| t.as_str()) == Some("reject"));
+        .all(|r| requirement_type(r) == Some("reject"));
+    let accepts_all = !default.is_empty()
+        && default
+            .iter()
+            .all(|r| requirement_type(r) == Some("insecureAcceptAnything"));
     let mut signed_repositories = BTreeMap::new();
-    if let Some(docker) = v
-        .get("transports")
-        .and_then(|t| t.get("docker"))
-        .and_then(|d| d.as_object())
-    {
-        for (repo, reqs) in docker {
-            let keys: Vec<String> = reqs
+    let mut repositories = Vec::new();
+    let transports = v.get("transports").and_then(|t| t.as_object());
+    for (transport, scopes) in transports.into_iter().flatten() {
+        let Some(scopes) = scopes.as_object() else {
+            continue;
+        };
+        for (repo, reqs) in scopes {
+            let requirements: Vec<Requirement> = reqs
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|r| r.get("type").and_then(|t| t.as_str()) == Some("sigstoreSigned"))
-                .filter_map(|r| r.get("keyPath").and_then(|k| k.as_str()))
-                .map(str::to_string)
+                .map(|r| Requirement {
+                    kind: requirement_type(r).unwrap_or_default().to_string(),
+                    key_path: r
+                        .get("keyPath")
+                        .and_then(|k| k.as_str())
+                        .map(str::to_string),
+                })
                 .collect();
-            if !keys.is_empty() {
-                signed_repositories.insert(repo.clone(), keys);
+            let sigstore_signed = !requirements.is_empty()
+                && requirements
+                    .iter()
+                    .all(|q| q.kind == "sigstoreSigned" && q.key_path.is_some());
+            if transport == "docker" {
+                let keys: Vec<String> = requirements
+                    .iter()
+                    .filter(|q| q.kind == "sigstoreSigned")
+                    .filter_map(|q| q.key_path.clone())
+                    .collect();
+                if !keys.is_empty() {
+                    signed_repositories.insert(repo.clone(), keys);
+                }
             }
+            repositories.push(RepositoryPolicy {
+                transport: transport.clone(),
+                repository: repo.clone(),
+                requirements,
+                sigstore_signed,
+            });
         }
     }
+    let policy = if accepts_all
+        && repositories.iter().all(|r| {
+            r.requirements
+                .iter()
+                .all(|q| q.kind == "insecureAcceptAnything")
+        }) {
+        PolicyKind::None
+    } else if enforced && !repositories.is_empty() && repositories.iter().all(|r| r.sigstore_signed)
+    {
+        PolicyKind::Verify
+    } else {
+        PolicyKind::Custom
+    };
     Ok(PolicySummary {
+        policy,
         enforced,
         signed_repositories,
+        repositories,
+    })
+}
+
+/// What identifies a public key, all of it public.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PublicKeyInfo {
+    /// The algorithm, e.g. `ecdsa-p256`, `rsa`, `ed25519`, or the OID.
+    pub algorithm: String,
+    /// SHA-256 of the DER SubjectPublicKeyInfo, lower-case hex.
+    pub fingerprint_sha256: String,
+}
+
+/// One DER element at the start of `data`: (tag, contents, the rest). Only
+/// definite lengths of up to four bytes, which is all a public key needs.
+fn der_element(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = data.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at_checked(n)?;
+        // Minimal encoding, as DER requires.
+        if bytes.first() == Some(&0) {
+            return None;
+        }
+        let len = bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        if len < 0x80 {
+            return None;
+        }
+        (len, rest)
+    };
+    let (contents, rest) = rest.split_at_checked(len)?;
+    Some((tag, contents, rest))
+}
+
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+const OID_P521: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x23];
+const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+
+/// Dotted text of an OID's contents, for algorithms not named here.
+fn oid_text(oid: &[u8]) -> String {
+    let mut parts = Vec::new();
+    let mut value: u64 = 0;
+    for b in oid {
+        value = (value << 7) | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            if parts.is_empty() {
+                // The first number packs the first two arcs.
+                let first = (value / 40).min(2);
+                parts.push(first.to_string());
+                parts.push((value - first * 40).to_string());
+            } else {
+                parts.push(value.to_string());
+            }
+            value = 0;
+        }
+    }
+    parts.join(".")
+}
+
+/// Checks a DER SubjectPublicKeyInfo: SEQUENCE { SEQUENCE { OID, params? },
+/// BIT STRING }, nothing after. Returns the algorithm's name.
+fn spki_algorithm(der: &[u8]) -> Result<String, EntryError> {
+    let (tag, spki, rest) = der_element(der).ok_or(EntryError::NotSpki("bad DER"))?;
+    if tag != 0x30 || !rest.is_empty() {
+        return Err(EntryError::NotSpki("not one SEQUENCE"));
+    }
+    let (tag, alg, rest) = der_element(spki).ok_or(EntryError::NotSpki("bad DER"))?;
+    if tag != 0x30 {
+        return Err(EntryError::NotSpki("no AlgorithmIdentifier"));
+    }
+    let (tag, key, rest) = der_element(rest).ok_or(EntryError::NotSpki("bad DER"))?;
+    if tag != 0x03 || !rest.is_empty() || key.len() < 2 || key.first() != Some(&0) {
+        return Err(EntryError::NotSpki("no public key BIT STRING"));
+    }
+    let (tag, oid, params) = der_element(alg).ok_or(EntryError::NotSpki("bad DER"))?;
+    if tag != 0x06 || oid.is_empty() {
+        return Err(EntryError::NotSpki("no algorithm OID"));
+    }
+    let curve = der_element(params).and_then(|(t, c, _)| (t == 0x06).then_some(c));
+    Ok(match (oid, curve) {
+        (OID_EC_PUBLIC_KEY, Some(OID_P256)) => "ecdsa-p256".into(),
+        (OID_EC_PUBLIC_KEY, Some(OID_P384)) => "ecdsa-p384".into(),
+        (OID_EC_PUBLIC_KEY, Some(OID_P521)) => "ecdsa-p521".into(),
+        (OID_EC_PUBLIC_KEY, Some(c)) => format!("ecdsa ({})", oid_text(c)),
+        (OID_RSA, _) => "rsa".into(),
+        (OID_ED25519, _) => "ed25519".into(),
+        (other, _) => oid_text(other),
+    })
+}
+
+/// Reads a PEM public key (`-----BEGIN PUBLIC KEY-----`, what `cosign
+/// generate-key-pair` writes as cosign.pub): its algorithm and the SHA-256
+/// fingerprint of its DER SubjectPublicKeyInfo.
+pub fn parse_public_key_pem(data: &[u8]) -> Result<PublicKeyInfo, EntryError> {
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    let text = std::str::from_utf8(data).map_err(|_| EntryError::NotPem("public key"))?;
+    if text.contains("PRIVATE KEY-----") {
+        return Err(EntryError::PrivateKey);
+    }
+    let (_, after) = text
+        .split_once(BEGIN)
+        .ok_or(EntryError::NotPem("public key"))?;
+    let (body, tail) = after
+        .split_once(END)
+        .ok_or(EntryError::NotPem("public key"))?;
+    if tail.contains("-----BEGIN") {
+        return Err(EntryError::NotPem("public key (more than one block)"));
+    }
+    let body: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let der = b64("the PEM body", &body)?;
+    let algorithm = spki_algorithm(&der)?;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(&der);
+    Ok(PublicKeyInfo {
+        algorithm,
+        fingerprint_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
     })
 }
 
@@ -295,5 +544,139 @@ mod tests {
             ["kbs:///default/cosign-key/1"]
         );
         assert!(summarise_policy(b"[]").is_err());
+    }
+
+    #[test]
+    fn policy_shapes() {
+        let none =
+            summarise_policy(br#"{"default":[{"type":"insecureAcceptAnything"}],"transports":{}}"#)
+                .unwrap();
+        assert_eq!(none.policy, PolicyKind::None);
+        assert!(none.repositories.is_empty());
+        let verify = summarise_policy(
+            br#"{"default":[{"type":"reject"}],"transports":{"docker":{
+                "r/a":[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/1"}],
+                "r/b":[{"type":"sigstoreSigned","keyPath":"kbs://kbs.example:44444/default/cosign-key/1"}]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(verify.policy, PolicyKind::Verify);
+        assert_eq!(verify.repositories.len(), 2);
+        assert!(verify.repositories.iter().all(|r| r.sigstore_signed));
+        assert_eq!(verify.repositories[0].transport, "docker");
+        assert_eq!(verify.repositories[0].repository, "r/a");
+        assert_eq!(
+            verify.repositories[0].requirements,
+            [Requirement {
+                kind: "sigstoreSigned".into(),
+                key_path: Some("kbs:///default/cosign-key/1".into())
+            }]
+        );
+        assert!(verify.needs_resource(COSIGN_KEY_RESOURCE));
+        assert!(!none.needs_resource(COSIGN_KEY_RESOURCE));
+        // A requirement without a key path, or of another type: not `verify`.
+        for custom in [
+            br#"{"default":[{"type":"reject"}],"transports":{"docker":{"r/a":[{"type":"sigstoreSigned"}]}}}"#.as_slice(),
+            br#"{"default":[{"type":"reject"}],"transports":{"docker":{"r/a":[{"type":"signedBy","keyPath":"/k.gpg"}]}}}"#,
+            br#"{"default":[{"type":"reject"}],"transports":{}}"#,
+            br#"{"default":[{"type":"insecureAcceptAnything"}],"transports":{"docker":{"r/a":[{"type":"reject"}]}}}"#,
+        ] {
+            let p = summarise_policy(custom).unwrap();
+            assert_eq!(p.policy, PolicyKind::Custom, "{}", String::from_utf8_lossy(custom));
+        }
+        assert_eq!(kbs_resource_path("kbs:///a/b/c"), Some("a/b/c"));
+        assert_eq!(kbs_resource_path("kbs://h:1/a/b/c"), Some("a/b/c"));
+        assert_eq!(kbs_resource_path("/etc/k.pub"), None);
+        assert_eq!(kbs_resource_path("kbs://"), None);
+    }
+
+    /// Keys from `openssl genpkey`, fingerprints from `openssl pkey -pubin
+    /// -outform DER | sha256sum`.
+    const P256_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEptwYPIvgufFmmSoRyOy4150fng39
+v9MYEg2s3Miv7oGfD4FNdVaHjXEaGwROEFo8ThePADtwjm5m1mvEH/P27w==
+-----END PUBLIC KEY-----
+";
+    const ED25519_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEArmspCDLHifJLIZ0oyIZ3ZGbyul0KC3h47CW6SGE3Dng=
+-----END PUBLIC KEY-----
+";
+    const RSA_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC6JIu+/9zpgNXon7UOuKXeXRGj
+ugXiruHYOzv9Y+WVCocv7qJ4h3RxwSIYcQVbxfdv9yJcD5gn2yYW2bdsPSCjKzrh
+y6dGysd0QHzpNEF0uafEvbMCuy9BxkRBbXnGe10oaRKh8dVJctuptGPzI16R0Juw
+ERI2gEmhL59xVczIzwIDAQAB
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn public_keys_and_their_fingerprints() {
+        for (pem, algorithm, fingerprint) in [
+            (
+                P256_PEM,
+                "ecdsa-p256",
+                "4daf8c41617a6f806dbc52b702070a3a955c3d72e100eac526d80811fac472f4",
+            ),
+            (
+                ED25519_PEM,
+                "ed25519",
+                "605fc17221b7350d055ebfe3072bd32127e6d14e35bfe60ef503ec5d3d6d8d46",
+            ),
+            (
+                RSA_PEM,
+                "rsa",
+                "c946f0c78ba6030e60dd4d76b6f073970c51915abb967eae9350975f33de6b53",
+            ),
+        ] {
+            let k = parse_public_key_pem(pem.as_bytes()).unwrap();
+            assert_eq!(k.algorithm, algorithm);
+            assert_eq!(k.fingerprint_sha256, fingerprint);
+        }
+        // CRLF line ends and surrounding text are fine.
+        let crlf = format!("comment\r\n{}", P256_PEM.replace('\n', "\r\n"));
+        assert_eq!(
+            parse_public_key_pem(crlf.as_bytes()).unwrap().algorithm,
+            "ecdsa-p256"
+        );
+        assert_eq!(
+            parse_public_key_pem(b"-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nabc\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n"),
+            Err(EntryError::PrivateKey)
+        );
+        assert!(matches!(
+            parse_public_key_pem(b"hello"),
+            Err(EntryError::NotPem(_))
+        ));
+        assert!(matches!(
+            parse_public_key_pem(b"-----BEGIN PUBLIC KEY-----\n***\n-----END PUBLIC KEY-----\n"),
+            Err(EntryError::NotBase64 { .. })
+        ));
+        // Base64 of something that is not a SubjectPublicKeyInfo.
+        assert!(matches!(
+            parse_public_key_pem(
+                b"-----BEGIN PUBLIC KEY-----\naGVsbG8=\n-----END PUBLIC KEY-----\n"
+            ),
+            Err(EntryError::NotSpki(_))
+        ));
+        let two = format!("{P256_PEM}{ED25519_PEM}");
+        assert!(matches!(
+            parse_public_key_pem(two.as_bytes()),
+            Err(EntryError::NotPem(_))
+        ));
+        // Every truncation of the DER is refused, never a panic.
+        use base64::Engine as _;
+        let body: String = P256_PEM
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        for cut in 0..der.len() {
+            assert!(spki_algorithm(&der[..cut]).is_err(), "cut at {cut}");
+        }
+        assert_eq!(spki_algorithm(&der).unwrap(), "ecdsa-p256");
+        assert_eq!(
+            oid_text(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]),
+            "1.2.840.10045.2.1"
+        );
     }
 }

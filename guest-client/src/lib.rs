@@ -4,6 +4,7 @@
 //! key broker with a key only an attested guest holds.
 
 pub mod cli;
+pub mod delivered;
 pub mod entries;
 pub mod init;
 pub mod online;

@@ -6,9 +6,10 @@
 //! prints or returns a secret value, and the only entry ever unlinked is the
 //! report key, which the guest client owns.
 
+use crate::delivered::{ImageKeyReport, Source};
 use crate::entries::{
     parse_bundle, parse_connection, parse_report_key, Connection, ReportKey, BUNDLE_GUID,
-    CONNECTION_GUID, REPORT_KEY_GUID,
+    CONNECTION_GUID, IMAGE_KEY_ID, REPORT_KEY_GUID,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ pub struct Found {
     pub connection: Option<Connection>,
     /// The report key.
     pub report_key: Option<ReportKey>,
+    /// The image key in the offline bundle (offline mode, bundle well-formed).
+    pub image_key: Option<ImageKeyReport>,
 }
 
 /// The key broker named on the kernel command line by Kata
@@ -237,6 +240,14 @@ pub fn local_checks(paths: &Paths, mode: Mode, checks: &mut Vec<Check>) -> Found
                             b.secrets.keys().cloned().collect::<Vec<_>>().join(", ")
                         ),
                     );
+                    // The offline KBC looks the layers' key up in the bundle by id.
+                    let key = ImageKeyReport::from_length(
+                        Source::Bundle,
+                        b.secrets.get(IMAGE_KEY_ID).copied(),
+                    );
+                    let c = key.check();
+                    push(&c.name, c.passed, c.reason);
+                    found.image_key = Some(key);
                 }
                 Err(e) => {
                     push("bundle", false, format!("entry {BUNDLE_GUID}: {e}"));

@@ -11,7 +11,7 @@
 )]
 
 use base64::Engine as _;
-use guest_client::entries::{BUNDLE_GUID, CONNECTION_GUID, REPORT_KEY_GUID};
+use guest_client::entries::{BUNDLE_GUID, CONNECTION_GUID, IMAGE_KEY_ID, REPORT_KEY_GUID};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -130,6 +130,7 @@ fn a_good_offline_launch_passes_without_printing_secrets() {
             "efi_secret",
             "secrets directory",
             "bundle",
+            "image key",
             "report key"
         ]
     );
@@ -216,6 +217,76 @@ fn each_broken_path_fails_with_its_own_reason() {
     let g = Guest::new(&[(BUNDLE_GUID, bundle())], true);
     let (_, out) = g.verify(&["--mode", "offline", "--json"]);
     failed_check(&out, "report key");
+}
+
+/// A bundle holding the operator's key and an image key of `len` bytes.
+fn bundle_with_image_key(len: usize) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "key-a": b64(SECRET),
+        IMAGE_KEY_ID: b64(&vec![0xc3; len]),
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_image_key_in_the_bundle_is_reported_by_length_only() {
+    // Present, 32 bytes.
+    let g = Guest::new(
+        &[
+            (BUNDLE_GUID, bundle_with_image_key(32)),
+            (REPORT_KEY_GUID, report_key()),
+        ],
+        true,
+    );
+    let (code, out) = g.verify(&["--mode", "offline", "--json", "--no-report"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["image_encryption_key"],
+        serde_json::json!({"id": IMAGE_KEY_ID, "source": "bundle", "state": "present", "length": 32})
+    );
+    assert_eq!(v["cosign_key"]["state"], "not_fetched", "{out}");
+    assert!(!out.contains(&b64(&[0xc3; 32])), "{out}");
+    let (code, human) = g.verify(&["--mode", "offline", "--no-report"]);
+    assert_eq!(code, 0);
+    assert!(
+        human.contains("image key") && human.contains("32 bytes, in the bundle"),
+        "{human}"
+    );
+    assert!(human.contains("not fetched"), "{human}");
+    assert!(!human.contains(&b64(&[0xc3; 32])), "{human}");
+
+    // Absent: not provisioned, which is no failure.
+    let g = Guest::new(
+        &[(BUNDLE_GUID, bundle()), (REPORT_KEY_GUID, report_key())],
+        true,
+    );
+    let (code, out) = g.verify(&["--mode", "offline", "--json", "--no-report"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["image_encryption_key"]["state"], "not_provisioned");
+
+    // The wrong length: a failed check with the length, not the bytes.
+    for len in [16, 33] {
+        let g = Guest::new(
+            &[
+                (BUNDLE_GUID, bundle_with_image_key(len)),
+                (REPORT_KEY_GUID, report_key()),
+            ],
+            true,
+        );
+        let (code, out) = g.verify(&["--mode", "offline", "--json", "--no-report"]);
+        assert_eq!(code, 1, "{out}");
+        let r = failed_check(&out, "image key")["reason"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            r.contains(&format!("{len} bytes")) && r.contains("32"),
+            "{r}"
+        );
+        assert!(!out.contains(&b64(&vec![0xc3; len])), "{out}");
+    }
 }
 
 #[test]
