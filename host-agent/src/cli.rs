@@ -34,8 +34,9 @@ pub enum Command {
     /// it logs to the journal there and readable lines on a terminal otherwise.
     /// SIGTERM or SIGINT stops it cleanly.
     Run(crate::agent::RunArgs),
-    /// Register this node's digests, the image signature policy and the cosign
-    /// key with the key broker, once. Safe to run again.
+    /// Register this node's digests, the image signature policy, the cosign key
+    /// and the key of encrypted images with the key broker, once. Safe to run
+    /// again.
     Provision(crate::provision::ProvisionArgs),
     /// Show what the running agent derived and registered, errors and drift.
     Status(crate::status_cmd::StatusArgs),
