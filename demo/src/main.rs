@@ -1,0 +1,599 @@
+//! `demo`: the whole attested flow on one machine, with no SEV hardware and
+//! nothing installed.
+//!
+//! It plays every part the way the real ones behave, using the project's own
+//! binaries as separate processes: the key broker (`kbs`, embedded store in a
+//! temporary directory), the host agent (`host-agent run`, following a sample
+//! Kata configuration with inotify), the Kata shim and the AMD PSP (the
+//! simulator, which does the PSP's real cryptography and measures the launch
+//! with the `sev` crate, independently of the host agent), and the guest client
+//! (`guest-client verify` over the secrets as the guest kernel exposes them).
+//! Everything it starts is stopped and its directory removed at the end, also
+//! when a step fails.
+
+use anyhow::{anyhow, bail, Context};
+use clap::Parser;
+use kbs_proto::admin_client;
+use kbs_proto::kbsadmin::ListDigestsRequest;
+use sev_sim::kbs_process::KbsProcess;
+use sev_sim::shim::{pre_attest, ShimLaunch};
+use sev_sim::{FakeAmdRoots, SimPlatform};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// The node name the demo's host agent registers under.
+const NODE: &str = "demo-node";
+/// The runtime class the sample configuration gives (configuration-qemu-sev.toml).
+const CLASS: &str = "kata-qemu-sev";
+/// The option the demo adds to `kernel_params` to show a configuration change.
+const EDIT: &str = "demo.edited=1";
+
+/// Runs the attested flow end to end on this machine: a key broker, the host
+/// agent following a sample Kata SEV configuration, simulated SEV launches, the
+/// guest client's verification and report, a configuration edit followed live,
+/// a stale launch refused, and what the broker recorded.
+///
+/// Needs no SEV hardware, cluster or database. The `kbs`, `host-agent` and
+/// `guest-client` binaries are taken from the directory of this program (where
+/// cargo builds them) unless --bin-dir says otherwise.
+#[derive(Debug, Parser)]
+#[command(name = "demo", version)]
+struct Args {
+    /// Directory holding the kbs, host-agent and guest-client binaries.
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Keep the temporary directory (configuration, broker database, logs) and
+    /// print its path, instead of removing it.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("demo: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The binaries the demo starts.
+struct Bins {
+    kbs: PathBuf,
+    host_agent: PathBuf,
+    guest_client: PathBuf,
+}
+
+impl Bins {
+    fn find(dir: Option<&Path>) -> anyhow::Result<Bins> {
+        let dir = match dir {
+            Some(d) => d.to_path_buf(),
+            None => std::env::current_exe()
+                .context("cannot find this program's own path")?
+                .parent()
+                .map(Path::to_path_buf)
+                .ok_or_else(|| anyhow!("this program's path has no directory"))?,
+        };
+        let pick = |name: &str| -> anyhow::Result<PathBuf> {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                bail!(
+                    "{} is missing: build it first (scripts/demo builds kbs, host-agent and \
+                     guest-client), or give --bin-dir",
+                    p.display()
+                )
+            }
+        };
+        Ok(Bins {
+            kbs: pick("kbs")?,
+            host_agent: pick("host-agent")?,
+            guest_client: pick("guest-client")?,
+        })
+    }
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// Asks the process to stop and waits for it; true if it exited cleanly.
+    fn stop(&mut self) -> bool {
+        if let Some(pid) =
+            rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn step(n: u32, title: &str) {
+    println!();
+    println!("== {n}. {title}");
+}
+
+/// Prints `text` indented, as the output of a command.
+fn show(text: &str) {
+    for line in text.lines() {
+        println!("   {line}");
+    }
+}
+
+/// Runs one of the project's binaries and returns its standard output, or an
+/// error with what it printed.
+fn run_tool(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {} failed ({}): {}",
+            bin.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A free loopback port for the agent's status server, so that `host-agent
+/// status` can find it from the configuration.
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The digests the broker holds for the demo's node, hexadecimal, sorted.
+async fn registered(socket: &Path) -> anyhow::Result<Vec<(String, u32, String)>> {
+    let mut c = admin_client::connect_unix(socket, Duration::from_secs(5))
+        .await
+        .context("cannot reach the broker's admin socket")?;
+    let listed = c
+        .list_digests(ListDigestsRequest {
+            node: NODE.into(),
+            runtime_class: CLASS.into(),
+        })
+        .await
+        .map_err(|s| anyhow!("ListDigests: {}", s.message()))?
+        .into_inner();
+    let mut v: Vec<(String, u32, String)> = listed
+        .digests
+        .into_iter()
+        .filter_map(|d| d.digest)
+        .map(|d| (d.mode, d.vcpus, hex::encode(d.digest)))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Polls the broker until its digests differ from `before`; returns them and
+/// how long it took.
+async fn wait_change(
+    socket: &Path,
+    before: &[(String, u32, String)],
+    within: Duration,
+) -> anyhow::Result<(Vec<(String, u32, String)>, Duration)> {
+    let start = Instant::now();
+    loop {
+        let now = registered(socket).await?;
+        if !now.is_empty() && now != before {
+            return Ok((now, start.elapsed()));
+        }
+        if start.elapsed() > within {
+            bail!("the broker's digests did not change within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The launch Kata builds from the configuration (artefacts and command line),
+/// as the host agent derives it.
+fn kata_launch(host_agent: &Path, config: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = run_tool(
+        host_agent,
+        &[
+            "digests",
+            "--kata-config",
+            &config.to_string_lossy(),
+            "--pod-cpus",
+            "0",
+            "--fips",
+            "false",
+            "--json",
+        ],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&text).context("host-agent digests --json")?;
+    v.get(0)
+        .cloned()
+        .ok_or_else(|| anyhow!("host-agent digests gave no launch"))
+}
+
+/// What the PSP measures for that launch: computed by the `sev` crate from the
+/// files and command line, not by the host agent.
+fn psp_digest(launch: &serde_json::Value) -> anyhow::Result<[u8; 32]> {
+    let field = |k: &str| -> anyhow::Result<PathBuf> {
+        launch
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow!("the launch has no {k}"))
+    };
+    let cmdline = launch
+        .get("cmdline")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| anyhow!("the launch has no cmdline"))?;
+    let initrd = field("initrd")?;
+    sev_sim::launch_digest_sev(
+        &field("firmware")?,
+        &field("kernel")?,
+        Some(&initrd),
+        cmdline,
+    )
+    .map_err(|e| anyhow!("measuring the launch: {e}"))
+}
+
+fn policy_of(launch: &serde_json::Value) -> u32 {
+    launch
+        .get("policy")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or(0x3)
+}
+
+/// Lays out a guest's view of an injected secret table as `efi_secret` shows
+/// it, and the files the guest client reads about its environment.
+fn guest_view(dir: &Path, table: &[u8]) -> anyhow::Result<PathBuf> {
+    let sfs = dir.join("security");
+    sev_sim::efi_secret::write_dir(table, &sfs.join("secrets/coco"))
+        .map_err(|e| anyhow!("writing the guest's secrets: {e}"))?;
+    std::fs::create_dir_all(dir.join("module"))?;
+    std::fs::write(
+        dir.join("mounts"),
+        format!("securityfs {} securityfs rw 0 0\n", sfs.display()),
+    )?;
+    std::fs::write(dir.join("cmdline"), "quiet\n")?;
+    Ok(dir.to_path_buf())
+}
+
+fn guest_verify(bins: &Bins, root: &Path, kbs: &str) -> anyhow::Result<(bool, String)> {
+    let out = Command::new(&bins.guest_client)
+        .arg("verify")
+        .arg("--secrets-dir")
+        .arg(root.join("security/secrets/coco"))
+        .arg("--securityfs")
+        .arg(root.join("security"))
+        .arg("--mounts")
+        .arg(root.join("mounts"))
+        .arg("--module-dir")
+        .arg(root.join("module"))
+        .arg("--cmdline")
+        .arg(root.join("cmdline"))
+        .args(["--kbs", kbs, "--mode", "online"])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run guest-client")?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), text))
+}
+
+/// Starts `host-agent run` and waits until it serves its status.
+fn start_agent(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Daemon> {
+    let mut child = Command::new(bin)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow!("no pipe from the host agent"))?;
+    let mut file = std::fs::File::create(log)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(file, "{line}");
+            if line.starts_with("host-agent: listening on ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let daemon = Daemon { child };
+    rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
+        anyhow!(
+            "the host agent did not start; its log is {} (run with --keep to read it)",
+            log.display()
+        )
+    })?;
+    Ok(daemon)
+}
+
+/// Replaces `kernel_params` the way an editor saves: a new file renamed over
+/// the old one.
+fn edit_kernel_params(config: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config)?;
+    let mut done = false;
+    let edited: Vec<String> = text
+        .lines()
+        .map(|line| match line.strip_prefix("kernel_params = \"") {
+            Some(rest) if !done => {
+                done = true;
+                format!("kernel_params = \"{EDIT} {rest}")
+            }
+            _ => line.to_string(),
+        })
+        .collect();
+    if !done {
+        bail!("{} has no kernel_params line", config.display());
+    }
+    let tmp = config.with_extension("toml.new");
+    std::fs::write(&tmp, edited.join("\n") + "\n")?;
+    std::fs::rename(&tmp, config)?;
+    Ok(())
+}
+
+fn short(hex: &str) -> &str {
+    hex.get(..16).unwrap_or(hex)
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
+    let bins = Bins::find(args.bin_dir.as_deref())?;
+    let tmp = tempfile::Builder::new()
+        .prefix("sev-attestation-demo-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let dir = tmp.path().to_path_buf();
+    let outcome = flow(&bins, &dir).await;
+    if args.keep {
+        let kept = tmp.keep();
+        println!();
+        println!("kept {}", kept.display());
+    } else {
+        tmp.close()
+            .with_context(|| format!("cannot remove {}", dir.display()))?;
+        println!();
+        println!(
+            "== cleaned up: broker and agent stopped, {} removed",
+            dir.display()
+        );
+    }
+    outcome
+}
+
+async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
+    println!("Attested confidential serverless, end to end, on this machine (simulated SEV).");
+
+    step(
+        1,
+        "Key broker: started with an embedded store in a temporary directory",
+    );
+    let roots = FakeAmdRoots::generate().map_err(|e| anyhow!("simulated AMD roots: {e}"))?;
+    let platform = SimPlatform::new(&roots).map_err(|e| anyhow!("simulated platform: {e}"))?;
+    let ark = dir.join("simulated-ark.cert");
+    std::fs::write(&ark, roots.ark_cert())?;
+    let socket = dir.join("kbs-admin.sock");
+    let kbs = KbsProcess::start(&bins.kbs, &dir.join("kbs-data"), &socket, &ark)
+        .context("starting the key broker")?;
+    println!(
+        "   keybroker protocol on {}, admin socket {}",
+        kbs.addr,
+        socket.display()
+    );
+    println!("   it trusts only AMD's roots, plus the simulator's root for this demo");
+
+    step(
+        2,
+        "Host agent: follows a sample Kata SEV configuration and registers its digests",
+    );
+    let sample = sample_artefacts::write_sample(&dir.join("kata"))?;
+    let port = free_port()?;
+    let agent_config = dir.join("host-agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            "kata_configs = [\"{}\"]\nnode = \"{NODE}\"\nlisten = \"127.0.0.1:{port}\"\n\
+             state_dir = \"{}\"\n[kbs]\nadmin_socket = \"{}\"\n[launches]\n\
+             host_cpu_signature = \"0xa00f11\"\nmax_pod_cpus = 2\n",
+            sample.config.display(),
+            dir.join("agent-state").display(),
+            socket.display(),
+        ),
+    )?;
+    println!(
+        "   {} names synthetic firmware, kernel and initrd",
+        sample.config.display()
+    );
+    let started = Instant::now();
+    let mut agent = start_agent(&bins.host_agent, &agent_config, &dir.join("host-agent.log"))?;
+    let (digests, _) = wait_change(&socket, &[], Duration::from_secs(30)).await?;
+    println!(
+        "   registered {} digests for {CLASS} on {NODE}, {} ms after start (pods with 0, 1, 2 CPUs):",
+        digests.len(),
+        started.elapsed().as_millis()
+    );
+    for (mode, vcpus, d) in &digests {
+        println!("     {mode} {vcpus} vCPU  {d}");
+    }
+
+    step(
+        3,
+        "Signature policy: provisioned as a broker resource the guest will read",
+    );
+    let text = run_tool(
+        &bins.host_agent,
+        &[
+            "provision",
+            "--config",
+            &agent_config.to_string_lossy(),
+            "--signature-policy",
+            "none",
+        ],
+    )?;
+    show(&text);
+
+    step(
+        4,
+        "Launch: the Kata shim pre-attests, the PSP measures, the broker releases secrets",
+    );
+    let launch = kata_launch(&bins.host_agent, &sample.config)?;
+    let measured = psp_digest(&launch)?;
+    println!(
+        "   the PSP measured {} (firmware, kernel, initrd and the command line Kata builds)",
+        hex::encode(measured)
+    );
+    let uri = kbs.uri();
+    let launched = pre_attest(
+        &platform,
+        &ShimLaunch::online(uri.clone(), policy_of(&launch), measured),
+    )
+    .await
+    .map_err(|e| anyhow!("the launch was refused: {e}"))?;
+    println!(
+        "   launch {} verified; secrets injected into the guest:",
+        launched.launch_id
+    );
+    let entries = sev_sim::efi_secret::parse_table(&launched.secret_table)
+        .map_err(|e| anyhow!("the injected table: {e}"))?;
+    for (guid, data) in &entries {
+        println!("     {guid}  {} bytes  ({})", data.len(), entry_name(guid));
+    }
+
+    step(
+        5,
+        "Guest: the guest client checks the secrets arrived through the PSP path and reports",
+    );
+    let root = guest_view(&dir.join("guest"), &launched.secret_table)?;
+    let (ok, text) = guest_verify(bins, &root, &kbs.addr)?;
+    show(&text);
+    if !ok {
+        bail!("the guest client's verification failed");
+    }
+
+    step(
+        6,
+        "Configuration change: kernel_params edited, re-registered by the agent",
+    );
+    let before = registered(&socket).await?;
+    let old_launch = launch;
+    edit_kernel_params(&sample.config)?;
+    let (after, took) = wait_change(&socket, &before, Duration::from_secs(30)).await?;
+    println!(
+        "   added {EDIT:?} to kernel_params; the broker held the new digests {:.1} ms after the save",
+        took.as_secs_f64() * 1000.0
+    );
+    for ((_, vcpus, old), (_, _, new)) in before.iter().zip(&after) {
+        println!("     {vcpus} vCPU  {}... -> {}...", short(old), short(new));
+    }
+    let new_launch = kata_launch(&bins.host_agent, &sample.config)?;
+    let new_digest = psp_digest(&new_launch)?;
+    pre_attest(
+        &platform,
+        &ShimLaunch::online(uri.clone(), policy_of(&new_launch), new_digest),
+    )
+    .await
+    .map_err(|e| anyhow!("a launch with the new command line was refused: {e}"))?;
+    println!("   a guest launched with the new command line gets its secrets");
+
+    step(
+        7,
+        "Stale launch: a guest still measuring the old command line is refused",
+    );
+    let stale = psp_digest(&old_launch)?;
+    match pre_attest(
+        &platform,
+        &ShimLaunch::online(uri, policy_of(&old_launch), stale),
+    )
+    .await
+    {
+        Ok(_) => bail!("the broker released secrets to a stale launch"),
+        Err(e) => {
+            let reason = e
+                .status()
+                .map(|s| format!("{:?}: {}", s.code(), s.message()))
+                .unwrap_or_else(|| e.to_string());
+            println!("   refused, {reason}");
+        }
+    }
+
+    step(
+        8,
+        "Fleet view: what the broker recorded, and the agent's status",
+    );
+    let text = run_tool(
+        &bins.kbs,
+        &["admin", "--socket", &socket.to_string_lossy(), "records"],
+    )?;
+    show(&text);
+    println!();
+    let text = run_tool(
+        &bins.host_agent,
+        &["status", "--config", &agent_config.to_string_lossy()],
+    )?;
+    show(&text);
+
+    if !agent.stop() {
+        bail!("the host agent did not stop cleanly on SIGTERM");
+    }
+    drop(kbs);
+    Ok(())
+}
+
+/// What a secret table entry is, by its GUID.
+fn entry_name(guid: &str) -> &'static str {
+    use guest_client::entries::{BUNDLE_GUID, CONNECTION_GUID, REPORT_KEY_GUID};
+    if guid == CONNECTION_GUID {
+        "connection key for the guest's online requests"
+    } else if guid == BUNDLE_GUID {
+        "secret bundle"
+    } else if guid == REPORT_KEY_GUID {
+        "report key for the guest client"
+    } else {
+        "other"
+    }
+}
