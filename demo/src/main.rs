@@ -29,9 +29,12 @@ const NODE: &str = "demo-node";
 const CLASS: &str = "kata-qemu-sev";
 /// The option the demo adds to `kernel_params` to show a configuration change.
 const EDIT: &str = "demo.edited=1";
+/// The repository whose images the demo's policy requires signed.
+const SIGNED_REPOSITORY: &str = "registry.example/apps/hello";
 
 /// Runs the attested flow end to end on this machine: a key broker, the host
-/// agent following a sample Kata SEV configuration, simulated SEV launches, the
+/// agent following a sample Kata SEV configuration, a cosign key pair with a
+/// `verify` image policy and an image-encryption key, simulated SEV launches, the
 /// guest client's verification and report, a configuration edit followed live,
 /// a stale launch refused, and what the broker recorded.
 ///
@@ -158,9 +161,17 @@ fn show(text: &str) {
 /// Runs one of the project's binaries and returns its standard output, or an
 /// error with what it printed.
 fn run_tool(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
+    run_tool_with(bin, args, &[])
+}
+
+/// Like [`run_tool`], with extra environment variables.
+fn run_tool_with(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
         .output()
         .with_context(|| format!("cannot run {}", bin.display()))?;
     if !out.status.success() {
@@ -173,6 +184,25 @@ fn run_tool(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Writes a fresh 32-byte key (an AES-256 key, as encrypted images use) that
+/// only its owner can read.
+fn write_random_key(path: &Path) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .context("cannot read /dev/urandom")?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(&key))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// A free loopback port for the agent's status server, so that `host-agent
@@ -463,8 +493,22 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
 
     step(
         3,
-        "Signature policy: provisioned as a broker resource the guest will read",
+        "Images: a cosign key pair, the signature policy and the key of encrypted images",
     );
+    let prefix = dir.join("cosign");
+    let text = run_tool_with(
+        &bins.host_agent,
+        &[
+            "cosign",
+            "generate-key-pair",
+            "--output-key-prefix",
+            &prefix.to_string_lossy(),
+        ],
+        &[("COSIGN_PASSWORD", "")],
+    )?;
+    show(&text);
+    let image_key = dir.join("image-encryption.key");
+    write_random_key(&image_key)?;
     let text = run_tool(
         &bins.host_agent,
         &[
@@ -472,10 +516,19 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
             "--config",
             &agent_config.to_string_lossy(),
             "--signature-policy",
-            "none",
+            "verify",
+            "--image",
+            SIGNED_REPOSITORY,
+            "--cosign-key",
+            &prefix.with_extension("pub").to_string_lossy(),
+            "--image-encryption-key",
+            &image_key.to_string_lossy(),
         ],
     )?;
     show(&text);
+    println!(
+        "   (images of {SIGNED_REPOSITORY} are then signed with `host-agent cosign sign IMAGE@DIGEST --key cosign.key`)"
+    );
 
     step(
         4,

@@ -33,6 +33,16 @@ fn the_demo_shows_the_whole_attested_flow_and_cleans_up() {
         "{text}"
     );
     assert!(text.contains("report key for the guest client"), "{text}");
+    assert!(text.contains("Public key written to"), "{text}");
+    assert!(
+        text.contains("signature policy verify: registry.example/apps/hello (sigstoreSigned"),
+        "{text}"
+    );
+    assert!(text.contains("ecdsa-p256 public key, SHA-256"), "{text}");
+    assert!(
+        text.contains("default/image-encryption-key/1: 32 bytes, served online"),
+        "{text}"
+    );
     assert!(
         text.contains("the secrets arrived through the PSP-protected path"),
         "{text}"
