@@ -572,7 +572,10 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("ID  TIME (UTC)"), "{table}");
         assert!(lines[1].contains("2026-11-28T"), "{table}");
-        assert!(lines[1].ends_with("launch digest not registered"), "{table}");
+        assert!(
+            lines[1].ends_with("launch digest not registered"),
+            "{table}"
+        );
         // Columns line up: CALL starts at the same offset on both lines.
         assert_eq!(lines[0].find("CALL"), lines[1].find("GetSecret"));
     }
