@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use kbs_proto::admin_client;
 use kbs_proto::kbsadmin::ListDigestsRequest;
+use sev_sim::guest_view::GuestView;
 use sev_sim::kbs_process::KbsProcess;
 use sev_sim::shim::{pre_attest, ShimLaunch};
 use sev_sim::{FakeAmdRoots, SimPlatform};
@@ -309,35 +310,9 @@ fn policy_of(launch: &serde_json::Value) -> u32 {
         .unwrap_or(0x3)
 }
 
-/// Lays out a guest's view of an injected secret table as `efi_secret` shows
-/// it, and the files the guest client reads about its environment.
-fn guest_view(dir: &Path, table: &[u8]) -> anyhow::Result<PathBuf> {
-    let sfs = dir.join("security");
-    sev_sim::efi_secret::write_dir(table, &sfs.join("secrets/coco"))
-        .map_err(|e| anyhow!("writing the guest's secrets: {e}"))?;
-    std::fs::create_dir_all(dir.join("module"))?;
-    std::fs::write(
-        dir.join("mounts"),
-        format!("securityfs {} securityfs rw 0 0\n", sfs.display()),
-    )?;
-    std::fs::write(dir.join("cmdline"), "quiet\n")?;
-    Ok(dir.to_path_buf())
-}
-
-fn guest_verify(bins: &Bins, root: &Path, kbs: &str) -> anyhow::Result<(bool, String)> {
-    let out = Command::new(&bins.guest_client)
-        .arg("verify")
-        .arg("--secrets-dir")
-        .arg(root.join("security/secrets/coco"))
-        .arg("--securityfs")
-        .arg(root.join("security"))
-        .arg("--mounts")
-        .arg(root.join("mounts"))
-        .arg("--module-dir")
-        .arg(root.join("module"))
-        .arg("--cmdline")
-        .arg(root.join("cmdline"))
-        .args(["--kbs", kbs, "--mode", "online"])
+fn guest_verify(bins: &Bins, view: &GuestView, kbs: &str) -> anyhow::Result<(bool, String)> {
+    let out = view
+        .verify_command(&bins.guest_client, kbs, "online")
         .stdin(Stdio::null())
         .output()
         .context("cannot run guest-client")?;
@@ -561,8 +536,9 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
         5,
         "Guest: the guest client checks the secrets arrived through the PSP path and reports",
     );
-    let root = guest_view(&dir.join("guest"), &launched.secret_table)?;
-    let (ok, text) = guest_verify(bins, &root, &kbs.addr)?;
+    let view = GuestView::write(&dir.join("guest"), &launched.secret_table, "quiet")
+        .map_err(|e| anyhow!("writing the guest's view: {e}"))?;
+    let (ok, text) = guest_verify(bins, &view, &kbs.addr)?;
     show(&text);
     if !ok {
         bail!("the guest client's verification failed");

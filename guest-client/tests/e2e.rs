@@ -22,6 +22,7 @@ use kbs_proto::kbsadmin::{
     DeleteRequest, Digest, ListRecordsRequest, ReplaceDigestsRequest, SetKeysetRequest,
     SetResourceRequest, SetSecretRequest,
 };
+use sev_sim::guest_view::GuestView;
 use sev_sim::shim::{pre_attest, ShimLaunch};
 use sev_sim::{FakeAmdRoots, SimPlatform};
 use std::path::{Path, PathBuf};
@@ -53,33 +54,16 @@ fn start_kbs(dir: &Path, ark: &Path) -> Kbs {
 
 /// A guest's view of `table`, as efi_secret shows it.
 fn guest_view(dir: &Path, table: &[u8]) -> PathBuf {
-    let root = dir.join("guest");
-    let sfs = root.join("security");
-    sev_sim::efi_secret::write_dir(table, &sfs.join("secrets/coco")).unwrap();
-    std::fs::create_dir_all(root.join("module")).unwrap();
-    std::fs::write(
-        root.join("mounts"),
-        format!("securityfs {} securityfs rw 0 0\n", sfs.display()),
-    )
-    .unwrap();
-    root
+    GuestView::write(&dir.join("guest"), table, "quiet")
+        .unwrap()
+        .root()
+        .to_path_buf()
 }
 
 fn verify(root: &Path, kbs: &str, mode: &str) -> (i32, serde_json::Value) {
-    std::fs::write(root.join("cmdline"), "quiet\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
-        .arg("verify")
-        .arg("--secrets-dir")
-        .arg(root.join("security/secrets/coco"))
-        .arg("--securityfs")
-        .arg(root.join("security"))
-        .arg("--mounts")
-        .arg(root.join("mounts"))
-        .arg("--module-dir")
-        .arg(root.join("module"))
-        .arg("--cmdline")
-        .arg(root.join("cmdline"))
-        .args(["--kbs", kbs, "--mode", mode, "--json"])
+    let out = GuestView::at(root)
+        .verify_command(Path::new(env!("CARGO_BIN_EXE_guest-client")), kbs, mode)
+        .arg("--json")
         .output()
         .unwrap();
     let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -574,7 +558,6 @@ async fn init_reports_in_the_background_after_the_hand_over() {
     .await
     .unwrap();
     let root = guest_view(dir.path(), &launched.secret_table);
-    std::fs::write(root.join("cmdline"), "quiet\n").unwrap();
     let status = Command::new(env!("CARGO_BIN_EXE_guest-client"))
         .arg("init")
         .args(["--exec", "/bin/true"])

@@ -6,7 +6,7 @@
 //! - a platform and its PSP ([`SimPlatform`], [`SimLaunch`]): the CEK, OCA,
 //!   PEK and PDH chain, and LAUNCH_START, LAUNCH_MEASURE and LAUNCH_SECRET;
 //! - the Kata shim's pre-attestation as a gRPC client of the KBS ([`shim`]);
-//! - the guest's view of the injected secrets ([`efi_secret`]).
+//! - the guest's view of the injected secrets ([`efi_secret`], [`guest_view`]).
 //!
 //! The PSP side is written here against OpenSSL and shares no code with the
 //! key broker's session cryptography, so the two check each other; launch
@@ -30,6 +30,7 @@
 mod bytes;
 pub mod efi_secret;
 mod error;
+pub mod guest_view;
 pub mod kbs_process;
 mod kdf;
 mod measure;

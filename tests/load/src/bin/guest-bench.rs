@@ -10,9 +10,10 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use kbs_proto::admin_client;
 use kbs_proto::kbsadmin::{Digest, ReplaceDigestsRequest, SetResourceRequest};
+use sev_sim::guest_view::GuestView;
 use sev_sim::shim::{pre_attest, ShimLaunch};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Times guest-client runs.
@@ -39,18 +40,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         .get(rank.saturating_sub(1).min(sorted.len().saturating_sub(1)))
         .copied()
         .unwrap_or(f64::NAN)
-}
-
-fn guest_view(root: &Path, table: &[u8]) -> anyhow::Result<()> {
-    let sfs = root.join("security");
-    sev_sim::efi_secret::write_dir(table, &sfs.join("secrets/coco"))?;
-    std::fs::create_dir_all(root.join("module"))?;
-    std::fs::write(
-        root.join("mounts"),
-        format!("securityfs {} securityfs rw 0 0\n", sfs.display()),
-    )?;
-    std::fs::write(root.join("cmdline"), "quiet\n")?;
-    Ok(())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -101,21 +90,10 @@ async fn main() -> anyhow::Result<()> {
         let launch = ShimLaunch::online(format!("http://{addr}"), 0x3, digest);
         let out = pre_attest(&platform, &launch).await?;
         let root = dir.path().join(format!("guest-{i}"));
-        guest_view(&root, &out.secret_table)?;
+        let view = GuestView::write(&root, &out.secret_table, "quiet")?;
         let start = Instant::now();
-        let status = Command::new(&args.client_bin)
-            .arg("verify")
-            .arg("--secrets-dir")
-            .arg(root.join("security/secrets/coco"))
-            .arg("--securityfs")
-            .arg(root.join("security"))
-            .arg("--mounts")
-            .arg(root.join("mounts"))
-            .arg("--module-dir")
-            .arg(root.join("module"))
-            .arg("--cmdline")
-            .arg(root.join("cmdline"))
-            .args(["--kbs", &addr, "--mode", "online"])
+        let status = view
+            .verify_command(&args.client_bin, &addr, "online")
             .stdout(Stdio::null())
             .status()?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
