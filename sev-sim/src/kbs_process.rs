@@ -109,6 +109,11 @@ impl KbsProcess {
         })
     }
 
+    /// The process id, e.g. to read its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://ADDR`, for gRPC clients.
     pub fn uri(&self) -> String {
         format!("http://{}", self.addr)

@@ -9,11 +9,10 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use kbs::store::{DigestRecord, Store};
+use sev_sim::kbs_process::KbsProcess;
 use sev_sim::shim::{pre_attest, ShimLaunch};
 use sev_sim::{FakeAmdRoots, SimPlatform};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,58 +35,6 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_kbs(
-    bin: &PathBuf,
-    data: &std::path::Path,
-    ark: &std::path::Path,
-) -> anyhow::Result<Server> {
-    let mut child = Command::new(bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "none",
-            "--data-dir",
-        ])
-        .arg(data)
-        .arg("--admin-socket")
-        .arg(data.join("admin.sock"))
-        .arg("--insecure-trust-anchor")
-        .arg(ark)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let stderr = child.stderr.take().context("kbs stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(a) = line.strip_prefix("kbs: listening on ") {
-                    break a.trim().to_string();
-                }
-            }
-            _ => bail!("kbs exited before listening"),
-        }
-    };
-    // Keep draining its stderr so that it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Ok(Server { child, addr })
 }
 
 /// CPU seconds (user + system) a process has used, from /proc/PID/stat.
@@ -141,7 +88,8 @@ async fn main() -> anyhow::Result<()> {
         store.set_secret("k1", b"0123456789abcdef0123456789abcdef")?;
         store.set_keyset("KEYSET-1", &["k1".to_string()])?;
     }
-    let server = start_kbs(&args.kbs_bin, &data, &ark)?;
+    let server = KbsProcess::start(&args.kbs_bin, &data, &data.join("admin.sock"), &ark)
+        .with_context(|| format!("cannot start {}", args.kbs_bin.display()))?;
     let launch = Arc::new(ShimLaunch::offline(
         format!("http://{}", server.addr),
         0x3,
@@ -177,9 +125,9 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     tokio::time::sleep_until(warm_end.into()).await;
-    cpu_start.get_or_insert(cpu_seconds(server.child.id())?);
+    cpu_start.get_or_insert(cpu_seconds(server.pid())?);
     tokio::time::sleep_until(end.into()).await;
-    let cpu_end = cpu_seconds(server.child.id())?;
+    let cpu_end = cpu_seconds(server.pid())?;
     let mut latencies = Vec::new();
     let mut failures = 0;
     for t in tasks {
