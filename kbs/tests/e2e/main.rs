@@ -71,6 +71,31 @@ fn sample_digest(dir: &Path) -> ([u8; 32], [u8; 32]) {
 }
 
 impl Rig {
+    /// A whole online launch: the secret table the guest would see.
+    async fn online_launch(&self) -> Vec<u8> {
+        let (id, mut launch) = self.bundle(&self.platform, POLICY).await.unwrap();
+        let m = launch.measure(&self.digest);
+        let conn = RequestDetails {
+            guid: CONNECTION_GUID.into(),
+            format: "JSON".into(),
+            secret_type: "connection".into(),
+            id: String::new(),
+        };
+        let r = self
+            .client()
+            .await
+            .get_secret(self.secret_request(&id, &m, POLICY, &self.digest, vec![conn]))
+            .await
+            .unwrap()
+            .into_inner();
+        launch
+            .inject_secret(
+                &unb64(&r.launch_secret_header),
+                &unb64(&r.launch_secret_data),
+            )
+            .unwrap()
+    }
+
     fn start(extra: &[&str]) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let (digest, sim_digest) = sample_digest(dir.path());
@@ -268,27 +293,7 @@ async fn the_whole_shim_flow_through_the_simulator() {
 #[tokio::test]
 async fn the_online_connection_serves_resources() {
     let rig = Rig::start(&[]);
-    let (id, mut launch) = rig.bundle(&rig.platform, POLICY).await.unwrap();
-    let m = launch.measure(&rig.digest);
-    let conn = RequestDetails {
-        guid: CONNECTION_GUID.into(),
-        format: "JSON".into(),
-        secret_type: "connection".into(),
-        id: String::new(),
-    };
-    let r = rig
-        .client()
-        .await
-        .get_secret(rig.secret_request(&id, &m, POLICY, &rig.digest, vec![conn]))
-        .await
-        .unwrap()
-        .into_inner();
-    let table = launch
-        .inject_secret(
-            &unb64(&r.launch_secret_header),
-            &unb64(&r.launch_secret_data),
-        )
-        .unwrap();
+    let table = rig.online_launch().await;
     let entries = sev_sim::efi_secret::parse_table(&table).unwrap();
     let c: serde_json::Value = serde_json::from_slice(&entries[0].1).unwrap();
     let client_id = c["client_id"].as_str().unwrap().to_string();

@@ -71,31 +71,6 @@ impl Rig {
         GuestStatusClient::connect(self.kbs.uri()).await.unwrap()
     }
 
-    /// A whole online launch: the secret table the guest would see.
-    async fn online_launch(&self) -> Vec<u8> {
-        let (id, mut launch) = self.bundle(&self.platform, POLICY).await.unwrap();
-        let m = launch.measure(&self.digest);
-        let conn = RequestDetails {
-            guid: CONNECTION_GUID.into(),
-            format: "JSON".into(),
-            secret_type: "connection".into(),
-            id: String::new(),
-        };
-        let r = self
-            .client()
-            .await
-            .get_secret(self.secret_request(&id, &m, POLICY, &self.digest, vec![conn]))
-            .await
-            .unwrap()
-            .into_inner();
-        launch
-            .inject_secret(
-                &unb64(&r.launch_secret_header),
-                &unb64(&r.launch_secret_data),
-            )
-            .unwrap()
-    }
-
     /// `kbs admin records --json`, parsed.
     fn admin_records(&self) -> Vec<serde_json::Value> {
         let out = Command::new(env!("CARGO_BIN_EXE_kbs"))
