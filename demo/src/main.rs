@@ -213,12 +213,12 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// The digests the broker holds for the demo's node, hexadecimal, sorted.
-async fn registered(socket: &Path) -> anyhow::Result<Vec<(String, u32, String)>> {
-    let mut c = admin_client::connect_unix(socket, Duration::from_secs(5))
-        .await
-        .context("cannot reach the broker's admin socket")?;
-    let listed = c
+/// The digests the broker holds for the demo's node: mode, vCPUs and the
+/// digest in hexadecimal, sorted.
+type Registered = Vec<(String, u32, String)>;
+
+async fn registered(admin: &mut admin_client::Client) -> anyhow::Result<Registered> {
+    let listed = admin
         .list_digests(ListDigestsRequest {
             node: NODE.into(),
             runtime_class: CLASS.into(),
@@ -226,7 +226,7 @@ async fn registered(socket: &Path) -> anyhow::Result<Vec<(String, u32, String)>>
         .await
         .map_err(|s| anyhow!("ListDigests: {}", s.message()))?
         .into_inner();
-    let mut v: Vec<(String, u32, String)> = listed
+    let mut v: Registered = listed
         .digests
         .into_iter()
         .filter_map(|d| d.digest)
@@ -239,13 +239,13 @@ async fn registered(socket: &Path) -> anyhow::Result<Vec<(String, u32, String)>>
 /// Polls the broker until its digests differ from `before`; returns them and
 /// how long it took.
 async fn wait_change(
-    socket: &Path,
+    admin: &mut admin_client::Client,
     before: &[(String, u32, String)],
     within: Duration,
-) -> anyhow::Result<(Vec<(String, u32, String)>, Duration)> {
+) -> anyhow::Result<(Registered, Duration)> {
     let start = Instant::now();
     loop {
-        let now = registered(socket).await?;
+        let now = registered(admin).await?;
         if !now.is_empty() && now != before {
             return Ok((now, start.elapsed()));
         }
@@ -425,6 +425,9 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
     let socket = dir.join("kbs-admin.sock");
     let kbs = KbsProcess::start(&bins.kbs, &dir.join("kbs-data"), &socket, &ark)
         .context("starting the key broker")?;
+    let mut admin = admin_client::connect_unix(&socket, Duration::from_secs(5))
+        .await
+        .context("cannot reach the broker's admin socket")?;
     println!(
         "   keybroker protocol on {}, admin socket {}",
         kbs.addr,
@@ -456,7 +459,7 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let mut agent = start_agent(&bins.host_agent, &agent_config, &dir.join("host-agent.log"))?;
-    let (digests, _) = wait_change(&socket, &[], Duration::from_secs(30)).await?;
+    let (digests, _) = wait_change(&mut admin, &[], Duration::from_secs(30)).await?;
     println!(
         "   registered {} digests for {CLASS} on {NODE}, {} ms after start (pods with 0, 1, 2 CPUs):",
         digests.len(),
@@ -548,10 +551,10 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
         6,
         "Configuration change: kernel_params edited, re-registered by the agent",
     );
-    let before = registered(&socket).await?;
+    let before = registered(&mut admin).await?;
     let old_launch = launch;
     edit_kernel_params(&sample.config)?;
-    let (after, took) = wait_change(&socket, &before, Duration::from_secs(30)).await?;
+    let (after, took) = wait_change(&mut admin, &before, Duration::from_secs(30)).await?;
     println!(
         "   added {EDIT:?} to kernel_params; the broker held the new digests {:.1} ms after the save",
         took.as_secs_f64() * 1000.0
