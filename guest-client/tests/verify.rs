@@ -12,7 +12,8 @@
 
 use base64::Engine as _;
 use guest_client::entries::{BUNDLE_GUID, CONNECTION_GUID, IMAGE_KEY_ID, REPORT_KEY_GUID};
-use std::path::PathBuf;
+use sev_sim::guest_view::GuestView;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const SECRET: &[u8] = b"the image key, never printed";
@@ -50,27 +51,18 @@ impl Guest {
         Guest { dir }
     }
 
+    /// `guest-client SUBCOMMAND` pointed at this guest's files.
+    fn command(&self, subcommand: &str) -> Command {
+        GuestView::at(self.dir.path())
+            .client_command(Path::new(env!("CARGO_BIN_EXE_guest-client")), subcommand)
+    }
+
     fn secrets(&self) -> PathBuf {
         self.dir.path().join("security/secrets/coco")
     }
 
     fn verify(&self, extra: &[&str]) -> (i32, String) {
-        let p = |n: &str| self.dir.path().join(n);
-        let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
-            .arg("verify")
-            .arg("--secrets-dir")
-            .arg(self.secrets())
-            .arg("--securityfs")
-            .arg(p("security"))
-            .arg("--mounts")
-            .arg(p("mounts"))
-            .arg("--module-dir")
-            .arg(p("module"))
-            .arg("--cmdline")
-            .arg(p("cmdline"))
-            .args(extra)
-            .output()
-            .unwrap();
+        let out = self.command("verify").args(extra).output().unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
         (out.status.code().unwrap(), text)
     }
@@ -311,20 +303,9 @@ fn init_verifies_then_hands_over_by_exec() {
         &[(BUNDLE_GUID, bundle()), (REPORT_KEY_GUID, report_key())],
         true,
     );
-    let p = |n: &str| g.dir.path().join(n);
-    let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
-        .arg("init")
+    let out = g
+        .command("init")
         .args(["--exec", "/bin/sh", "--boot-timeout", "10"])
-        .arg("--secrets-dir")
-        .arg(g.secrets())
-        .arg("--securityfs")
-        .arg(p("security"))
-        .arg("--mounts")
-        .arg(p("mounts"))
-        .arg("--module-dir")
-        .arg(p("module"))
-        .arg("--cmdline")
-        .arg(p("cmdline"))
         .args([
             "--mode",
             "offline",
@@ -353,10 +334,9 @@ fn init_does_not_wait_for_the_network() {
     // A broker that never answers: a listener that accepts nothing.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let kbs = silent.local_addr().unwrap().to_string();
-    let p = |n: &str| g.dir.path().join(n);
     let started = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
-        .arg("init")
+    let out = g
+        .command("init")
         .args([
             "--exec",
             "/bin/echo",
@@ -365,16 +345,6 @@ fn init_does_not_wait_for_the_network() {
             "--report-patience",
             "0",
         ])
-        .arg("--secrets-dir")
-        .arg(g.secrets())
-        .arg("--securityfs")
-        .arg(p("security"))
-        .arg("--mounts")
-        .arg(p("mounts"))
-        .arg("--module-dir")
-        .arg(p("module"))
-        .arg("--cmdline")
-        .arg(p("cmdline"))
         .args([
             "--mode",
             "offline",

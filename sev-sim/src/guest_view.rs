@@ -71,11 +71,11 @@ impl GuestView {
         self.root.join("cmdline")
     }
 
-    /// `guest-client verify` over this view, asking the broker at `kbs` in
-    /// `mode` (`online` or `offline`); add `--json` or other options to it.
-    pub fn verify_command(&self, guest_client: &Path, kbs: &str, mode: &str) -> Command {
+    /// `guest-client SUBCOMMAND` (`verify`, `init`) pointed at this view's
+    /// files; add the subcommand's other options to it.
+    pub fn client_command(&self, guest_client: &Path, subcommand: &str) -> Command {
         let mut cmd = Command::new(guest_client);
-        cmd.arg("verify")
+        cmd.arg(subcommand)
             .arg("--secrets-dir")
             .arg(self.secrets_dir())
             .arg("--securityfs")
@@ -85,8 +85,15 @@ impl GuestView {
             .arg("--module-dir")
             .arg(self.root.join("module"))
             .arg("--cmdline")
-            .arg(self.cmdline())
-            .args(["--kbs", kbs, "--mode", mode]);
+            .arg(self.cmdline());
+        cmd
+    }
+
+    /// `guest-client verify` over this view, asking the broker at `kbs` in
+    /// `mode` (`online` or `offline`); add `--json` or other options to it.
+    pub fn verify_command(&self, guest_client: &Path, kbs: &str, mode: &str) -> Command {
+        let mut cmd = self.client_command(guest_client, "verify");
+        cmd.args(["--kbs", kbs, "--mode", mode]);
         cmd
     }
 }
