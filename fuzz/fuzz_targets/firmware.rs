@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         vcpu_sig: VcpuSignature(0x00a0_0f11),
         guest_features: 1,
         vmm: [VmmType::Qemu, VmmType::Ec2, VmmType::Gce][usize::from(knobs >> 3) % 3],
+        fpu: sev_core::vmsa::VmsaFpu::Reset,
     };
     for mode in SevMode::ALL {
         let _ = launch_digest(&fw, mode, None, &shape);

@@ -168,6 +168,7 @@ pub fn reports(a: &DigestsArgs) -> anyhow::Result<Vec<LaunchReport>> {
                 vcpu_sig: sig.unwrap_or(VcpuSignature(0)),
                 guest_features: 0x1,
                 vmm: VmmType::Qemu,
+                fpu: sev_core::vmsa::VmsaFpu::Reset,
             };
             let launch = match loaded.entry(art.clone()) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),

@@ -859,6 +859,7 @@ pub fn measure_observed(
         vcpu_sig: vcpu_signature(q, host_sig)?.unwrap_or(VcpuSignature(0)),
         guest_features: SNP_GUEST_FEATURES,
         vmm: VmmType::Qemu,
+        fpu: sev_core::vmsa::VmsaFpu::Reset,
     };
     Ok(measure(&art, q.mode, &shape)?)
 }

@@ -158,6 +158,7 @@ pub fn run(a: &MeasureArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         vcpu_sig: vcpu_signature(a)?,
         guest_features: a.guest_features,
         vmm: a.vmm_type,
+        fpu: sev_core::vmsa::VmsaFpu::Reset,
     };
     let art = LaunchArtefacts {
         firmware: a.ovmf.clone(),

@@ -60,6 +60,7 @@ impl Case {
             vcpu_sig: VcpuSignature(self.sig),
             guest_features: self.guest_features,
             vmm: self.vmm,
+            fpu: sev_core::vmsa::VmsaFpu::Reset,
         };
         measure(&art, self.mode, &shape)
             .map(|d| d.to_hex())

@@ -59,6 +59,7 @@ fn ours(l: &Launch<'_>) -> String {
         vcpu_sig: vcpu_type_signature(cpu).unwrap(),
         guest_features: features,
         vmm: VmmType::Qemu,
+        fpu: sev_core::vmsa::VmsaFpu::Reset,
     };
     measure(&art, mode, &shape).unwrap().to_hex()
 }

@@ -45,6 +45,7 @@ fn damaged_images_never_panic() {
             vcpu_sig: VcpuSignature(0x00a0_0f11),
             guest_features: 1,
             vmm: [VmmType::Qemu, VmmType::Ec2, VmmType::Gce][rng.below(3) as usize],
+            fpu: sev_core::vmsa::VmsaFpu::Reset,
         };
         for mode in SevMode::ALL {
             for h in [None, Some(&hashes)] {

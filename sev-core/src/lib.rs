@@ -9,7 +9,7 @@
 //! use sev_core::{firmware::Firmware, measure::*, vcpu::VcpuSignature, vmsa::VmmType};
 //! let image = vec![0u8; 64 * 1024]; // a firmware image with no SEV footer
 //! let fw = Firmware::parse(&image).unwrap();
-//! let shape = VmShape { vcpus: 1, vcpu_sig: VcpuSignature(0), guest_features: 0, vmm: VmmType::Qemu };
+//! let shape = VmShape { vcpus: 1, vcpu_sig: VcpuSignature(0), guest_features: 0, vmm: VmmType::Qemu, fpu: Default::default() };
 //! let digest = launch_digest(&fw, SevMode::Sev, None, &shape).unwrap();
 //! assert_eq!(digest.as_bytes().len(), 32);
 //! ```
@@ -19,6 +19,7 @@ pub mod firmware;
 pub mod gctx;
 pub mod guid;
 pub mod hashes;
+pub mod host_kernel;
 pub mod measure;
 pub mod policy;
 pub mod secret_table;
@@ -31,4 +32,4 @@ pub use guid::Guid;
 pub use hashes::KernelHashes;
 pub use measure::{launch_digest, LaunchDigest, MeasureError, Measurement, SevMode, VmShape};
 pub use vcpu::VcpuSignature;
-pub use vmsa::VmmType;
+pub use vmsa::{VmmType, VmsaFpu};

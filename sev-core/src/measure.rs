@@ -11,7 +11,7 @@ use crate::firmware::{Firmware, FirmwareError, SectionKind};
 use crate::gctx::{Gctx, PageType, LD_SIZE};
 use crate::hashes::{KernelHashes, PAGE_SIZE};
 use crate::vcpu::VcpuSignature;
-use crate::vmsa::{vmsa_page, VmmType, BSP_EIP};
+use crate::vmsa::{vmsa_page, VmmType, VmsaFpu, BSP_EIP};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -71,6 +71,8 @@ pub struct VmShape {
     pub guest_features: u64,
     /// The VMM building the initial state.
     pub vmm: VmmType,
+    /// The x87/SSE state the host kernel puts in the VMSAs (SEV-ES, SNP).
+    pub fpu: VmsaFpu,
 }
 
 /// A launch digest, tagged with the mode that produced it.
@@ -340,8 +342,8 @@ fn vmsa_pages(
             vcpus: shape.vcpus - 1,
         });
     }
-    let bsp = vmsa_page(BSP_EIP, sev_features, shape.vcpu_sig, shape.vmm);
-    let ap = vmsa_page(ap_eip, sev_features, shape.vcpu_sig, shape.vmm);
+    let bsp = vmsa_page(BSP_EIP, sev_features, shape.vcpu_sig, shape.vmm, shape.fpu);
+    let ap = vmsa_page(ap_eip, sev_features, shape.vcpu_sig, shape.vmm, shape.fpu);
     Ok((0..shape.vcpus).map(move |i| if i == 0 { bsp } else { ap }))
 }
 

@@ -12,6 +12,32 @@ pub const VMSA_SIZE: usize = 4096;
 /// Reset vector of the bootstrap processor.
 pub const BSP_EIP: u32 = 0xffff_fff0;
 
+/// The x87 and SSE state in a QEMU guest's initial VMSAs, which the host kernel
+/// decides rather than QEMU.
+///
+/// KVM in Linux 6.10 and later copies the vCPU's reset FPU state into the VMSA
+/// (x87 control word 0x37f, MXCSR 0x1f80); earlier kernels leave those fields
+/// zero. sev-snp-measure 0.0.10 and later assume the former, 0.0.9 the latter.
+/// EC2 and GCE always start with them zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum VmsaFpu {
+    /// Host kernel 6.10 or later: FCW 0x37f, MXCSR 0x1f80.
+    #[default]
+    Reset,
+    /// Host kernel before 6.10: both zero.
+    Zero,
+}
+
+impl VmsaFpu {
+    /// A short description for status output.
+    pub fn describe(self) -> &'static str {
+        match self {
+            VmsaFpu::Reset => "x87/SSE reset state (host kernel 6.10 or later)",
+            VmsaFpu::Zero => "zero x87/SSE state (host kernel before 6.10)",
+        }
+    }
+}
+
 /// The virtual machine monitor that builds the initial register state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VmmType {
@@ -98,11 +124,20 @@ impl Page {
 }
 
 /// One initial VMSA page for a vCPU starting at `eip`.
-pub fn vmsa_page(eip: u32, sev_features: u64, sig: VcpuSignature, vmm: VmmType) -> [u8; VMSA_SIZE] {
+pub fn vmsa_page(
+    eip: u32,
+    sev_features: u64,
+    sig: VcpuSignature,
+    vmm: VmmType,
+    fpu: VmsaFpu,
+) -> [u8; VMSA_SIZE] {
     let mut g_pat = 0x0007_0406_0007_0406u64;
     let (mut cs_flags, mut ss_flags, mut tr_flags) = (0x9b, 0x93, 0x8b);
     let (rdx, mxcsr, fcw) = match vmm {
-        VmmType::Qemu => (u64::from(sig.0), 0x1f80, 0x37f),
+        VmmType::Qemu => match fpu {
+            VmsaFpu::Reset => (u64::from(sig.0), 0x1f80, 0x37f),
+            VmsaFpu::Zero => (u64::from(sig.0), 0, 0),
+        },
         VmmType::Ec2 => {
             if eip == BSP_EIP {
                 cs_flags = 0x9a;
@@ -155,7 +190,13 @@ mod tests {
 
     #[test]
     fn bsp_state_for_qemu() {
-        let p = vmsa_page(BSP_EIP, 1, VcpuSignature(0x00a0_0f11), VmmType::Qemu);
+        let p = vmsa_page(
+            BSP_EIP,
+            1,
+            VcpuSignature(0x00a0_0f11),
+            VmmType::Qemu,
+            VmsaFpu::Reset,
+        );
         assert_eq!(
             &p[SEG_CS..SEG_CS + 16],
             &[0x00, 0xf0, 0x9b, 0x00, 0xff, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0]
@@ -164,14 +205,26 @@ mod tests {
         assert_eq!(&p[RDX..RDX + 8], &0x00a0_0f11u64.to_le_bytes());
         assert_eq!(&p[SEV_FEATURES..SEV_FEATURES + 8], &1u64.to_le_bytes());
         assert_eq!(&p[MXCSR..MXCSR + 4], &0x1f80u32.to_le_bytes());
+        assert_eq!(&p[X87_FCW..X87_FCW + 2], &0x37fu16.to_le_bytes());
+    }
+
+    #[test]
+    fn older_host_kernels_leave_the_fpu_state_zero() {
+        let sig = VcpuSignature(0x0080_0f12);
+        let new = vmsa_page(BSP_EIP, 1, sig, VmmType::Qemu, VmsaFpu::Reset);
+        let old = vmsa_page(BSP_EIP, 1, sig, VmmType::Qemu, VmsaFpu::Zero);
+        assert_eq!(&old[MXCSR..MXCSR + 4], &[0; 4]);
+        assert_eq!(&old[X87_FCW..X87_FCW + 2], &[0; 2]);
+        let differing: Vec<usize> = (0..VMSA_SIZE).filter(|&i| new[i] != old[i]).collect();
+        assert_eq!(differing, [MXCSR, MXCSR + 1, X87_FCW, X87_FCW + 1]);
     }
 
     #[test]
     fn ec2_and_gce_differ_from_qemu() {
         let sig = VcpuSignature(0x00a0_0f11);
-        let q = vmsa_page(BSP_EIP, 0, sig, VmmType::Qemu);
-        let e = vmsa_page(BSP_EIP, 0, sig, VmmType::Ec2);
-        let g = vmsa_page(BSP_EIP, 0, sig, VmmType::Gce);
+        let q = vmsa_page(BSP_EIP, 0, sig, VmmType::Qemu, VmsaFpu::Reset);
+        let e = vmsa_page(BSP_EIP, 0, sig, VmmType::Ec2, VmsaFpu::Reset);
+        let g = vmsa_page(BSP_EIP, 0, sig, VmmType::Gce, VmsaFpu::Reset);
         assert_eq!(e[SEG_CS + 2], 0x9a);
         assert_eq!(&g[G_PAT..G_PAT + 8], &0x0007_0106u64.to_le_bytes());
         assert_ne!(q, e);

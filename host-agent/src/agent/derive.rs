@@ -326,6 +326,7 @@ pub fn derive_parsed(
             vcpu_sig: sig.unwrap_or(VcpuSignature(0)),
             guest_features: 0x1,
             vmm: VmmType::Qemu,
+            fpu: sev_core::vmsa::VmsaFpu::Reset,
         };
         let hashes = KernelHashes {
             kernel: kernel_sha256,

@@ -63,6 +63,7 @@ fn sample_digest(dir: &Path) -> ([u8; 32], [u8; 32]) {
         vcpu_sig: sev_core::VcpuSignature(0),
         guest_features: 0,
         vmm: sev_core::VmmType::Qemu,
+        fpu: sev_core::vmsa::VmsaFpu::Reset,
     };
     let ours = host_agent::launch::measure(&art, sev_core::SevMode::Sev, &shape).unwrap();
     let theirs =
