@@ -144,6 +144,7 @@ pub fn reports(a: &DigestsArgs) -> anyhow::Result<Vec<LaunchReport>> {
                 fips,
                 host_cpus,
                 kernel_params_annotation: None,
+                ..LaunchContext::default()
             };
             let plan = plan(&config, &ctx)?;
             // Files are hashed once per set; the command line differs per launch.

@@ -121,6 +121,7 @@ fn register(p: &LaunchPlan) -> ExpectedLaunch {
         },
         guest_features: 0x1,
         vmm: VmmType::Qemu,
+        fpu: sev_core::vmsa::VmsaFpu::Reset,
     };
     let digest = LoadedLaunch::load(&art)
         .unwrap()

@@ -9,12 +9,10 @@
 //! `3`; an absent `sev_cert_chain` is empty, not `/opt/sev/cert_chain.cert`; an
 //! absent `guest_pre_attestation_kbs_mode` is empty (neither online nor offline).
 
-use crate::cmdline::kata_param;
 use crate::location::{Located, Location};
-use crate::parse::{read_agent, read_qemu, read_runtime, syntax_error};
-use crate::toml_read::RawRoot;
+use crate::params::kata_param;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The block device drivers Kata accepts for `block_device_driver`.
 pub const BLOCK_DEVICE_DRIVERS: [&str; 5] = [
@@ -135,7 +133,7 @@ impl fmt::Display for KbsMode {
 }
 
 /// `[hypervisor.qemu]`: the keys that shape the launch, with Kata's defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QemuConfig {
     /// 1-based line of the `[hypervisor.qemu]` header, if written as a header.
     pub section_line: Option<usize>,
@@ -153,9 +151,17 @@ pub struct QemuConfig {
     pub rootfs_type: Located<String>,
     /// `kernel_params`, the raw string; see [`QemuConfig::kernel_param_tokens`].
     pub kernel_params: Located<String>,
-    /// `default_vcpus` as written (Go `int32`): 0 means 1, negative or more than
-    /// the host has means the host's CPU count. Default 0.
-    pub default_vcpus: Located<i32>,
+    /// `kernel_verity_params` (upstream 3.27 and later): the dm-verity parameters
+    /// of an `image` guest's root filesystem, `root_hash=..,salt=..,...`; empty
+    /// means the root filesystem is not verified.
+    pub kernel_verity_params: Located<String>,
+    /// `guest_extension_images` (upstream 4.0 and later): extra disk images, each
+    /// announced to the guest on the command line.
+    pub guest_extension_images: Located<Vec<ExtensionImage>>,
+    /// `default_vcpus` as written: an integer in the CC builds (Go `int32`), a
+    /// `float32` upstream; 0 means 1, negative or more than the host has means
+    /// the host's CPU count. Default 0.
+    pub default_vcpus: Located<f32>,
     /// `default_maxvcpus` as written; ignored for confidential guests, whose
     /// maximum is forced to the vCPU count. Default 0.
     pub default_maxvcpus: Located<u32>,
@@ -237,6 +243,17 @@ impl QemuConfig {
     }
 }
 
+/// One `[[hypervisor.qemu.guest_extension_images]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionImage {
+    /// `name`: the extension's name in `kata.extension.<name>.verity_params`.
+    pub name: String,
+    /// `path`: the disk image.
+    pub path: String,
+    /// `verity_params`: its dm-verity parameters, possibly empty.
+    pub verity_params: String,
+}
+
 /// `[agent.kata]`: the agent keys that add kernel parameters.
 ///
 /// There is no `container_pipe_size` key: Kata's TOML agent table has none, and the
@@ -252,6 +269,13 @@ pub struct AgentConfig {
     pub enable_tracing: Located<bool>,
     /// `debug_console_enabled`: `agent.debug_console agent.debug_console_vport=1026`; default false.
     pub debug_console_enabled: Located<bool>,
+    /// `cdh_api_timeout` (upstream): `agent.cdh_api_timeout=N` when non-zero; default 0.
+    pub cdh_api_timeout: Located<u32>,
+    /// `launch_process_timeout` (upstream 3.29 and later):
+    /// `agent.launch_process_timeout=N` when non-zero; default 0.
+    pub launch_process_timeout: Located<u32>,
+    /// `visible_cdi_devices` (upstream 3.32 and later): `agent.visible_cdi_devices=true`.
+    pub visible_cdi_devices: Located<bool>,
 }
 
 /// `[runtime]`: the keys that change the launch.
@@ -274,7 +298,7 @@ pub struct ArtefactRef {
 }
 
 /// A parsed Kata configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KataConfig {
     /// The file, for messages only.
     pub path: PathBuf,
@@ -289,38 +313,6 @@ pub struct KataConfig {
 }
 
 impl KataConfig {
-    /// Parses the text of a configuration file; `path` is used only in error
-    /// messages and for the runtime class. Never panics.
-    pub fn parse(path: &Path, text: &str) -> Result<KataConfig, ConfigError> {
-        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let runtime_class =
-            runtime_class_from_file_name(file_name).ok_or_else(|| ConfigError::RuntimeClass {
-                at: Location::file(path),
-            })?;
-
-        let root: RawRoot = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
-
-        let qemu_raw =
-            root.hypervisor
-                .and_then(|h| h.qemu)
-                .ok_or_else(|| ConfigError::MissingSection {
-                    at: Location::file(path),
-                    section: "hypervisor.qemu",
-                })?;
-        let qemu = read_qemu(path, text, &qemu_raw)?;
-
-        let agent = read_agent(path, text, root.agent)?;
-        let runtime = read_runtime(path, text, root.runtime.as_ref())?;
-
-        Ok(KataConfig {
-            path: path.to_path_buf(),
-            runtime_class,
-            qemu,
-            agent,
-            runtime,
-        })
-    }
-
     /// The artefact paths the config names, with their key names and lines:
     /// `firmware`, `kernel`, then `initrd` or `image` (whichever are set).
     pub fn artefacts(&self) -> Vec<ArtefactRef> {
@@ -359,6 +351,7 @@ impl KataConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn runtime_class_names() {
@@ -419,7 +412,9 @@ mod tests {
         assert_eq!(q.rootfs_type.value, "ext4");
         assert_eq!(q.guest_pre_attestation_kbs_mode.value, None);
         assert_eq!(q.sev_cert_chain.value, None);
-        assert_eq!(q.default_vcpus.value, 0);
+        assert_eq!(q.default_vcpus.value, 0.0);
+        assert_eq!(q.kernel_verity_params.value, "");
+        assert!(q.guest_extension_images.value.is_empty());
         assert!(!q.disable_guest_selinux.value);
         assert!(q.kernel_param_tokens().is_empty());
     }

@@ -1,12 +1,14 @@
 //! Kata Containers configuration model and the exact QEMU launch it yields for SEV
-//! guests.
+//! and SEV-SNP guests, per Kata release.
 //!
 //! A pure library: it takes the text of a Kata `configuration-*.toml` and returns
 //! values; it reads no files and opens no connections. [`KataConfig::parse`] models
 //! the keys that matter, each with the line it was set on; [`plan()`] derives what
-//! the Kata shim of CoCo 0.7/0.8 (Kata tag CC-0.8.0) hands QEMU for an SEV, SEV-ES
-//! or SNP guest, including the exact kernel command line ([`kernel_cmdline`]),
-//! which the launch digest hashes byte for byte.
+//! the Kata shim of the release in [`LaunchContext::release`] hands QEMU, including
+//! the exact kernel command line, which the launch digest hashes byte for byte.
+//! Two builders sit behind [`plan()`], over the one configuration model: the
+//! Confidential Containers builds (CoCo 0.7/0.8, tag CC-0.8.0: SEV, SEV-ES and
+//! SNP) and the upstream Go runtime of 3.19.0 to 4.1.x (SNP).
 //!
 //! ```
 //! use kata_launch::{plan, KataConfig, LaunchContext};
@@ -30,22 +32,42 @@
 //! assert!(launch.cmdline.ends_with("quiet panic=1 nr_cpus=3 selinux=0 scsi_mod.scan=none"));
 //! ```
 
-mod cmdline;
+mod cc08;
 mod config;
+mod launch;
 mod location;
+mod params;
 mod parse;
-mod plan;
+mod release;
 mod toml_read;
+mod upstream;
 
-pub use cmdline::{kernel_cmdline, kernel_params, FIXED_PARAMS};
+pub use cc08::{online_kbc, vcpu_count};
 pub use config::{
-    runtime_class_from_file_name, AgentConfig, ArtefactRef, ConfigError, KataConfig, KbsMode,
-    QemuConfig, RuntimeConfig, BLOCK_DEVICE_DRIVERS, DEFAULT_BLOCK_DEVICE_DRIVER,
-    DEFAULT_SNP_GUEST_POLICY,
+    runtime_class_from_file_name, AgentConfig, ArtefactRef, ConfigError, ExtensionImage,
+    KataConfig, KbsMode, QemuConfig, RuntimeConfig, BLOCK_DEVICE_DRIVERS,
+    DEFAULT_BLOCK_DEVICE_DRIVER, DEFAULT_SNP_GUEST_POLICY,
+};
+pub use launch::{
+    CpuModel, LaunchContext, LaunchPlan, PlanError, FIXED_PARAMS, MACHINE_TYPES, MAX_VCPUS,
+    POLICY_ES,
 };
 pub use location::{Located, Location};
-pub use plan::{
-    online_kbc, plan, vcpu_count, CpuModel, LaunchContext, LaunchPlan, PlanError, MACHINE_TYPES,
-    MAX_VCPUS, POLICY_ES,
-};
+pub use release::{known_releases, CcBuild, KataRelease, UnknownRelease, UPSTREAM_MINORS};
 pub use sev_core::SevMode;
+
+/// Derives the launch Kata's release `ctx.release` performs for this
+/// configuration and pod, or says why there is none (naming file, key and line).
+pub fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPlan, PlanError> {
+    match ctx.release {
+        KataRelease::Cc(_) => cc08::plan(config, ctx),
+        KataRelease::Upstream { .. } => upstream::plan(config, ctx),
+    }
+}
+
+/// The exact `-append` string of the CC builds for a guest with `vcpus` vCPUs
+/// (`nr_cpus=vcpus`); for any release, [`plan()`] gives it as
+/// [`LaunchPlan::cmdline`].
+pub fn kernel_cmdline(config: &KataConfig, vcpus: u32, ctx: &LaunchContext) -> String {
+    cc08::kernel_cmdline(config, vcpus, ctx)
+}

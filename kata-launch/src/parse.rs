@@ -2,14 +2,15 @@
 //! modelled key with Kata's default when absent, and the value checks Kata makes
 //! when it loads a configuration (block driver, pre-attestation mode, kernel
 //! parameters with an empty name), each error naming file, line and dotted key.
+//! [`KataConfig::parse`] lives here so that the model does not depend on its reader.
 
-use crate::cmdline::{kata_param, ParamError};
 use crate::config::{
-    AgentConfig, ConfigError, KbsMode, QemuConfig, RuntimeConfig, BLOCK_DEVICE_DRIVERS,
-    DEFAULT_BLOCK_DEVICE_DRIVER,
+    runtime_class_from_file_name, AgentConfig, ConfigError, ExtensionImage, KataConfig, KbsMode,
+    QemuConfig, RuntimeConfig, BLOCK_DEVICE_DRIVERS, DEFAULT_BLOCK_DEVICE_DRIVER,
 };
 use crate::location::{line_column, Located, Location};
-use crate::toml_read::{header_line, RawAgent, RawField, RawQemu, RawRuntime, Reader};
+use crate::params::{kata_param, ParamError};
+use crate::toml_read::{header_line, RawAgent, RawField, RawQemu, RawRoot, RawRuntime, Reader};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,40 @@ const RAW_TABLES: [(&str, &str); 5] = [
     ("struct RawAgent", "agent.*"),
     ("struct RawRuntime", "runtime"),
 ];
+
+impl KataConfig {
+    /// Parses the text of a configuration file; `path` is used only in error
+    /// messages and for the runtime class. Never panics.
+    pub fn parse(path: &Path, text: &str) -> Result<KataConfig, ConfigError> {
+        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let runtime_class =
+            runtime_class_from_file_name(file_name).ok_or_else(|| ConfigError::RuntimeClass {
+                at: Location::file(path),
+            })?;
+
+        let root: RawRoot = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
+
+        let qemu_raw =
+            root.hypervisor
+                .and_then(|h| h.qemu)
+                .ok_or_else(|| ConfigError::MissingSection {
+                    at: Location::file(path),
+                    section: "hypervisor.qemu",
+                })?;
+        let qemu = read_qemu(path, text, &qemu_raw)?;
+
+        let agent = read_agent(path, text, root.agent)?;
+        let runtime = read_runtime(path, text, root.runtime.as_ref())?;
+
+        Ok(KataConfig {
+            path: path.to_path_buf(),
+            runtime_class,
+            qemu,
+            agent,
+            runtime,
+        })
+    }
+}
 
 pub(crate) fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let mut at = Location::file(path);
@@ -120,12 +155,9 @@ pub(crate) fn read_qemu(path: &Path, text: &str, raw: &RawQemu) -> Result<QemuCo
         image: r.opt_path("image", &raw.image)?,
         rootfs_type,
         kernel_params,
-        default_vcpus: r.integer(
-            "default_vcpus",
-            &raw.default_vcpus,
-            0i32,
-            "a signed 32-bit integer",
-        )?,
+        kernel_verity_params: r.string("kernel_verity_params", &raw.kernel_verity_params, "")?,
+        guest_extension_images: read_extension_images(&r, &raw.guest_extension_images)?,
+        default_vcpus: r.float32("default_vcpus", &raw.default_vcpus, 0.0)?,
         default_maxvcpus: r.integer(
             "default_maxvcpus",
             &raw.default_maxvcpus,
@@ -180,6 +212,33 @@ pub(crate) fn read_qemu(path: &Path, text: &str, raw: &RawQemu) -> Result<QemuCo
             false,
         )?,
         enable_annotations: r.strings("enable_annotations", &raw.enable_annotations)?,
+    })
+}
+
+fn read_extension_images(
+    r: &Reader<'_>,
+    field: &RawField,
+) -> Result<Located<Vec<ExtensionImage>>, ConfigError> {
+    let tables = r.string_tables(
+        "guest_extension_images",
+        field,
+        &["name", "path", "verity_params"],
+    )?;
+    let images = tables
+        .value
+        .into_iter()
+        .map(|values| {
+            let mut it = values.into_iter();
+            ExtensionImage {
+                name: it.next().unwrap_or_default(),
+                path: it.next().unwrap_or_default(),
+                verity_params: it.next().unwrap_or_default(),
+            }
+        })
+        .collect();
+    Ok(Located {
+        value: images,
+        line: tables.line,
     })
 }
 
@@ -243,6 +302,9 @@ pub(crate) fn read_agent(
             enable_debug: Located::default_value(false),
             enable_tracing: Located::default_value(false),
             debug_console_enabled: Located::default_value(false),
+            cdh_api_timeout: Located::default_value(0),
+            launch_process_timeout: Located::default_value(0),
+            visible_cdi_devices: Located::default_value(false),
         });
     };
     let r = Reader {
@@ -258,6 +320,19 @@ pub(crate) fn read_agent(
             &raw.debug_console_enabled,
             false,
         )?,
+        cdh_api_timeout: r.integer(
+            "cdh_api_timeout",
+            &raw.cdh_api_timeout,
+            0u32,
+            "0 to 4294967295",
+        )?,
+        launch_process_timeout: r.integer(
+            "launch_process_timeout",
+            &raw.launch_process_timeout,
+            0u32,
+            "0 to 4294967295",
+        )?,
+        visible_cdi_devices: r.boolean("visible_cdi_devices", &raw.visible_cdi_devices, false)?,
         name,
     })
 }

@@ -41,6 +41,8 @@ pub(crate) struct RawQemu {
     pub(crate) image: RawField,
     pub(crate) rootfs_type: RawField,
     pub(crate) kernel_params: RawField,
+    pub(crate) kernel_verity_params: RawField,
+    pub(crate) guest_extension_images: RawField,
     pub(crate) default_vcpus: RawField,
     pub(crate) default_maxvcpus: RawField,
     pub(crate) machine_type: RawField,
@@ -69,6 +71,9 @@ pub(crate) struct RawAgent {
     pub(crate) enable_debug: RawField,
     pub(crate) enable_tracing: RawField,
     pub(crate) debug_console_enabled: RawField,
+    pub(crate) cdh_api_timeout: RawField,
+    pub(crate) launch_process_timeout: RawField,
+    pub(crate) visible_cdi_devices: RawField,
 }
 
 /// `[runtime]`.
@@ -209,6 +214,72 @@ impl Reader<'_> {
                 _ => Err(self.wrong_type(key, spanned, "an integer")),
             },
         }
+    }
+
+    /// A number Kata decodes into a Go `float32` (integers and floats both
+    /// accepted); `default` when absent.
+    pub(crate) fn float32(
+        &self,
+        key: &str,
+        field: &RawField,
+        default: f32,
+    ) -> Result<Located<f32>, ConfigError> {
+        match field {
+            None => Ok(Located::default_value(default)),
+            Some(spanned) => {
+                let line = self.line_of(spanned);
+                // Kata's TOML decoder converts to float32 by rounding to nearest, as `as` does.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+                let value = match spanned.get_ref() {
+                    Value::Integer(i) => *i as f32,
+                    Value::Float(f) => *f as f32,
+                    _ => return Err(self.wrong_type(key, spanned, "a number")),
+                };
+                if !value.is_finite() {
+                    return Err(self.invalid(key, Some(line), "the value is not a finite number"));
+                }
+                Ok(Located::at(value, line))
+            }
+        }
+    }
+
+    /// `[[table.key]]` entries, each table's keys read as strings (absent ones
+    /// empty): for arrays of small string tables such as `guest_extension_images`.
+    pub(crate) fn string_tables(
+        &self,
+        key: &str,
+        field: &RawField,
+        keys: &[&str],
+    ) -> Result<Located<Vec<Vec<String>>>, ConfigError> {
+        let Some(spanned) = field else {
+            return Ok(Located::default_value(Vec::new()));
+        };
+        let expected = "an array of tables";
+        let Value::Array(items) = spanned.get_ref() else {
+            return Err(self.wrong_type(key, spanned, expected));
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let Value::Table(table) = item else {
+                return Err(self.wrong_type(key, spanned, expected));
+            };
+            let mut values = Vec::with_capacity(keys.len());
+            for k in keys {
+                match table.get(*k) {
+                    None => values.push(String::new()),
+                    Some(Value::String(s)) => values.push(s.clone()),
+                    Some(other) => {
+                        return Err(ConfigError::WrongType {
+                            at: self.at(&format!("{key}.{k}"), Some(self.line_of(spanned))),
+                            expected: "a string",
+                            found: type_name(other),
+                        })
+                    }
+                }
+            }
+            out.push(values);
+        }
+        Ok(Located::at(out, self.line_of(spanned)))
     }
 
     /// An array of strings; empty when absent.

@@ -66,7 +66,7 @@ fn wrong_type_names_key_and_line() {
             "default_vcpus = 1",
             "default_vcpus = \"1\"",
             "hypervisor.qemu.default_vcpus",
-            "an integer",
+            "a number",
             "a string",
         ),
         (
@@ -247,11 +247,6 @@ fn out_of_range_integers() {
             "sev_guest_policy",
         ),
         (
-            "default_vcpus = 1",
-            "default_vcpus = 2147483648",
-            "default_vcpus",
-        ),
-        (
             "default_maxvcpus = 0",
             "default_maxvcpus = -1",
             "default_maxvcpus",
@@ -269,6 +264,22 @@ fn out_of_range_integers() {
             "{msg}"
         );
         assert!(msg.contains("out of range"), "{msg}");
+    }
+    // default_vcpus is a number in the model (a float32 upstream); the CC
+    // builds read it as an int32, so their launch refuses what does not fit.
+    for bad in ["2147483648", "1.5"] {
+        let to = format!("default_vcpus = {bad}");
+        let text = template(&[("default_vcpus = 1", &to)]);
+        let err = plan(&parse(&text), &LaunchContext::new(0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "line {} key hypervisor.qemu.default_vcpus: ",
+                line_of(&text, &to)
+            )) && err.contains("32-bit integer"),
+            "{err}"
+        );
     }
     // The u32 maximum is fine.
     let text = template(&[("sev_guest_policy = 3", "sev_guest_policy = 0xffffffff")]);

@@ -143,9 +143,18 @@ fn exercise(text: &str, rng: &mut Rng) {
         host_cpus: [None, Some(0), Some(4), Some(1024)][rng.below(4)],
         kernel_params_annotation: [None, Some(" a  =b "), Some("x=1 y")][rng.below(3)]
             .map(String::from),
+        default_vcpus_annotation: [None, Some(0.0), Some(2.5), Some(f32::MAX)][rng.below(4)],
+        kernel_verity_params_annotation: [None, Some(" "), Some("root_hash=a,salt=b")]
+            [rng.below(3)]
+        .map(String::from),
+        release: ["CC-0.8.0", "3.19.0", "3.24.0", "3.29.0", "3.32.0", "4.1.0"][rng.below(6)]
+            .parse()
+            .unwrap(),
     };
     if let Ok(launch) = plan(&config, &ctx) {
-        assert_eq!(launch.cmdline, kernel_cmdline(&config, launch.vcpus, &ctx));
+        if ctx.release.is_cc() {
+            assert_eq!(launch.cmdline, kernel_cmdline(&config, launch.vcpus, &ctx));
+        }
         let _ = (launch.cpu_arg(), launch.smp_arg());
     }
     let _ = kernel_cmdline(&config, u32::MAX, &ctx);

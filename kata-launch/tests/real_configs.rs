@@ -84,7 +84,7 @@ fn every_real_configuration_parses_and_plans() {
             Some(line_starting(&text, "kernel_params = ")),
             "{name}"
         );
-        assert_eq!(q.default_vcpus.value, 1);
+        assert_eq!(q.default_vcpus.value, 1.0);
         assert_eq!(q.default_maxvcpus.value, 0);
         assert_eq!(q.sev_guest_policy.value, 3);
         assert_eq!(

@@ -270,6 +270,7 @@ pub fn derive_parsed(
         fips: host.fips,
         host_cpus: host.host_cpus,
         kernel_params_annotation: None,
+        ..LaunchContext::default()
     };
     let first = match plan(config, &ctx(0)) {
         Ok(p) => p,

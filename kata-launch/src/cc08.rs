@@ -1,5 +1,6 @@
-//! The QEMU launch of an SEV, SEV-ES or SNP guest as the Kata shim (CoCo 0.7/0.8,
-//! Kata CC-0.8.0) performs it: everything the launch digest depends on.
+//! The QEMU launch of an SEV, SEV-ES or SNP guest as the Kata shim of the
+//! Confidential Containers builds (CoCo 0.7/0.8, Kata tags CC-0.7.0 and CC-0.8.0)
+//! performs it: everything the launch digest depends on.
 //!
 //! Facts from the Kata source at CC-0.8.0:
 //! - vCPUs (`-smp N,...,maxcpus=N` and `nr_cpus=N`): `default_vcpus` resolved as in
@@ -19,140 +20,43 @@
 //!   `sev-snp-guest` object does not (`govmm/qemu/qemu.go`), and the SNP QEMU the
 //!   tag pins (AMDESE/qemu, 6.1.50 based) never adds the hashes table for SNP, so
 //!   an SNP guest measures its firmware only.
+//!
+//! The kernel command line (QEMU `-append`), in order, from Kata CC-0.8.0 (`virtcontainers/qemu.go` `kernelParameters`,
+//! `qemu_amd64.go`, `qemu_arch_base.go`, `pkg/katautils/config.go`
+//! `SetKernelParams`, `pkg/oci/utils.go`, `pkg/katautils/create.go`):
+//!
+//! 1. the fixed amd64 list (`tsc=reliable` … `pci=lastbus=0`);
+//! 2. `intel_iommu=on iommu=pt` with `enable_iommu`;
+//! 3. for an `image` guest the root parameters (`root=/dev/vda1
+//!    rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4`);
+//! 4. `console=hvc0 console=hvc1`, or `console=ttyS0` with `use_legacy_serial`;
+//! 5. `debug` or `quiet`, and for an `image` guest right after it
+//!    `systemd.show_status=true systemd.log_level=debug` or `systemd.show_status=false`.
+//!    (Kata appends it to the non-debug list, after the console, so it follows
+//!    `quiet` rather than the root parameters.)
+//! 6. `panic=1`, `nr_cpus=N`, then `selinux=0` when `disable_guest_selinux` is true,
+//!    else `selinux=1` (always one of the two);
+//! 7. `agent.aa_kbc_params=online_sev_kbc::<uri>` for an SEV (not SNP) guest with
+//!    pre-attestation on and mode `online`;
+//! 8. for an `image` guest `systemd.unit=kata-containers.target
+//!    systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket`;
+//!    `scsi_mod.scan=none` for `virtio-scsi`; `agent.log=debug`, `agent.trace=true`,
+//!    `agent.debug_console agent.debug_console_vport=1026` from `[agent.kata]`;
+//! 9. the configuration's `kernel_params`, split on whitespace, in file order;
+//! 10. the pod's `kernel_params` annotation, likewise;
+//! 11. `fips=1` on a FIPS host.
+//!
+//! Nothing is ever de-duplicated or reordered. Each token goes through Kata's
+//! key/value round trip: `key=` comes out as `key`, `a=b=c` unchanged.
 
-use crate::cmdline::{kata_param, kernel_cmdline};
 use crate::config::{KataConfig, KbsMode};
+use crate::launch::{
+    CpuModel, LaunchContext, LaunchPlan, PlanError, FIXED_PARAMS, MACHINE_TYPES, MAX_VCPUS,
+    POLICY_ES,
+};
 use crate::location::Location;
+use crate::params::{kata_param, split_params};
 use sev_core::SevMode;
-use std::fmt;
-use std::path::PathBuf;
-
-/// The most vCPUs Kata's QEMU driver allows on amd64 (`govmm.MaxVCPUs()`).
-pub const MAX_VCPUS: u32 = 240;
-
-/// SEV guest policy bit 2: the guest runs with SEV-ES.
-pub const POLICY_ES: u32 = 0x4;
-
-/// The machine types Kata's amd64 QEMU driver accepts.
-pub const MACHINE_TYPES: [&str; 3] = ["q35", "virt", "microvm"];
-
-/// Facts about the host and pod that the launch depends on but the file does not hold.
-///
-/// Guest SELinux is not here: Kata reads it from `disable_guest_selinux`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LaunchContext {
-    /// The pod's CPU limit rounded up to whole CPUs; 0 = no limit.
-    pub pod_cpus: u32,
-    /// The host runs in FIPS mode (`/proc/sys/crypto/fips_enabled` is 1): `fips=1`.
-    pub fips: bool,
-    /// The host's CPU count, needed only when `default_vcpus` is negative or larger
-    /// than the host; `None` = unknown (then `default_vcpus` is taken as written).
-    pub host_cpus: Option<u32>,
-    /// The pod's `io.katacontainers.config.hypervisor.kernel_params` annotation,
-    /// only when the configuration's `enable_annotations` lets it through (the
-    /// caller checks that); appended after the configuration's `kernel_params`.
-    pub kernel_params_annotation: Option<String>,
-}
-
-impl LaunchContext {
-    /// A context for a pod with a CPU limit of `pod_cpus` on a non-FIPS host.
-    pub fn new(pod_cpus: u32) -> LaunchContext {
-        LaunchContext {
-            pod_cpus,
-            ..LaunchContext::default()
-        }
-    }
-}
-
-/// The QEMU CPU model (`-cpu`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum CpuModel {
-    /// `-cpu host,<features>`: SEV and SEV-ES; VMSAs carry the host's CPUID signature.
-    Host,
-    /// A named model, e.g. `EPYC-v4` for SNP.
-    Named(String),
-}
-
-impl fmt::Display for CpuModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CpuModel::Host => f.write_str("host"),
-            CpuModel::Named(name) => f.write_str(name),
-        }
-    }
-}
-
-/// Everything QEMU gets that the launch digest depends on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaunchPlan {
-    /// The runtime class, e.g. `kata-qemu-sev`.
-    pub runtime_class: String,
-    /// SEV, SEV-ES or SNP.
-    pub mode: SevMode,
-    /// The firmware, loaded as a pflash drive.
-    pub firmware: PathBuf,
-    /// `-kernel`.
-    pub kernel: PathBuf,
-    /// `-initrd`, for an initrd guest.
-    pub initrd: Option<PathBuf>,
-    /// The root disk, for an image guest (not measured).
-    pub image: Option<PathBuf>,
-    /// vCPUs at boot (`-smp N,...,maxcpus=N`).
-    pub vcpus: u32,
-    /// `-cpu` model.
-    pub cpu_model: CpuModel,
-    /// `cpu_features` as Kata normalises them (after the model and a comma).
-    pub cpu_features: String,
-    /// `sev_guest_policy`, the `policy=` of the `sev-guest` object (SEV, SEV-ES).
-    pub policy: u32,
-    /// The SNP policy (`snp_guest_policy`, 0x30000 when 0); used only for SNP.
-    pub snp_policy: u64,
-    /// `machine_type` (q35 unless set).
-    pub machine_type: String,
-    /// The exact `-append` string.
-    pub cmdline: String,
-    /// QEMU measures kernel, initrd and command line into the launch digest
-    /// (SEV and SEV-ES); an SNP guest measures its firmware only.
-    pub kernel_hashes: bool,
-}
-
-impl LaunchPlan {
-    /// The `-cpu` argument: model, comma, features (`host,pmu=off`; `host,` with none).
-    pub fn cpu_arg(&self) -> String {
-        format!("{},{}", self.cpu_model, self.cpu_features)
-    }
-
-    /// The `-smp` argument: `N,cores=1,threads=1,sockets=N,maxcpus=N`.
-    pub fn smp_arg(&self) -> String {
-        let n = self.vcpus;
-        format!("{n},cores=1,threads=1,sockets={n},maxcpus={n}")
-    }
-}
-
-/// Why a configuration does not yield an SEV launch.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
-    /// `confidential_guest` is false (or absent): Kata launches a plain VM.
-    #[error("{at}: not a confidential guest (confidential_guest is false), so Kata launches no SEV guest")]
-    NotConfidential {
-        /// File, line and key.
-        at: Location,
-    },
-    /// No `firmware`: an SEV guest needs an (AmdSev) OVMF as pflash.
-    #[error("{at}: no firmware set; an SEV guest needs an AmdSev OVMF")]
-    NoFirmware {
-        /// File, line and key.
-        at: Location,
-    },
-    /// Something else makes the launch fail or not an SEV launch.
-    #[error("{at}: {reason}")]
-    Unusable {
-        /// File, line and key.
-        at: Location,
-        /// What Kata would do or refuse.
-        reason: String,
-    },
-}
 
 /// The vCPUs Kata boots the guest with (`nr_cpus`, `-smp`), as described in the
 /// module documentation.
@@ -160,7 +64,20 @@ pub fn vcpu_count(config: &KataConfig, ctx: &LaunchContext) -> Result<u32, PlanE
     let q = &config.qemu;
     // getCurrentCpuNum(): the host's CPUs, at most MAX_VCPUS.
     let host = ctx.host_cpus.filter(|&n| n > 0).map(|n| n.min(MAX_VCPUS));
-    let raw = q.default_vcpus.value;
+    // These builds decode default_vcpus into a Go int32.
+    let written = q.default_vcpus.value;
+    #[allow(clippy::cast_possible_truncation)]
+    let raw = if written.fract() == 0.0 && (-2_147_483_648.0..2_147_483_648.0).contains(&written) {
+        written as i32
+    } else {
+        return Err(PlanError::Unusable {
+            at: config.qemu_key("default_vcpus", q.default_vcpus.line),
+            reason: format!(
+                "{written} is not a 32-bit integer, which is what Kata {} reads default_vcpus as",
+                ctx.release
+            ),
+        });
+    };
     let base = match (raw, host) {
         (0, _) => 1,
         (n, Some(h)) if n < 0 || i64::from(n) > i64::from(h) => h,
@@ -236,7 +153,7 @@ pub fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPlan, Plan
             ),
         ));
     }
-    if q.is_image_guest() && crate::cmdline::root_params(&q.rootfs_type.value, false).is_none() {
+    if q.is_image_guest() && root_params(&q.rootfs_type.value, false).is_none() {
         return Err(unusable(
             "rootfs_type",
             q.rootfs_type.line,
@@ -310,12 +227,15 @@ pub fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPlan, Plan
         initrd: q.initrd.value.clone(),
         image: q.image.value.clone(),
         vcpus,
+        max_vcpus: vcpus,
+        smp_sockets: true,
         cpu_model,
         cpu_features: q.cpu_features_normalized(),
         policy: q.sev_guest_policy.value,
         snp_policy: q.snp_policy(),
         machine_type: q.machine_type.value.clone(),
         cmdline,
+        release: ctx.release,
         kernel_hashes: mode != SevMode::Snp,
     })
 }
@@ -327,4 +247,140 @@ pub fn online_kbc(config: &KataConfig) -> bool {
         && !q.sev_snp_guest.value
         && q.guest_pre_attestation.value
         && q.guest_pre_attestation_kbs_mode.value == Some(KbsMode::Online)
+}
+
+/// The root parameters of an `image` guest (`GetKernelRootParams`), as tokens.
+/// Confidential guests never use NVDIMM, so they always get `/dev/vda1`.
+/// `None` for a `rootfs_type` Kata does not support.
+pub(crate) fn root_params(rootfs_type: &str, nvdimm: bool) -> Option<Vec<String>> {
+    let root = if nvdimm {
+        "root=/dev/pmem0p1"
+    } else {
+        "root=/dev/vda1"
+    };
+    let flags: &[&str] = match (rootfs_type, nvdimm) {
+        ("erofs", false) => &["rootflags=ro"],
+        ("erofs", true) => &["rootflags=dax", "ro"],
+        ("ext4" | "xfs", false) => &["rootflags=data=ordered,errors=remount-ro", "ro"],
+        ("ext4" | "xfs", true) => &["rootflags=dax,data=ordered,errors=remount-ro", "ro"],
+        _ => return None,
+    };
+    let mut out = vec![root.to_string()];
+    out.extend(flags.iter().map(|s| (*s).to_string()));
+    out.push(format!("rootfstype={rootfs_type}"));
+    Some(out)
+}
+
+/// The exact `-append` string for a guest with `vcpus` vCPUs (`nr_cpus=vcpus`).
+///
+/// Pure and infallible: it assumes `config` passed [`plan()`]'s checks; for a
+/// configuration `plan()` rejects (e.g. an unsupported `rootfs_type`) the string is
+/// best effort. Use [`plan()`] to get the vCPU count Kata would use.
+pub fn kernel_cmdline(config: &KataConfig, vcpus: u32, ctx: &LaunchContext) -> String {
+    kernel_params(config, vcpus, ctx).join(" ")
+}
+
+/// The tokens of [`kernel_cmdline`], in order.
+pub fn kernel_params(config: &KataConfig, vcpus: u32, ctx: &LaunchContext) -> Vec<String> {
+    let q = &config.qemu;
+    let a = &config.agent;
+    let image = q.is_image_guest();
+    let mut t: Vec<String> = FIXED_PARAMS.iter().map(|s| (*s).to_string()).collect();
+
+    if q.enable_iommu.value {
+        t.push("intel_iommu=on".into());
+        t.push("iommu=pt".into());
+    }
+    if image {
+        // NVDIMM is forced off for confidential guests and for microvm.
+        let nvdimm = !(q.disable_image_nvdimm.value
+            || q.confidential_guest.value
+            || q.machine_type.value == "microvm");
+        t.extend(root_params(&q.rootfs_type.value, nvdimm).unwrap_or_default());
+    }
+    if q.use_legacy_serial.value {
+        t.push("console=ttyS0".into());
+    } else {
+        t.push("console=hvc0".into());
+        t.push("console=hvc1".into());
+    }
+    if q.enable_debug.value {
+        t.push("debug".into());
+        if image {
+            t.push("systemd.show_status=true".into());
+            t.push("systemd.log_level=debug".into());
+        }
+    } else {
+        t.push("quiet".into());
+        if image {
+            t.push("systemd.show_status=false".into());
+        }
+    }
+    t.push("panic=1".into());
+    t.push(format!("nr_cpus={vcpus}"));
+    t.push(
+        if q.disable_guest_selinux.value {
+            "selinux=0"
+        } else {
+            "selinux=1"
+        }
+        .into(),
+    );
+
+    if online_kbc(config) {
+        t.push(format!(
+            "agent.aa_kbc_params=online_sev_kbc::{}",
+            q.guest_pre_attestation_kbs_uri.value
+        ));
+    }
+
+    if image {
+        t.push("systemd.unit=kata-containers.target".into());
+        t.push("systemd.mask=systemd-networkd.service".into());
+        t.push("systemd.mask=systemd-networkd.socket".into());
+    }
+    if q.block_device_driver.value == "virtio-scsi" {
+        t.push("scsi_mod.scan=none".into());
+    }
+    if a.enable_debug.value {
+        t.push("agent.log=debug".into());
+    }
+    if a.enable_tracing.value {
+        t.push("agent.trace=true".into());
+    }
+    if a.debug_console_enabled.value {
+        t.push("agent.debug_console".into());
+        t.push("agent.debug_console_vport=1026".into());
+    }
+
+    t.extend(split_params(&q.kernel_params.value));
+    if let Some(annotation) = &ctx.kernel_params_annotation {
+        t.extend(split_params(annotation));
+    }
+    if ctx.fips {
+        t.push("fips=1".into());
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_params_by_type() {
+        assert_eq!(
+            root_params("ext4", false).unwrap().join(" "),
+            "root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4"
+        );
+        assert_eq!(
+            root_params("xfs", true).unwrap().join(" "),
+            "root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=xfs"
+        );
+        assert_eq!(
+            root_params("erofs", false).unwrap().join(" "),
+            "root=/dev/vda1 rootflags=ro rootfstype=erofs"
+        );
+        assert_eq!(root_params("btrfs", false), None);
+    }
 }
