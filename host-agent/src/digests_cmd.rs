@@ -1,16 +1,18 @@
 //! `host-agent digests`: from Kata configuration files to the launches they yield
 //! and the digests the KBS must expect for them.
 
+use crate::agent::cache::ArtefactCache;
+use crate::agent::config::AgentConfig;
+use crate::agent::derive::{derive_parsed, Derived, HostFacts};
 use crate::host_cpu;
-use crate::launch::{LaunchArtefacts, LaunchError, LoadedLaunch};
+use crate::kata_release::{ReleaseProbe, ReleaseSource};
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use clap::Args;
-use kata_launch::{plan, CpuModel, KataConfig, LaunchContext, LaunchPlan};
+use kata_launch::{KataConfig, KataRelease};
 use serde::Serialize;
-use sev_core::vcpu::vcpu_type_signature;
-use sev_core::{SevMode, VcpuSignature, VmShape, VmmType};
-use std::collections::HashMap;
+use sev_core::host_kernel::KernelRelease;
+use sev_core::VcpuSignature;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -18,17 +20,33 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Args)]
 pub struct DigestsArgs {
     /// Kata configuration files (configuration-*.toml); the runtime class is named
-    /// after each file (configuration-qemu-sev.toml gives kata-qemu-sev).
+    /// after each file (configuration-qemu-snp.toml gives kata-qemu-snp).
     #[arg(long = "kata-config", value_name = "FILE", required = true, num_args = 1..)]
     pub kata_configs: Vec<PathBuf>,
     /// Pod CPU limits (rounded up) to derive launches for; Kata adds them to
     /// default_vcpus, which changes -smp, nr_cpus and so the digest. Comma-separated.
     #[arg(long, value_name = "N,...", value_delimiter = ',', default_value = "0")]
     pub pod_cpus: Vec<u32>,
+    /// The Kata release that builds the launch: 3.19.0 to 4.1.x (SEV-SNP) or
+    /// CC-0.7.0/CC-0.8.0 (SEV with pre-attestation). When not given it is asked of
+    /// the containerd-shim-kata-v2 of the configuration's tree
+    /// (<prefix>/bin beside <prefix>/share/defaults/kata-containers), else
+    /// CC-0.8.0 is assumed and said.
+    #[arg(long, value_name = "X.Y.Z")]
+    pub kata_version: Option<KataRelease>,
     /// Signature (CPUID 1 EAX) of the host CPU, which SEV-ES guests see through
     /// `-cpu host`; read from /proc/cpuinfo when not given.
     #[arg(long, value_name = "VALUE", value_parser = crate::measure_cmd::parse_auto_base)]
     pub host_cpu_sig: Option<u64>,
+    /// The host kernel release SNP launches are measured for (e.g. 6.8): it
+    /// decides the VMSA's x87/SSE state (6.10 on) and default guest features
+    /// (0x21 on 6.6 and 6.7). This machine's kernel when not given.
+    #[arg(long, value_name = "RELEASE", value_parser = parse_kernel_release)]
+    pub host_kernel: Option<KernelRelease>,
+    /// SNP guest features (the VMSA's SEV features), overriding what the host
+    /// kernel implies.
+    #[arg(long, value_name = "VALUE", value_parser = crate::measure_cmd::parse_auto_base)]
+    pub snp_guest_features: Option<u64>,
     /// The host runs in FIPS mode (Kata then appends fips=1); read from
     /// /proc/sys/crypto/fips_enabled when not given.
     #[arg(long)]
@@ -38,6 +56,27 @@ pub struct DigestsArgs {
     pub json: bool,
 }
 
+impl DigestsArgs {
+    /// Arguments for these files and pod CPU counts, everything else detected.
+    pub fn new(kata_configs: Vec<PathBuf>, pod_cpus: Vec<u32>) -> DigestsArgs {
+        DigestsArgs {
+            kata_configs,
+            pod_cpus,
+            kata_version: None,
+            host_cpu_sig: None,
+            host_kernel: None,
+            snp_guest_features: None,
+            fips: None,
+            json: false,
+        }
+    }
+}
+
+fn parse_kernel_release(s: &str) -> Result<KernelRelease, String> {
+    KernelRelease::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a kernel release such as 6.8 or 6.12.9"))
+}
+
 /// One derived launch and its digest, as printed.
 #[derive(Debug, Serialize)]
 pub struct LaunchReport {
@@ -45,6 +84,10 @@ pub struct LaunchReport {
     pub runtime_class: String,
     /// The configuration file it came from.
     pub config: PathBuf,
+    /// The Kata release the launch was derived for.
+    pub kata_release: String,
+    /// Where the release came from: configured, the shim's path, or assumed.
+    pub kata_release_source: ReleaseSource,
     /// `sev`, `seves` or `snp`.
     pub mode: &'static str,
     /// SEV guest policy.
@@ -59,19 +102,26 @@ pub struct LaunchReport {
     pub cmdline: String,
     /// Pod CPU limit this launch is for.
     pub pod_cpus: u32,
+    /// The pod annotation this launch is for, if any.
+    pub annotation: Option<String>,
     /// vCPUs QEMU starts.
     pub vcpus: u32,
+    /// QEMU -smp argument.
+    pub smp: String,
     /// QEMU -cpu argument (model and features).
     pub cpu_model: String,
     /// vCPU signature in the VMSAs (SEV-ES and SNP).
     pub vcpu_sig: Option<String>,
-    /// Kernel, initrd and command line are measured (SEV, SEV-ES); an SNP guest
-    /// as Kata launches it measures its firmware only.
+    /// SNP guest features in the VMSAs.
+    pub guest_features: Option<String>,
+    /// Kernel, initrd and command line are measured (all but CC-0.8.0's SNP).
     pub kernel_hashes: bool,
     /// Launch digest, hexadecimal.
     pub digest: String,
     /// Launch digest, base64 (as the KBS stores it).
     pub digest_base64: String,
+    /// What the digest does not cover (an unverified root image, annotations).
+    pub warnings: Vec<String>,
 }
 
 fn fips_enabled() -> bool {
@@ -100,104 +150,70 @@ pub fn load_config(path: &Path) -> anyhow::Result<KataConfig> {
     Ok(config)
 }
 
-fn vcpu_sig_for(
-    plan: &LaunchPlan,
-    host: Option<VcpuSignature>,
-) -> anyhow::Result<Option<VcpuSignature>> {
-    if plan.mode == SevMode::Sev {
-        return Ok(None);
-    }
-    match &plan.cpu_model {
-        CpuModel::Host => host.map(Some).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{}: an {} guest runs with -cpu host, so its digest depends on the host CPU; \
-                 this is not an AMD CPU, give --host-cpu-sig",
-                plan.runtime_class,
-                plan.mode
-            )
-        }),
-        CpuModel::Named(name) => vcpu_type_signature(name)
-            .map(Some)
-            .ok_or_else(|| anyhow::anyhow!("{}: unknown vCPU model {name:?}", plan.runtime_class)),
-    }
-}
-
-/// Derives every launch the configurations yield and measures each.
-pub fn reports(a: &DigestsArgs) -> anyhow::Result<Vec<LaunchReport>> {
+/// The host facts these arguments describe.
+pub fn host_facts(a: &DigestsArgs) -> anyhow::Result<HostFacts> {
     let host_sig = match a.host_cpu_sig {
         Some(v) => Some(VcpuSignature(
             u32::try_from(v).context("--host-cpu-sig does not fit in 32 bits")?,
         )),
         None => host_cpu::detect(),
     };
-    let fips = a.fips.unwrap_or_else(fips_enabled);
-    let mut loaded: HashMap<LaunchArtefacts, LoadedLaunch> = HashMap::new();
-    let host_cpus = std::thread::available_parallelism()
-        .ok()
-        .and_then(|n| u32::try_from(n.get()).ok());
+    let kernel = match a.host_kernel {
+        Some(k) => Some((k, true)),
+        None => KernelRelease::parse(&rustix::system::uname().release().to_string_lossy())
+            .map(|k| (k, false)),
+    };
+    Ok(HostFacts {
+        host_sig,
+        fips: a.fips.unwrap_or_else(fips_enabled),
+        host_cpus: std::thread::available_parallelism()
+            .ok()
+            .and_then(|n| u32::try_from(n.get()).ok()),
+        ..HostFacts::for_kernel(kernel, a.snp_guest_features)
+    })
+}
+
+/// Derives every launch the configurations yield and measures each, exactly as
+/// the daemon does (the same derivation, over a cache of this call's own).
+pub fn reports(a: &DigestsArgs) -> anyhow::Result<Vec<LaunchReport>> {
+    let host = host_facts(a)?;
+    let mut agent = AgentConfig::default();
+    agent.launches.pod_cpus = Some(a.pod_cpus.clone());
+    let mut probe = ReleaseProbe::new(a.kata_version);
+    let mut cache = ArtefactCache::new();
     let mut out = Vec::new();
     for path in &a.kata_configs {
         let config = load_config(path)?;
-        for &pod_cpus in &a.pod_cpus {
-            let ctx = LaunchContext {
-                pod_cpus,
-                fips,
-                host_cpus,
-                kernel_params_annotation: None,
-                ..LaunchContext::default()
-            };
-            let plan = plan(&config, &ctx)?;
-            // Files are hashed once per set; the command line differs per launch.
-            let art = if plan.kernel_hashes {
-                LaunchArtefacts {
-                    firmware: plan.firmware.clone(),
-                    kernel: Some(plan.kernel.clone()),
-                    initrd: plan.initrd.clone(),
-                    cmdline: None,
-                }
-            } else {
-                LaunchArtefacts {
-                    firmware: plan.firmware.clone(),
-                    kernel: None,
-                    initrd: None,
-                    cmdline: None,
-                }
-            };
-            let sig = vcpu_sig_for(&plan, host_sig)?;
-            let shape = VmShape {
-                vcpus: plan.vcpus,
-                vcpu_sig: sig.unwrap_or(VcpuSignature(0)),
-                guest_features: 0x1,
-                vmm: VmmType::Qemu,
-                fpu: sev_core::vmsa::VmsaFpu::Reset,
-            };
-            let launch = match loaded.entry(art.clone()) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(LoadedLaunch::load(&art)?),
-            };
-            let digest = launch
-                .digest(
-                    plan.mode,
-                    &shape,
-                    plan.kernel_hashes.then_some(plan.cmdline.as_bytes()),
-                )
-                .map_err(|e: LaunchError| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let release = probe.resolve(path)?;
+        let class = match derive_parsed(&config, &agent, &host, &mut cache, &release)? {
+            Derived::Launches(c) => c,
+            Derived::Skipped { reason, .. } => {
+                bail!("{}: no launch to measure: {reason}", path.display())
+            }
+        };
+        for l in class.launches {
             out.push(LaunchReport {
-                runtime_class: plan.runtime_class.clone(),
+                runtime_class: class.runtime_class.clone(),
                 config: path.clone(),
-                mode: plan.mode.name(),
-                policy: plan.policy,
-                firmware: plan.firmware.clone(),
-                kernel: plan.kernel.clone(),
-                initrd: plan.initrd.clone(),
-                cmdline: plan.cmdline.clone(),
-                pod_cpus,
-                vcpus: plan.vcpus,
-                cpu_model: plan.cpu_arg(),
-                vcpu_sig: sig.map(|s| s.to_string()),
-                kernel_hashes: plan.kernel_hashes,
-                digest: digest.to_hex(),
-                digest_base64: base64::engine::general_purpose::STANDARD.encode(digest.as_bytes()),
+                kata_release: class.release.release.to_string(),
+                kata_release_source: class.release.source.clone(),
+                mode: l.mode,
+                policy: l.policy,
+                firmware: l.firmware,
+                kernel: l.kernel,
+                initrd: l.initrd,
+                cmdline: l.cmdline,
+                pod_cpus: l.pod_cpus,
+                annotation: l.annotation,
+                vcpus: l.vcpus,
+                smp: l.smp,
+                cpu_model: l.cpu,
+                vcpu_sig: l.vcpu_sig,
+                guest_features: l.guest_features,
+                kernel_hashes: l.kernel_hashes,
+                digest_base64: base64::engine::general_purpose::STANDARD.encode(&l.digest_bytes),
+                digest: l.digest,
+                warnings: class.warnings.clone(),
             });
         }
     }
@@ -220,14 +236,25 @@ pub fn print_reports(
         writeln!(out)?;
         return Ok(());
     }
+    let mut warned = std::collections::BTreeSet::new();
     for r in reports {
-        writeln!(
-            out,
-            "{} ({}, pod CPUs {})",
-            r.runtime_class,
-            r.config.display(),
-            r.pod_cpus
-        )?;
+        match &r.annotation {
+            Some(a) => writeln!(
+                out,
+                "{} ({}, pod CPUs {}, annotation {a})",
+                r.runtime_class,
+                r.config.display(),
+                r.pod_cpus
+            )?,
+            None => writeln!(
+                out,
+                "{} ({}, pod CPUs {})",
+                r.runtime_class,
+                r.config.display(),
+                r.pod_cpus
+            )?,
+        }
+        writeln!(out, "  kata      {}", release_line(r))?;
         writeln!(out, "  mode      {} (policy {:#x})", r.mode, r.policy)?;
         writeln!(out, "  firmware  {}", r.firmware.display())?;
         writeln!(out, "  kernel    {}", r.kernel.display())?;
@@ -238,10 +265,17 @@ pub fn print_reports(
         match &r.vcpu_sig {
             Some(s) => writeln!(
                 out,
-                "  vcpus     {} (-cpu {}, signature {s})",
-                r.vcpus, r.cpu_model
+                "  vcpus     {} (-smp {}, -cpu {}, signature {s})",
+                r.vcpus, r.smp, r.cpu_model
             )?,
-            None => writeln!(out, "  vcpus     {} (-cpu {})", r.vcpus, r.cpu_model)?,
+            None => writeln!(
+                out,
+                "  vcpus     {} (-smp {}, -cpu {})",
+                r.vcpus, r.smp, r.cpu_model
+            )?,
+        }
+        if let Some(g) = &r.guest_features {
+            writeln!(out, "  features  {g}")?;
         }
         if !r.kernel_hashes {
             writeln!(
@@ -251,6 +285,23 @@ pub fn print_reports(
         }
         writeln!(out, "  digest    {}", r.digest)?;
         writeln!(out, "  base64    {}", r.digest_base64)?;
+        // Once per configuration, not once per launch.
+        if warned.insert(r.config.clone()) {
+            for w in &r.warnings {
+                writeln!(out, "  warning   {w}")?;
+            }
+        }
     }
     Ok(())
+}
+
+fn release_line(r: &LaunchReport) -> String {
+    match &r.kata_release_source {
+        ReleaseSource::Configured => format!("{} (--kata-version)", r.kata_release),
+        ReleaseSource::Shim(p) => format!("{} (from {})", r.kata_release, p.display()),
+        ReleaseSource::Assumed => format!(
+            "{} (assumed: no containerd-shim-kata-v2 beside the configuration; give --kata-version)",
+            r.kata_release
+        ),
+    }
 }

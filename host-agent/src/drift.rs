@@ -816,12 +816,13 @@ fn vcpu_signature(
 /// The vCPU signature is the host's (`host_sig`) for `-cpu host` or `max`, else
 /// that of the named model; SEV needs none. Kernel, initrd and command line are
 /// measured only with `kernel-hashes=on` and a kernel, as QEMU does; a missing
-/// `-append` measures as the empty command line. SNP is measured with the guest
-/// features the agent registers (0x1). Relative paths are refused: they would be
+/// `-append` measures as the empty command line. SNP and SEV-ES are measured with
+/// what this host's kernel puts into the VMSAs (`vmsa`). Relative paths are refused: they would be
 /// resolved against the agent's directory, not QEMU's.
 pub fn measure_observed(
     q: &QemuLaunch,
     host_sig: Option<VcpuSignature>,
+    vmsa: HostVmsa,
 ) -> Result<LaunchDigest, DriftError> {
     let relative = |kind, path: &Path| {
         if path.is_relative() {
@@ -857,11 +858,31 @@ pub fn measure_observed(
     let shape = VmShape {
         vcpus: q.vcpus,
         vcpu_sig: vcpu_signature(q, host_sig)?.unwrap_or(VcpuSignature(0)),
-        guest_features: SNP_GUEST_FEATURES,
+        guest_features: vmsa.guest_features,
         vmm: VmmType::Qemu,
-        fpu: sev_core::vmsa::VmsaFpu::Reset,
+        fpu: vmsa.fpu,
     };
     Ok(measure(&art, q.mode, &shape)?)
+}
+
+/// What the host kernel puts into the VMSAs of the guests it runs: the SEV
+/// features of SNP guests and the x87/SSE state (see `sev_core::host_kernel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostVmsa {
+    /// The SNP guests' SEV features.
+    pub guest_features: u64,
+    /// The x87/SSE state.
+    pub fpu: sev_core::VmsaFpu,
+}
+
+impl Default for HostVmsa {
+    /// A host kernel of 6.10 or later with KVM's defaults: 0x1 and the reset state.
+    fn default() -> Self {
+        HostVmsa {
+            guest_features: SNP_GUEST_FEATURES,
+            fpu: sev_core::VmsaFpu::Reset,
+        }
+    }
 }
 
 /// Whether two `-cpu` arguments give the same VMSAs: the same model name, or
@@ -1368,6 +1389,42 @@ mod tests {
         assert_eq!(q.mode, SevMode::SevEs);
         assert_eq!(q.policy, 7);
         assert_eq!(q.vcpus, 4);
+    }
+
+    /// An SNP guest as Kata 3.32 to 4.1 starts it (govmm's argument order): the
+    /// firmware as `-bios`, `kernel-hashes=on` with a decimal policy, and `-smp`
+    /// without sockets or maxcpus.
+    #[test]
+    fn reads_kata_4_1_snp_launch() {
+        let cmdline = "tsc=reliable console=hvc0 console=hvc1 quiet panic=1 selinux=0";
+        let q = parse(&argv(&[
+            "/opt/kata/bin/qemu-system-x86_64",
+            "-name",
+            "sandbox-abc",
+            "-machine",
+            "q35,accel=kvm,kernel_irqchip=split,confidential-guest-support=snp",
+            "-cpu",
+            "EPYC-v4,pmu=off",
+            "-m",
+            "2048M",
+            "-object",
+            "sev-snp-guest,id=snp,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on,policy=196608",
+            "-bios",
+            FW,
+            "-kernel",
+            KERNEL,
+            "-append",
+            cmdline,
+            "-smp",
+            "3,cores=1,threads=1",
+        ]));
+        assert_eq!(q.mode, SevMode::Snp);
+        assert_eq!(q.firmware, Path::new(FW));
+        assert!(q.kernel_hashes);
+        assert_eq!(q.policy, 0x30000);
+        assert_eq!(q.vcpus, 3);
+        assert_eq!(q.initrd, None);
+        assert_eq!(q.cmdline.as_deref(), Some(cmdline));
     }
 
     #[test]
@@ -2017,18 +2074,18 @@ mod tests {
         let mut q = running();
         q.firmware = "AMDSEV.fd".into();
         assert!(matches!(
-            measure_observed(&q, None),
+            measure_observed(&q, None, HostVmsa::default()),
             Err(DriftError::RelativePath { .. })
         ));
         let mut q = running();
         q.mode = SevMode::SevEs;
         assert!(matches!(
-            measure_observed(&q, None),
+            measure_observed(&q, None, HostVmsa::default()),
             Err(DriftError::NoHostSignature { .. })
         ));
         q.cpu = "Skylake-Server".into();
         assert!(matches!(
-            measure_observed(&q, None),
+            measure_observed(&q, None, HostVmsa::default()),
             Err(DriftError::UnknownCpuModel { .. })
         ));
     }

@@ -2,7 +2,7 @@
 //! read from its `/status` endpoint.
 
 use crate::agent::config::Listen;
-use crate::agent::status::{AgentStatus, ClassState};
+use crate::agent::status::{AgentStatus, ClassState, PlatformView};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use http_body_util::BodyExt as _;
@@ -96,6 +96,14 @@ pub fn print_human(s: &AgentStatus, out: &mut dyn Write) -> std::io::Result<()> 
         "watching  {} files in {} directories",
         s.watched_files, s.watched_dirs
     )?;
+    if !s.snp_host.is_empty() {
+        writeln!(out, "snp vmsa  {}", s.snp_host)?;
+    }
+    match &s.platform {
+        Some(PlatformView::Tcb(tcb)) => writeln!(out, "platform  {tcb}")?,
+        Some(PlatformView::Unavailable(e)) => writeln!(out, "platform  TCB not available: {e}")?,
+        None => {}
+    }
     for (class, c) in &s.classes {
         let state = match c.state {
             ClassState::Registered => "registered",
@@ -107,6 +115,9 @@ pub fn print_human(s: &AgentStatus, out: &mut dyn Write) -> std::io::Result<()> 
         writeln!(out, "{class}: {state}")?;
         if !c.config.as_os_str().is_empty() {
             writeln!(out, "  config      {}", c.config.display())?;
+        }
+        if let Some(r) = &c.kata_release {
+            writeln!(out, "  kata        {r}")?;
         }
         writeln!(
             out,
@@ -139,9 +150,18 @@ pub fn print_human(s: &AgentStatus, out: &mut dyn Write) -> std::io::Result<()> 
         for l in &c.launches {
             writeln!(
                 out,
-                "  pod CPUs {:<3} vCPUs {:<3} {}  -cpu {}",
-                l.pod_cpus, l.vcpus, l.digest, l.cpu
+                "  pod CPUs {:<3} vCPUs {:<3} {}  -cpu {}{}",
+                l.pod_cpus,
+                l.vcpus,
+                l.digest,
+                l.cpu,
+                l.annotation
+                    .as_ref()
+                    .map_or(String::new(), |a| format!("  annotation {a}"))
             )?;
+        }
+        for w in &c.warnings {
+            writeln!(out, "  warning     {w}")?;
         }
     }
     for n in &s.skipped {

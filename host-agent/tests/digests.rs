@@ -58,7 +58,9 @@ fn assert_oracle_agrees(launches: &[serde_json::Value]) {
                 "mode": l["mode"], "ovmf": l["firmware"], "kernel": measured(&l["kernel"]),
                 "initrd": measured(&l["initrd"]), "append": measured(&l["cmdline"]), "vcpus": l["vcpus"],
                 "vcpu_sig": l["vcpu_sig"].as_str().map(|s| u32::from_str_radix(s.trim_start_matches("0x"), 16).unwrap()),
-                "guest_features": 1, "vmm_type": "QEMU",
+                "guest_features": l["guest_features"].as_str()
+                    .map_or(1, |g| u64::from_str_radix(g.trim_start_matches("0x"), 16).unwrap()),
+                "vmm_type": "QEMU",
             })
         })
         .collect();
@@ -97,6 +99,9 @@ fn real_kata_configurations_in_every_mode_match_the_oracle() {
     let mut configs = Vec::new();
     for entry in std::fs::read_dir(&kata).unwrap() {
         let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue; // snp/: today's SNP files, tested below with their own artefacts
+        }
         let mut text = std::fs::read_to_string(&path).unwrap();
         for prefix in ["/opt/confidential-containers", "/opt/kata"] {
             text = text
@@ -148,6 +153,258 @@ fn real_kata_configurations_in_every_mode_match_the_oracle() {
         assert_eq!(l["mode"], *mode, "{l:#}");
     }
     assert_oracle_agrees(&launches);
+}
+
+/// A Kata 3.19+ install tree in `root`: the configuration under
+/// `share/defaults/kata-containers/` and a shim in `bin/` that reports `release`
+/// the way containerd-shim-kata-v2 does.
+fn kata_tree(root: &Path, release: &str, config_text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let defaults = root.join("share/defaults/kata-containers");
+    std::fs::create_dir_all(&defaults).unwrap();
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    let shim = root.join("bin/containerd-shim-kata-v2");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\necho 'Kata Containers containerd shim (Golang): id: \"io.containerd.kata.v2\", version: {release}, commit: 0123456789abcdef'\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = defaults.join("configuration-qemu-snp.toml");
+    std::fs::write(&config, config_text).unwrap();
+    config
+}
+
+/// Today's SNP launches (Kata 3.19.0 and 4.1.0, their shipped files with real
+/// OVMF and a real kernel), every pod CPU count from 0 to 4, with an initrd, an
+/// image with dm-verity parameters, edited kernel_params and agent debug: the
+/// digest of the printed launch (command line, vCPUs, EPYC-v4) equals
+/// sev-snp-measure's, and the release is the one the shim reports.
+#[test]
+fn snp_launches_of_kata_3_19_and_4_1_match_the_oracle() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample_artefacts::write_sample(&dir.path().join("art")).unwrap();
+    let image = dir.path().join("art/kata-containers-confidential.img");
+    std::fs::write(&image, b"an unmeasured root disk").unwrap();
+    let firmware = common::real_firmware();
+    let kernel = common::real_kernel();
+    let snp = common::shared_testdata().join("kata/snp");
+    let point = |text: &str| {
+        text.replace("/opt/kata/share/ovmf/AMDSEV.fd", firmware.to_str().unwrap())
+            .replace(
+                "/opt/kata/share/kata-containers/vmlinuz.container",
+                kernel.to_str().unwrap(),
+            )
+            .replace(
+                "/opt/kata/share/kata-containers/vmlinuz-confidential.container",
+                kernel.to_str().unwrap(),
+            )
+            .replace(
+                "/opt/kata/share/kata-containers/kata-containers-initrd-confidential.img",
+                sample.initrd.to_str().unwrap(),
+            )
+            .replace(
+                "/opt/kata/share/kata-containers/kata-containers-confidential.img",
+                image.to_str().unwrap(),
+            )
+    };
+    let v41 =
+        point(&std::fs::read_to_string(snp.join("configuration-qemu-snp.4.1.0.toml")).unwrap());
+    let v319 =
+        point(&std::fs::read_to_string(snp.join("configuration-qemu-snp.3.19.0.toml")).unwrap());
+    let image_line = format!("image = \"{}\"", image.display());
+    let initrd_line = format!("initrd = \"{}\"", sample.initrd.display());
+    let params = "kernel_params = \"cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1\"";
+    let edited = "kernel_params = \" agent.log=debug  key= x=1 x=1 \"";
+    // The agent's own enable_debug: the first one after [agent.kata], set or
+    // commented out (3.19 ships it as a comment).
+    let agent_debug = |text: &str| {
+        let at = text.find("[agent.kata]").unwrap();
+        let (head, tail) = text.split_at(at);
+        let tail = if tail.contains("\nenable_debug = false") {
+            tail.replacen("\nenable_debug = false", "\nenable_debug = true", 1)
+        } else {
+            tail.replacen("\n#enable_debug = true", "\nenable_debug = true", 1)
+        };
+        format!("{head}{tail}")
+    };
+    let cases: Vec<(&str, &str, String)> = vec![
+        ("4.1.0", "shipped", v41.clone()),
+        (
+            "4.1.0",
+            "initrd",
+            v41.replacen(&image_line, &initrd_line, 1),
+        ),
+        ("4.1.0", "kernel_params", v41.replacen(params, edited, 1)),
+        ("4.1.0", "agent debug", agent_debug(&v41)),
+        ("3.19.0", "shipped", v319.clone()),
+        ("3.19.0", "kernel_params", v319.replacen(params, edited, 1)),
+        ("3.19.0", "agent debug", agent_debug(&v319)),
+    ];
+    let mut all = Vec::new();
+    for (i, (release, what, text)) in cases.iter().enumerate() {
+        let base = if *release == "4.1.0" { &v41 } else { &v319 };
+        assert_eq!(
+            text == base,
+            *what == "shipped",
+            "{release} {what}: the edit took"
+        );
+        let config = kata_tree(&dir.path().join(format!("t{i}/opt/kata")), release, text);
+        let launches = digests_json(
+            &[&config],
+            &["--pod-cpus", "0,1,2,3,4", "--host-kernel", "6.12"],
+        );
+        assert_eq!(launches.len(), 5, "{release} {what}");
+        for (pod, l) in launches.iter().enumerate() {
+            assert_eq!(l["kata_release"], *release, "{l:#}");
+            assert_eq!(l["kata_release_source"]["kind"], "shim", "{l:#}");
+            assert_eq!(l["runtime_class"], "kata-qemu-snp");
+            assert_eq!(l["mode"], "snp");
+            assert_eq!(l["kernel_hashes"], true, "Kata 3.19+ sets kernel-hashes=on");
+            assert_eq!(l["cpu_model"], "EPYC-v4,pmu=off");
+            assert_eq!(
+                l["vcpus"],
+                pod as u64 + 1,
+                "default_vcpus 1 plus the pod's CPUs"
+            );
+            assert_eq!(l["guest_features"], "0x1");
+            let cmdline = l["cmdline"].as_str().unwrap();
+            assert_eq!(
+                cmdline.contains(&format!(" nr_cpus={} ", pod + 1)),
+                *release == "3.19.0",
+                "only 3.19 writes nr_cpus for confidential guests: {cmdline}"
+            );
+            assert_eq!(
+                cmdline.contains("dm-mod.create="),
+                text.contains(&image_line) && *release == "4.1.0"
+            );
+            assert_eq!(
+                cmdline.contains(" agent.log=debug"),
+                *what != "shipped" && *what != "initrd"
+            );
+        }
+        all.extend(launches);
+    }
+    assert_oracle_agrees(&all);
+    let digests: std::collections::BTreeSet<&str> =
+        all.iter().map(|l| l["digest"].as_str().unwrap()).collect();
+    assert_eq!(
+        digests.len(),
+        all.len(),
+        "every launch measures differently"
+    );
+
+    // Another host kernel's guest features, as sev-snp-measure's --guest-features.
+    let config = kata_tree(&dir.path().join("gf/opt/kata"), "4.1.0", &v41);
+    let launches = digests_json(
+        &[&config],
+        &[
+            "--pod-cpus",
+            "0",
+            "--host-kernel",
+            "6.12",
+            "--snp-guest-features",
+            "0x21",
+        ],
+    );
+    assert_eq!(launches[0]["guest_features"], "0x21");
+    assert_oracle_agrees(&launches);
+    assert_ne!(launches[0]["digest"], all[0]["digest"]);
+
+    // --kata-version wins over the shim, and the same file measures differently
+    // under 3.19 (nr_cpus, no verity) than under 4.1.
+    let launches = digests_json(
+        &[&config],
+        &[
+            "--pod-cpus",
+            "0",
+            "--host-kernel",
+            "6.12",
+            "--kata-version",
+            "3.32.0",
+        ],
+    );
+    assert_eq!(launches[0]["kata_release_source"]["kind"], "configured");
+    assert_eq!(
+        launches[0]["cmdline"], all[0]["cmdline"],
+        "3.32 and 4.1 build the same line"
+    );
+    let launches = digests_json(
+        &[&config],
+        &[
+            "--pod-cpus",
+            "0",
+            "--host-kernel",
+            "6.12",
+            "--kata-version",
+            "3.31.0",
+        ],
+    );
+    assert_ne!(launches[0]["digest"], all[0]["digest"]);
+    assert_oracle_agrees(&launches);
+}
+
+#[test]
+fn what_the_snp_measurement_does_not_cover_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample_artefacts::write_sample(&dir.path().join("art")).unwrap();
+    let text = format!(
+        "[hypervisor.qemu]\nfirmware = \"{}\"\nkernel = \"{}\"\nimage = \"{}\"\nconfidential_guest = true\nsev_snp_guest = true\nenable_annotations = [\"kernel_params\", \"default_vcpus\"]\n[runtime]\nstatic_sandbox_resource_mgmt = true\n",
+        common::real_firmware().display(),
+        sample.kernel.display(),
+        sample.initrd.display(),
+    );
+    let config = kata_tree(&dir.path().join("opt/kata"), "4.1.0", &text);
+    let o = host_agent(&[
+        "digests",
+        "--kata-config",
+        config.to_str().unwrap(),
+        "--host-kernel",
+        "6.12",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains("kata      4.1.0 (from "), "{out}");
+    assert!(
+        out.contains("warning   the root filesystem")
+            && out.contains("kernel_verity_params is empty"),
+        "{out}"
+    );
+    assert!(
+        out.contains("pods may set kernel_params by annotation"),
+        "{out}"
+    );
+    assert!(
+        out.contains("pods may set default_vcpus by annotation"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("kernel_verity_params by annotation"),
+        "not allowed here: {out}"
+    );
+
+    // Without a shim the release is assumed and said; an unknown one is refused.
+    let bare = dir.path().join("bare/configuration-qemu-snp.toml");
+    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+    std::fs::write(&bare, &text).unwrap();
+    let o = host_agent(&["digests", "--kata-config", bare.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("CC-0.8.0 (assumed"), "{out}");
+    let o = host_agent(&[
+        "digests",
+        "--kata-config",
+        bare.to_str().unwrap(),
+        "--kata-version",
+        "3.18.0",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "a usage error: {err}");
+    assert!(
+        err.contains("3.19.x") && err.contains("4.1.x") && err.contains("CC-0.8.0"),
+        "{err}"
+    );
 }
 
 fn assert_fails(config_text: &str, needles: &[&str]) {

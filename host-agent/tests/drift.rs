@@ -221,7 +221,7 @@ fn findings(pids: &[u32], expected: &[ExpectedLaunch]) -> Vec<DriftFinding> {
                 .find(|o| o.pid == pid)
                 .unwrap_or_else(|| panic!("process {pid} not found by the scan"));
             let q = o.result.as_ref().unwrap();
-            let digest = measure_observed(q, Some(host_sig())).unwrap();
+            let digest = measure_observed(q, Some(host_sig()), Default::default()).unwrap();
             check(pid, q, &digest, expected)
         })
         .collect()

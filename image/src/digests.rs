@@ -88,6 +88,13 @@ pub fn reports_with_initrd(
         },
         host_cpu_sig: host.host_cpu_sig,
         fips: host.fips,
+        // Asked of the original tree: the copy has no shim beside it.
+        kata_version: host_agent::kata_release::ReleaseProbe::new(None)
+            .resolve(config)
+            .ok()
+            .map(|r| r.release),
+        host_kernel: None,
+        snp_guest_features: None,
         json: false,
     };
     let mut out = reports(&args)?;

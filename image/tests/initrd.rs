@@ -526,11 +526,8 @@ fn kata_config_digests_match_host_agent() {
     std::fs::write(&config, text).unwrap();
     let host_agent = |config: &Path| {
         let args = host_agent::digests_cmd::DigestsArgs {
-            kata_configs: vec![config.to_path_buf()],
-            pod_cpus: vec![0, 2],
-            host_cpu_sig: None,
             fips: Some(false),
-            json: false,
+            ..host_agent::digests_cmd::DigestsArgs::new(vec![config.to_path_buf()], vec![0, 2])
         };
         let mut out = Vec::new();
         host_agent::digests_cmd::run(&args, &mut out).unwrap();

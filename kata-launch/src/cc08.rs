@@ -211,6 +211,21 @@ pub fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPlan, Plan
         }
     }
 
+    // These builds split kernel_params on any whitespace (strings.Fields).
+    if let Some(bad) = q
+        .kernel_params
+        .value
+        .split_whitespace()
+        .find(|t| kata_param(t).is_err())
+    {
+        return Err(unusable(
+            "kernel_params",
+            q.kernel_params.line,
+            format!(
+                "kernel parameter {bad:?} has an empty name (Kata: \"Empty kernel parameter\")"
+            ),
+        ));
+    }
     let vcpus = vcpu_count(config, ctx)?;
     let cmdline = kernel_cmdline(config, vcpus, ctx);
     let cpu_model = if mode == SevMode::Snp {

@@ -34,6 +34,7 @@
 
 mod cc08;
 mod config;
+mod gaps;
 mod launch;
 mod location;
 mod params;
@@ -48,6 +49,7 @@ pub use config::{
     KataConfig, KbsMode, QemuConfig, RuntimeConfig, BLOCK_DEVICE_DRIVERS,
     DEFAULT_BLOCK_DEVICE_DRIVER, DEFAULT_SNP_GUEST_POLICY,
 };
+pub use gaps::{annotation_allowed, measured_annotations, unmeasured, MEASURED_ANNOTATIONS};
 pub use launch::{
     CpuModel, LaunchContext, LaunchPlan, PlanError, FIXED_PARAMS, MACHINE_TYPES, MAX_VCPUS,
     POLICY_ES,
@@ -63,6 +65,12 @@ pub fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPlan, Plan
         KataRelease::Cc(_) => cc08::plan(config, ctx),
         KataRelease::Upstream { .. } => upstream::plan(config, ctx),
     }
+}
+
+/// Checks a `kernel_verity_params` value as Kata does (`ParseKernelVerityParams`),
+/// returning Kata's message for what is wrong.
+pub fn check_verity_params(params: &str) -> Result<(), String> {
+    upstream::parse_verity(params).map(|_| ())
 }
 
 /// The exact `-append` string of the CC builds for a guest with `vcpus` vCPUs

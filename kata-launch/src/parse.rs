@@ -9,7 +9,7 @@ use crate::config::{
     QemuConfig, RuntimeConfig, BLOCK_DEVICE_DRIVERS, DEFAULT_BLOCK_DEVICE_DRIVER,
 };
 use crate::location::{line_column, Located, Location};
-use crate::params::{kata_param, ParamError};
+use crate::params::{kata_param, kernel_param_fields, ParamError};
 use crate::toml_read::{header_line, RawAgent, RawField, RawQemu, RawRoot, RawRuntime, Reader};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -243,8 +243,16 @@ fn read_extension_images(
 }
 
 /// Kata rejects a kernel parameter with an empty key (a token starting with `=`)
-/// when it loads the configuration.
+/// when it loads the configuration. The CC builds split on any whitespace and
+/// the upstream runtime on spaces outside quotes, so only what both refuse is
+/// refused here; each release's builder checks its own split.
 fn check_params(r: &Reader<'_>, key: &str, params: &Located<String>) -> Result<(), ConfigError> {
+    let quoted_ok = kernel_param_fields(&params.value)
+        .iter()
+        .all(|t| kata_param(t).is_ok());
+    if quoted_ok {
+        return Ok(());
+    }
     for token in params.value.split_whitespace() {
         if let Err(ParamError::EmptyKey) = kata_param(token) {
             return Err(r.invalid(

@@ -167,7 +167,15 @@ pub(crate) fn parse_verity(params: &str) -> Result<Option<Verity>, String> {
         if v.is_empty() {
             return Err(format!("missing kernel_verity_params {name}"));
         }
-        parse_u64(v).ok_or_else(|| format!("invalid kernel_verity_params {name} {v:?}"))
+        parse_u64(v).ok_or_else(|| {
+            // Kata wraps strconv's error; say the same.
+            let why = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                "value out of range"
+            } else {
+                "invalid syntax"
+            };
+            format!("invalid kernel_verity_params {name} {v:?}: strconv.ParseUint: parsing {v:?}: {why}")
+        })
     };
     let data_blocks = number("data_blocks")?;
     let data_block_size = number("data_block_size")?;

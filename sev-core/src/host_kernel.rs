@@ -91,8 +91,20 @@ mod tests {
                 minor: 12
             }
         );
-        assert_eq!(k("6.10"), KernelRelease { major: 6, minor: 10 });
-        assert_eq!(k("5.19rc1"), KernelRelease { major: 5, minor: 19 });
+        assert_eq!(
+            k("6.10"),
+            KernelRelease {
+                major: 6,
+                minor: 10
+            }
+        );
+        assert_eq!(
+            k("5.19rc1"),
+            KernelRelease {
+                major: 5,
+                minor: 19
+            }
+        );
         assert_eq!(KernelRelease::parse("linux"), None);
         assert_eq!(KernelRelease::parse("6"), None);
         assert_eq!(KernelRelease::parse("6.x"), None);

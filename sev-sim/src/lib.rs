@@ -39,6 +39,7 @@ mod psp;
 mod roots;
 mod sevcert;
 pub mod shim;
+pub mod snp_platform;
 
 pub use error::SimError;
 pub use measure::{launch_digest_sev, launch_digest_sev_es, CpuType};

@@ -8,9 +8,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where the CoCo operator installs Kata's configuration files.
+/// Where the CoCo 0.7 operator installs Kata's configuration files.
 pub const DEFAULT_KATA_CONFIGS: &str =
     "/opt/confidential-containers/share/defaults/kata-containers/configuration-*.toml";
+/// Where kata-deploy and the CoCo Helm chart install them (CoCo 0.8, Kata 3.19 on).
+pub const DEFAULT_KATA_CONFIGS_OPT_KATA: &str =
+    "/opt/kata/share/defaults/kata-containers/configuration-*.toml";
 /// The key broker's admin socket when it runs on the node.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/kbs/admin.sock";
 /// Status and metrics, on loopback only.
@@ -105,6 +108,48 @@ pub struct LaunchesConfig {
     /// Whether the host runs in FIPS mode; read from the kernel when absent.
     #[serde(default)]
     pub fips: Option<bool>,
+    /// The Kata release whose launches to derive ("4.1.0", "3.19.1",
+    /// "CC-0.8.0"); asked of each configuration's containerd-shim-kata-v2
+    /// when absent.
+    #[serde(default)]
+    pub kata_version: Option<String>,
+    /// What this host's kernel puts into SNP guests' VMSAs.
+    #[serde(default)]
+    pub snp: SnpHostConfig,
+    /// Launches pods may ask for by annotation, to register as well.
+    #[serde(default)]
+    pub annotations: AnnotationLaunches,
+}
+
+/// `[launches.snp]`: the host kernel's share of an SNP launch digest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpHostConfig {
+    /// The host kernel release to measure for ("6.8", "6.12.9"); this node's
+    /// running kernel when absent. Kernels from 6.10 put the x87/SSE reset state
+    /// into the VMSA; 6.6 and 6.7 turn on DebugSwap by default.
+    #[serde(default)]
+    pub host_kernel: Option<String>,
+    /// The VMSA SEV features ("0x1"), overriding what the kernel release implies.
+    #[serde(default)]
+    pub guest_features: Option<String>,
+}
+
+/// `[launches.annotations]`: values of the hypervisor annotations a pod may set
+/// (where the Kata configuration's `enable_annotations` lets them through), each
+/// registered as an extra launch for every pod CPU count.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnotationLaunches {
+    /// `io.katacontainers.config.hypervisor.default_vcpus` values, e.g. [2, 4].
+    #[serde(default)]
+    pub default_vcpus: Vec<f32>,
+    /// `io.katacontainers.config.hypervisor.kernel_params` values.
+    #[serde(default)]
+    pub kernel_params: Vec<String>,
+    /// `io.katacontainers.config.hypervisor.kernel_verity_params` values.
+    #[serde(default)]
+    pub kernel_verity_params: Vec<String>,
 }
 
 /// Drift detection.
@@ -121,7 +166,10 @@ pub struct DriftConfig {
 }
 
 fn default_kata_configs() -> Vec<String> {
-    vec![DEFAULT_KATA_CONFIGS.to_string()]
+    vec![
+        DEFAULT_KATA_CONFIGS.to_string(),
+        DEFAULT_KATA_CONFIGS_OPT_KATA.to_string(),
+    ]
 }
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_string()
@@ -362,7 +410,57 @@ impl AgentConfig {
         if self.launches.pod_cpus.as_ref().is_some_and(Vec::is_empty) {
             return Err(invalid("launches.pod_cpus", "is empty".into()));
         }
+        if let Some(v) = &self.launches.kata_version {
+            kata_launch::KataRelease::parse(v)
+                .map_err(|e| invalid("launches.kata_version", e.to_string()))?;
+        }
+        if let Some(k) = &self.launches.snp.host_kernel {
+            if sev_core::host_kernel::KernelRelease::parse(k).is_none() {
+                return Err(invalid(
+                    "launches.snp.host_kernel",
+                    format!("{k:?} is not a kernel release such as \"6.8\" or \"6.12.9\""),
+                ));
+            }
+        }
+        if let Some(g) = &self.launches.snp.guest_features {
+            parse_u64(g).ok_or_else(|| {
+                invalid(
+                    "launches.snp.guest_features",
+                    format!("{g:?} is not a 64-bit number (e.g. \"0x1\")"),
+                )
+            })?;
+        }
+        for v in &self.launches.annotations.default_vcpus {
+            if !(v.is_finite() && *v >= 0.0) {
+                return Err(invalid(
+                    "launches.annotations.default_vcpus",
+                    format!("{v} is not a CPU count (Kata takes 0 or more)"),
+                ));
+            }
+        }
+        for v in &self.launches.annotations.kernel_verity_params {
+            if let Err(e) = kata_launch::check_verity_params(v) {
+                return Err(invalid("launches.annotations.kernel_verity_params", e));
+            }
+        }
         Ok(())
+    }
+
+    /// The configured Kata release, if any (checked when loaded).
+    pub fn kata_release(&self) -> Option<kata_launch::KataRelease> {
+        self.launches
+            .kata_version
+            .as_deref()
+            .and_then(|v| kata_launch::KataRelease::parse(v).ok())
+    }
+
+    /// The configured SNP guest features, if any (checked when loaded).
+    pub fn snp_guest_features(&self) -> Option<u64> {
+        self.launches
+            .snp
+            .guest_features
+            .as_deref()
+            .and_then(parse_u64)
     }
 
     /// Where status and metrics are served.
@@ -435,6 +533,14 @@ fn mode_from_name(name: &str) -> Option<sev_core::SevMode> {
         .find(|m| m.name() == name)
 }
 
+fn parse_u64(s: &str) -> Option<u64> {
+    let s = s.trim();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
 fn parse_signature(s: &str) -> Option<u32> {
     let s = s.trim();
     match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
@@ -454,7 +560,12 @@ mod tests {
     #[test]
     fn empty_file_gives_the_defaults() {
         let c = parse("").unwrap();
-        assert_eq!(c.kata_configs, vec![DEFAULT_KATA_CONFIGS.to_string()]);
+        assert_eq!(
+            c.kata_configs,
+            [DEFAULT_KATA_CONFIGS, DEFAULT_KATA_CONFIGS_OPT_KATA]
+        );
+        assert_eq!(c.kata_release(), None);
+        assert_eq!(c.snp_guest_features(), None);
         assert_eq!(
             c.kbs_target(),
             KbsTarget::Socket(PathBuf::from(DEFAULT_ADMIN_SOCKET))
@@ -481,6 +592,47 @@ mod tests {
         assert_eq!(c.kbs.timeout_seconds, d.kbs.timeout_seconds);
         assert_eq!(c.kbs.retry_max_seconds, d.kbs.retry_max_seconds);
         assert_eq!(c.drift.proc_root, d.drift.proc_root);
+        assert_eq!(c.launches.kata_version, d.launches.kata_version);
+        assert!(c.launches.annotations.default_vcpus.is_empty());
+    }
+
+    #[test]
+    fn snp_keys_are_checked_and_named() {
+        let c = parse(
+            "[launches]\nkata_version = \"4.1.0\"\n[launches.snp]\nhost_kernel = \"6.8\"\nguest_features = \"0x21\"\n[launches.annotations]\ndefault_vcpus = [2, 4.5]\n",
+        )
+        .unwrap();
+        assert_eq!(c.kata_release().unwrap().to_string(), "4.1.0");
+        assert_eq!(c.snp_guest_features(), Some(0x21));
+        for (text, key) in [
+            (
+                "[launches]\nkata_version = \"3.12.0\"",
+                "launches.kata_version",
+            ),
+            (
+                "[launches.snp]\nhost_kernel = \"linux\"",
+                "launches.snp.host_kernel",
+            ),
+            (
+                "[launches.snp]\nguest_features = \"one\"",
+                "launches.snp.guest_features",
+            ),
+            (
+                "[launches.annotations]\ndefault_vcpus = [-1]",
+                "launches.annotations.default_vcpus",
+            ),
+            (
+                "[launches.annotations]\nkernel_verity_params = [\"root_hash=a\"]",
+                "launches.annotations.kernel_verity_params",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = parse("[launches]\nkata_version = \"3.12.0\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("4.1.x"), "the known releases are listed: {e}");
     }
 
     #[test]

@@ -5,10 +5,12 @@
 use super::cache::{hash_uncached, ArtefactCache, CacheError};
 use super::config::AgentConfig;
 use crate::artefacts::ArtefactKind;
+use crate::kata_release::{ReleaseError, ResolvedRelease};
 use kata_launch::{plan, ConfigError as KataError, CpuModel, KataConfig, LaunchContext, PlanError};
 use serde::Serialize;
+use sev_core::host_kernel::KernelRelease;
 use sev_core::vcpu::vcpu_type_signature;
-use sev_core::{KernelHashes, SevMode, VcpuSignature, VmShape, VmmType};
+use sev_core::{KernelHashes, SevMode, VcpuSignature, VmShape, VmmType, VmsaFpu};
 use std::path::{Path, PathBuf};
 
 /// What the node tells about itself, read once at start.
@@ -20,9 +22,67 @@ pub struct HostFacts {
     pub fips: bool,
     /// Online CPUs.
     pub host_cpus: Option<u32>,
+    /// The host kernel release SNP launches are measured for, and whether it
+    /// was configured (else detected; `None`: neither).
+    pub kernel: Option<(KernelRelease, bool)>,
+    /// The SEV features of SNP guests' VMSAs.
+    pub snp_guest_features: u64,
+    /// Whether the guest-features value was configured rather than derived.
+    pub snp_guest_features_configured: bool,
+    /// The x87/SSE state in the VMSAs.
+    pub vmsa_fpu: VmsaFpu,
 }
 
 impl HostFacts {
+    /// The VM shape of a QEMU launch on this host.
+    pub fn shape(&self, vcpus: u32, vcpu_sig: VcpuSignature) -> VmShape {
+        VmShape {
+            vcpus,
+            vcpu_sig,
+            guest_features: self.snp_guest_features,
+            vmm: VmmType::Qemu,
+            fpu: self.vmsa_fpu,
+        }
+    }
+
+    /// One line on what this host's kernel puts into SNP VMSAs, for status.
+    pub fn snp_vmsa_summary(&self) -> String {
+        let kernel = match self.kernel {
+            Some((k, true)) => format!("host kernel {k} (configured)"),
+            Some((k, false)) => format!("host kernel {k} (detected)"),
+            None => "host kernel unknown (assumed 6.10 or later)".to_string(),
+        };
+        let features = if self.snp_guest_features_configured {
+            format!("guest features {:#x} (configured)", self.snp_guest_features)
+        } else {
+            format!("guest features {:#x}", self.snp_guest_features)
+        };
+        format!("{kernel}: {features}, {}", self.vmsa_fpu.describe())
+    }
+}
+
+impl HostFacts {
+    /// Facts for a host with this kernel (and guest-features override), no AMD
+    /// CPU signature, no FIPS and an unknown CPU count; an unknown kernel is
+    /// taken as 6.10 or later, as sev-snp-measure 0.0.10 and later do.
+    pub fn for_kernel(
+        kernel: Option<(KernelRelease, bool)>,
+        guest_features: Option<u64>,
+    ) -> HostFacts {
+        let release = kernel.map(|(k, _)| k);
+        HostFacts {
+            host_sig: None,
+            fips: false,
+            host_cpus: None,
+            kernel,
+            snp_guest_features: guest_features
+                .or(release.map(KernelRelease::snp_guest_features))
+                .unwrap_or(sev_core::host_kernel::SNP_ACTIVE),
+            snp_guest_features_configured: guest_features.is_some(),
+            vmsa_fpu: release.map_or(VmsaFpu::Reset, KernelRelease::vmsa_fpu),
+        }
+    }
+
     /// Reads the host, with the configuration's overrides.
     pub fn detect(config: &AgentConfig) -> HostFacts {
         let fips = config.launches.fips.unwrap_or_else(|| {
@@ -30,6 +90,18 @@ impl HostFacts {
                 .map(|s| s.trim() == "1")
                 .unwrap_or(false)
         });
+        let configured = config
+            .launches
+            .snp
+            .host_kernel
+            .as_deref()
+            .and_then(KernelRelease::parse);
+        let detected =
+            || KernelRelease::parse(&rustix::system::uname().release().to_string_lossy());
+        let kernel = match configured {
+            Some(k) => Some((k, true)),
+            None => detected().map(|k| (k, false)),
+        };
         HostFacts {
             host_sig: config
                 .host_cpu_signature()
@@ -39,6 +111,7 @@ impl HostFacts {
             host_cpus: std::thread::available_parallelism()
                 .ok()
                 .and_then(|n| u32::try_from(n.get()).ok()),
+            ..HostFacts::for_kernel(kernel, config.snp_guest_features())
         }
     }
 }
@@ -66,8 +139,14 @@ pub struct DerivedLaunch {
     pub cpu: String,
     /// The vCPU signature in the VMSAs (SEV-ES, SNP).
     pub vcpu_sig: Option<String>,
-    /// Kernel, initrd and command line are measured (not for SNP guests).
+    /// Kernel, initrd and command line are measured (all but CC-0.8.0 SNP guests).
     pub kernel_hashes: bool,
+    /// The `-smp` argument.
+    pub smp: String,
+    /// The pod annotation this launch is for (`default_vcpus=2`), if any.
+    pub annotation: Option<String>,
+    /// The VMSA SEV features measured (SNP).
+    pub guest_features: Option<String>,
     /// The launch digest, hexadecimal.
     pub digest: String,
     /// The launch digest.
@@ -91,6 +170,10 @@ pub struct ClassLaunches {
     pub kernel_sha256: [u8; 32],
     /// SHA-256 of the initrd, if any.
     pub initrd_sha256: Option<[u8; 32]>,
+    /// The Kata release the launches were derived for, and where it came from.
+    pub release: ResolvedRelease,
+    /// What the digests do not cover (an unverified root image, annotations).
+    pub warnings: Vec<String>,
 }
 
 /// The outcome for one configuration file.
@@ -122,6 +205,14 @@ pub enum DeriveError {
     /// The file is not a usable Kata configuration (names file, line and key).
     #[error(transparent)]
     Config(Box<KataError>),
+    /// The Kata release the file belongs to cannot be told.
+    #[error("{}: {cause}", path.display())]
+    Release {
+        /// The configuration.
+        path: PathBuf,
+        /// Why.
+        cause: ReleaseError,
+    },
     /// Kata would not launch an SEV guest from it (names file, line and key).
     #[error(transparent)]
     Plan(Box<PlanError>),
@@ -254,30 +345,93 @@ pub fn derive(
     cache: &mut ArtefactCache,
 ) -> Result<(KataConfig, Derived), DeriveError> {
     let config = KataConfig::parse(path, text)?;
-    let derived = derive_parsed(&config, agent, host, cache)?;
+    let release = crate::kata_release::ReleaseProbe::new(agent.kata_release())
+        .resolve(path)
+        .map_err(|cause| DeriveError::Release {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+    let derived = derive_parsed(&config, agent, host, cache, &release)?;
     Ok((config, derived))
 }
 
-/// As [`derive`], for a configuration already parsed.
+/// The pod annotations to derive extra launches for: the configured values of
+/// each annotation the configuration lets pods set.
+fn annotation_contexts(
+    config: &KataConfig,
+    agent: &AgentConfig,
+    release: kata_launch::KataRelease,
+) -> Vec<(String, LaunchContext)> {
+    let a = &agent.launches.annotations;
+    let allowed = kata_launch::measured_annotations(config, release);
+    let mut out = Vec::new();
+    if allowed.contains(&"default_vcpus") {
+        for v in &a.default_vcpus {
+            out.push((
+                format!("default_vcpus={v}"),
+                LaunchContext {
+                    default_vcpus_annotation: Some(*v),
+                    ..LaunchContext::default()
+                },
+            ));
+        }
+    }
+    if allowed.contains(&"kernel_params") {
+        for v in &a.kernel_params {
+            out.push((
+                format!("kernel_params={v}"),
+                LaunchContext {
+                    kernel_params_annotation: Some(v.clone()),
+                    ..LaunchContext::default()
+                },
+            ));
+        }
+    }
+    if allowed.contains(&"kernel_verity_params") {
+        for v in &a.kernel_verity_params {
+            out.push((
+                format!("kernel_verity_params={v}"),
+                LaunchContext {
+                    kernel_verity_params_annotation: Some(v.clone()),
+                    ..LaunchContext::default()
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// As [`derive`], for a configuration already parsed, under `release`.
 pub fn derive_parsed(
     config: &KataConfig,
     agent: &AgentConfig,
     host: &HostFacts,
     cache: &mut ArtefactCache,
+    release: &ResolvedRelease,
 ) -> Result<Derived, DeriveError> {
-    let ctx = |pod_cpus| LaunchContext {
+    let with = |pod_cpus, base: &LaunchContext| LaunchContext {
         pod_cpus,
         fips: host.fips,
         host_cpus: host.host_cpus,
-        kernel_params_annotation: None,
-        ..LaunchContext::default()
+        release: release.release,
+        ..base.clone()
     };
-    let first = match plan(config, &ctx(0)) {
+    let plain = LaunchContext::default();
+    let first = match plan(config, &with(0, &plain)) {
         Ok(p) => p,
         Err(PlanError::NotConfidential { .. }) => {
             return Ok(Derived::Skipped {
                 runtime_class: Some(config.runtime_class.clone()),
                 reason: "not a confidential guest".into(),
+            })
+        }
+        Err(PlanError::NotSnp { .. }) => {
+            return Ok(Derived::Skipped {
+                runtime_class: Some(config.runtime_class.clone()),
+                reason: format!(
+                    "not an SEV-SNP guest (Kata {} attests AMD guests only as SNP)",
+                    release.release
+                ),
             })
         }
         Err(e) => return Err(e.into()),
@@ -314,45 +468,51 @@ pub fn derive_parsed(
         ),
         None => None,
     };
+    let mut contexts = vec![(None, plain)];
+    contexts.extend(
+        annotation_contexts(config, agent, release.release)
+            .into_iter()
+            .map(|(label, ctx)| (Some(label), ctx)),
+    );
     let mut launches = Vec::new();
-    for pod_cpus in pod_cpu_counts(config, agent, host) {
-        let p = if pod_cpus == 0 {
-            first.clone()
-        } else {
-            plan(config, &ctx(pod_cpus))?
-        };
-        let sig = vcpu_sig(config, p.mode, &p.cpu_model, host)?;
-        let shape = VmShape {
-            vcpus: p.vcpus,
-            vcpu_sig: sig.unwrap_or(VcpuSignature(0)),
-            guest_features: 0x1,
-            vmm: VmmType::Qemu,
-            fpu: sev_core::vmsa::VmsaFpu::Reset,
-        };
-        let hashes = KernelHashes {
-            kernel: kernel_sha256,
-            initrd: initrd_sha256.unwrap_or_else(sev_core::hashes::empty_digest),
-            cmdline: sev_core::hashes::cmdline_digest(p.cmdline.as_bytes()),
-        };
-        let digest = firmware
-            .digest(p.mode, p.kernel_hashes.then_some(&hashes), &shape)
-            .map_err(|e| artefact_err("firmware", e))?;
-        launches.push(DerivedLaunch {
-            pod_cpus,
-            mode: p.mode.name(),
-            policy: p.policy,
-            firmware: p.firmware.clone(),
-            kernel: p.kernel.clone(),
-            initrd: p.initrd.clone(),
-            cmdline: p.cmdline.clone(),
-            vcpus: p.vcpus,
-            cpu: p.cpu_arg(),
-            vcpu_sig: sig.map(|s| s.to_string()),
-            kernel_hashes: p.kernel_hashes,
-            digest: digest.to_hex(),
-            digest_bytes: digest.as_bytes().to_vec(),
-            sev_mode: p.mode,
-        });
+    for (annotation, base) in &contexts {
+        for pod_cpus in pod_cpu_counts(config, agent, host) {
+            let p = if pod_cpus == 0 && annotation.is_none() {
+                first.clone()
+            } else {
+                plan(config, &with(pod_cpus, base))?
+            };
+            let sig = vcpu_sig(config, p.mode, &p.cpu_model, host)?;
+            let shape = host.shape(p.vcpus, sig.unwrap_or(VcpuSignature(0)));
+            let hashes = KernelHashes {
+                kernel: kernel_sha256,
+                initrd: initrd_sha256.unwrap_or_else(sev_core::hashes::empty_digest),
+                cmdline: sev_core::hashes::cmdline_digest(p.cmdline.as_bytes()),
+            };
+            let digest = firmware
+                .digest(p.mode, p.kernel_hashes.then_some(&hashes), &shape)
+                .map_err(|e| artefact_err("firmware", e))?;
+            launches.push(DerivedLaunch {
+                pod_cpus,
+                mode: p.mode.name(),
+                policy: p.policy,
+                firmware: p.firmware.clone(),
+                kernel: p.kernel.clone(),
+                initrd: p.initrd.clone(),
+                cmdline: p.cmdline.clone(),
+                vcpus: p.vcpus,
+                cpu: p.cpu_arg(),
+                vcpu_sig: sig.map(|s| s.to_string()),
+                kernel_hashes: p.kernel_hashes,
+                smp: p.smp_arg(),
+                annotation: annotation.clone(),
+                guest_features: (p.mode == SevMode::Snp)
+                    .then(|| format!("{:#x}", shape.guest_features)),
+                digest: digest.to_hex(),
+                digest_bytes: digest.as_bytes().to_vec(),
+                sev_mode: p.mode,
+            });
+        }
     }
     Ok(Derived::Launches(ClassLaunches {
         runtime_class: config.runtime_class.clone(),
@@ -360,6 +520,8 @@ pub fn derive_parsed(
         launches,
         kernel_sha256,
         initrd_sha256,
+        release: release.clone(),
+        warnings: kata_launch::unmeasured(config, release.release),
     }))
 }
 
@@ -386,6 +548,7 @@ mod tests {
             host_sig: Some(VcpuSignature(0x00a0_0f11)),
             fips: false,
             host_cpus: Some(2),
+            ..HostFacts::for_kernel(None, None)
         }
     }
 
@@ -408,11 +571,10 @@ mod tests {
 
         // The same as `host-agent digests` computes without any cache.
         let args = crate::digests_cmd::DigestsArgs {
-            kata_configs: vec![s.config.clone()],
-            pod_cpus: vec![0, 1, 2],
             host_cpu_sig: Some(0x00a0_0f11),
             fips: Some(false),
             json: true,
+            ..crate::digests_cmd::DigestsArgs::new(vec![s.config.clone()], vec![0, 1, 2])
         };
         let want: Vec<String> = crate::digests_cmd::reports(&args)
             .unwrap()

@@ -81,7 +81,15 @@ impl DriftChecker {
         if let Some(found) = self.measured.lock().ok().and_then(|m| m.get(&k).cloned()) {
             return found;
         }
-        let result = measure_observed(q, self.host.host_sig).map_err(|e| e.to_string());
+        let result = measure_observed(
+            q,
+            self.host.host_sig,
+            crate::drift::HostVmsa {
+                guest_features: self.host.snp_guest_features,
+                fpu: self.host.vmsa_fpu,
+            },
+        )
+        .map_err(|e| e.to_string());
         if let Ok(mut m) = self.measured.lock() {
             m.insert(k, result.clone());
         }

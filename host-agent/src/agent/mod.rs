@@ -29,6 +29,7 @@ use crate::systemd::Notifier;
 use anyhow::Context;
 use kata_launch::{runtime_class_from_file_name, KataConfig};
 use kbs_proto::kbsadmin::Digest;
+use sev_core::SevMode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -51,16 +52,32 @@ struct Tracked {
     missing_since: Option<(Instant, u64)>,
 }
 
-/// The digests the broker gets for a class.
-fn digests_of(c: &ClassLaunches) -> Vec<Digest> {
+/// The digests the broker gets for a class. Each says where it came from: the
+/// file, the pod shape, the Kata release, and for SNP the platform's TCB, which
+/// Trustee's reference values for the same launch need beside the digest.
+fn digests_of(c: &ClassLaunches, platform: Option<&str>) -> Vec<Digest> {
     c.launches
         .iter()
-        .map(|l| Digest {
-            mode: l.mode.to_string(),
-            digest: l.digest_bytes.clone(),
-            vcpus: l.vcpus,
-            vcpu_type: l.vcpu_sig.clone().unwrap_or_default(),
-            config: format!("{} (pod CPUs {})", c.config.display(), l.pod_cpus),
+        .map(|l| {
+            let mut config = format!(
+                "{} (pod CPUs {}; Kata {})",
+                c.config.display(),
+                l.pod_cpus,
+                c.release.release
+            );
+            if let Some(a) = &l.annotation {
+                config.push_str(&format!("; annotation {a}"));
+            }
+            if let (Some(tcb), SevMode::Snp) = (platform, l.sev_mode) {
+                config.push_str(&format!("; platform {tcb}"));
+            }
+            Digest {
+                mode: l.mode.to_string(),
+                digest: l.digest_bytes.clone(),
+                vcpus: l.vcpus,
+                vcpu_type: l.vcpu_sig.clone().unwrap_or_default(),
+                config,
+            }
         })
         .collect()
 }
@@ -70,6 +87,9 @@ pub struct Daemon {
     config: AgentConfig,
     host: HostFacts,
     cache: ArtefactCache,
+    releases: crate::kata_release::ReleaseProbe,
+    /// The platform's TCB, as registered with SNP digests.
+    platform: Option<String>,
     patterns: Vec<glob::Pattern>,
     classes: BTreeMap<String, Tracked>,
     /// Classes the broker held for this node at start that no file gives.
@@ -110,6 +130,8 @@ impl Daemon {
             .collect::<Result<Vec<_>, _>>()
             .context("kata_configs")?;
         Ok(Daemon {
+            releases: crate::kata_release::ReleaseProbe::new(config.kata_release()),
+            platform: None,
             config,
             host,
             cache: ArtefactCache::new(),
@@ -123,6 +145,11 @@ impl Daemon {
             desired: Desired::new(),
             drift,
         })
+    }
+
+    /// Registers the platform's TCB with SNP digests from now on.
+    pub fn set_platform(&mut self, tcb: Option<String>) {
+        self.platform = tcb;
     }
 
     /// The configuration files present now, in a stable order.
@@ -302,7 +329,7 @@ impl Daemon {
             if t.skipped {
                 desired.insert(class.clone(), Vec::new());
             } else if let Some(c) = &t.last_good {
-                desired.insert(class.clone(), digests_of(c));
+                desired.insert(class.clone(), digests_of(c, self.platform.as_deref()));
             }
         }
         for class in &self.removed {
@@ -338,7 +365,16 @@ impl Daemon {
         })?;
         let config = KataConfig::parse(file, &text)?;
         deps.extend(artefact_paths(&config));
-        derive_parsed(&config, &self.config, &self.host, &mut self.cache)
+        // An upgrade that replaces the shim may change the release.
+        deps.extend(crate::kata_release::shim_candidates(file));
+        let release =
+            self.releases
+                .resolve(file)
+                .map_err(|cause| derive::DeriveError::Release {
+                    path: file.to_path_buf(),
+                    cause,
+                })?;
+        derive_parsed(&config, &self.config, &self.host, &mut self.cache, &release)
     }
 
     /// The desired state and its generation.
@@ -396,6 +432,12 @@ impl Daemon {
                     config_error: t.error.clone(),
                     registration_error: old.and_then(|o| o.registration_error.clone()),
                     stale_since: t.missing_since.map(|(_, unix)| unix),
+                    kata_release: t.last_good.as_ref().map(|c| c.release.to_string()),
+                    warnings: t
+                        .last_good
+                        .as_ref()
+                        .map(|c| c.warnings.clone())
+                        .unwrap_or_default(),
                 },
             );
         }
@@ -415,6 +457,8 @@ impl Daemon {
                     ),
                     registration_error: None,
                     stale_since: Some(*since),
+                    kata_release: None,
+                    warnings: Vec::new(),
                 },
             );
         }
@@ -505,6 +549,26 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
         ..Default::default()
     }));
     let host = HostFacts::detect(&config);
+    // The platform's TCB, once: it changes only with a firmware update.
+    let platform = tokio::task::spawn_blocking(|| {
+        crate::platform::read_platform(std::path::Path::new(crate::platform::SEV_DEVICE))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    match &platform {
+        Ok(tcb) => info!("SNP platform: {tcb}"),
+        Err(e) => info!("SNP platform TCB not available: {e}"),
+    }
+    info!("SNP VMSAs: {}", host.snp_vmsa_summary());
+    let platform_note = platform.as_ref().ok().map(ToString::to_string);
+    if let Ok(mut s) = status.lock() {
+        s.snp_host = host.snp_vmsa_summary();
+        s.platform = Some(match platform {
+            Ok(tcb) => status::PlatformView::Tcb(tcb),
+            Err(e) => status::PlatformView::Unavailable(e),
+        });
+    }
     let drift = Arc::new(drift_check::DriftChecker::new(
         &config,
         host,
@@ -538,6 +602,7 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
         metrics.clone(),
         Arc::clone(&drift),
     )?;
+    daemon.set_platform(platform_note);
     let (desired_tx, desired_rx) = tokio_watch::channel((0u64, Desired::new()));
     let (report_tx, mut report_rx) = mpsc::unbounded_channel();
 

@@ -51,6 +51,13 @@ pub struct ClassStatus {
     pub registration_error: Option<String>,
     /// Since when the file is missing (Unix seconds).
     pub stale_since: Option<u64>,
+    /// The Kata release the launches were derived for, and where it came from.
+    #[serde(default)]
+    pub kata_release: Option<String>,
+    /// What the digests do not cover (an unverified root image, annotations
+    /// pods may set).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// A derived launch as shown.
@@ -76,6 +83,15 @@ pub struct LaunchView {
     pub cpu: String,
     /// vCPU signature.
     pub vcpu_sig: Option<String>,
+    /// The `-smp` argument.
+    #[serde(default)]
+    pub smp: String,
+    /// The pod annotation this launch is for, if any.
+    #[serde(default)]
+    pub annotation: Option<String>,
+    /// The SNP guest features measured.
+    #[serde(default)]
+    pub guest_features: Option<String>,
     /// Digest (hex).
     pub digest: String,
 }
@@ -93,6 +109,9 @@ impl From<&DerivedLaunch> for LaunchView {
             vcpus: l.vcpus,
             cpu: l.cpu.clone(),
             vcpu_sig: l.vcpu_sig.clone(),
+            smp: l.smp.clone(),
+            annotation: l.annotation.clone(),
+            guest_features: l.guest_features.clone(),
             digest: l.digest.clone(),
         }
     }
@@ -164,4 +183,21 @@ pub struct AgentStatus {
     pub watched_dirs: usize,
     /// Running guests compared with the registered digests.
     pub drift: Vec<DriftView>,
+    /// What this host's kernel puts into SNP guests' VMSAs (kernel release,
+    /// guest features, x87/SSE state), as the digests are measured.
+    #[serde(default)]
+    pub snp_host: String,
+    /// The platform's SNP TCB and chip, read from the SEV firmware, or why not.
+    #[serde(default)]
+    pub platform: Option<PlatformView>,
+}
+
+/// The SEV firmware's answer about the platform, for status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlatformView {
+    /// The reported TCB and the chip.
+    Tcb(crate::platform::PlatformTcb),
+    /// Why it could not be read.
+    Unavailable(String),
 }
