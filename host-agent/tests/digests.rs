@@ -159,19 +159,9 @@ fn real_kata_configurations_in_every_mode_match_the_oracle() {
 /// `share/defaults/kata-containers/` and a shim in `bin/` that reports `release`
 /// the way containerd-shim-kata-v2 does.
 fn kata_tree(root: &Path, release: &str, config_text: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let defaults = root.join("share/defaults/kata-containers");
     std::fs::create_dir_all(&defaults).unwrap();
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    let shim = root.join("bin/containerd-shim-kata-v2");
-    std::fs::write(
-        &shim,
-        format!(
-            "#!/bin/sh\necho 'Kata Containers containerd shim (Golang): id: \"io.containerd.kata.v2\", version: {release}, commit: 0123456789abcdef'\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    common::install_kata_shim(root, release);
     let config = defaults.join("configuration-qemu-snp.toml");
     std::fs::write(&config, config_text).unwrap();
     config

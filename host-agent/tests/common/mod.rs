@@ -119,3 +119,22 @@ pub fn host_agent(args: &[&str]) -> Output {
         .output()
         .unwrap()
 }
+
+/// Installs a `containerd-shim-kata-v2` in `tree/bin` that answers `--version`
+/// as Kata's shim does, for `release`; written beside and renamed over, as a
+/// package manager replaces it.
+pub fn install_kata_shim(tree: &std::path::Path, release: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = tree.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let tmp = bin.join(".containerd-shim-kata-v2.new");
+    std::fs::write(
+        &tmp,
+        format!(
+            "#!/bin/sh\necho 'Kata Containers containerd shim (Golang): id: \"io.containerd.kata.v2\", version: {release}, commit: 0123456789abcdef'\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, bin.join("containerd-shim-kata-v2")).unwrap();
+}

@@ -12,6 +12,7 @@
 
 mod provision;
 mod rig;
+mod snp;
 
 use host_agent::agent::status::ClassState;
 use rig::{Rig, CLASS};

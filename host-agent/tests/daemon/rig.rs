@@ -120,6 +120,16 @@ pub struct Rig {
 impl Rig {
     /// Writes the sample artefacts, the agent's configuration and starts the kbs.
     pub fn new(extra_agent_config: &str) -> Rig {
+        Rig::build(extra_agent_config, None, "")
+    }
+
+    /// As [`Rig::new`], the agent following `kata_configs` (a glob) instead of the
+    /// sample's directory, with `launches` added to its `[launches]` table.
+    pub fn following(kata_configs: &Path, launches: &str) -> Rig {
+        Rig::build("", Some(kata_configs), launches)
+    }
+
+    fn build(extra_agent_config: &str, kata_configs: Option<&Path>, launches: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let kata = dir.path().join("kata");
         let sample = sample_artefacts::write_sample(&kata).unwrap();
@@ -132,7 +142,7 @@ impl Rig {
         std::fs::write(
             &agent_config,
             format!(
-                "kata_configs = [\"{}/configuration-*.toml\"]\n\
+                "kata_configs = [\"{}\"]\n\
                  node = \"{NODE}\"\n\
                  listen = \"127.0.0.1:0\"\n\
                  state_dir = \"{}\"\n\
@@ -144,8 +154,12 @@ impl Rig {
                  timeout_seconds = 2\n\
                  [launches]\n\
                  host_cpu_signature = \"0xa00f11\"\n\
-                 max_pod_cpus = 1\n",
-                kata.display(),
+                 max_pod_cpus = 1\n\
+                 {launches}\n",
+                kata_configs.map_or_else(
+                    || kata.join("configuration-*.toml").display().to_string(),
+                    |k| k.display().to_string()
+                ),
                 dir.path().join("state").display(),
                 socket.display(),
             ),
@@ -217,13 +231,18 @@ impl Rig {
 
     /// The digests the broker holds for the node and class, hexadecimal, sorted.
     pub async fn registered(&self) -> Vec<String> {
+        self.registered_for(CLASS).await
+    }
+
+    /// The digests the broker holds for the node and `class`, hexadecimal, sorted.
+    pub async fn registered_for(&self, class: &str) -> Vec<String> {
         let mut c = admin_client::connect_unix(&self.socket, Duration::from_secs(5))
             .await
             .unwrap();
         let listed = c
             .list_digests(ListDigestsRequest {
                 node: NODE.into(),
-                runtime_class: CLASS.into(),
+                runtime_class: class.into(),
             })
             .await
             .unwrap()
@@ -243,9 +262,19 @@ impl Rig {
         what: &str,
         pred: impl Fn(&[String]) -> bool,
     ) -> Vec<String> {
+        self.wait_registered_for(CLASS, what, pred).await
+    }
+
+    /// Polls until the registered set of `class` satisfies `pred`.
+    pub async fn wait_registered_for(
+        &self,
+        class: &str,
+        what: &str,
+        pred: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let now = self.registered().await;
+            let now = self.registered_for(class).await;
             if pred(&now) {
                 return now;
             }

@@ -41,6 +41,13 @@ struct Args {
     /// Seconds to watch the idle agent.
     #[arg(long, default_value_t = 10)]
     idle_seconds: u64,
+    /// Follow the configuration as an SEV-SNP guest of Kata 4.1 (kernel hashes,
+    /// no nr_cpus) instead of CC-0.8.0's SEV guest.
+    #[arg(long)]
+    snp: bool,
+    /// The largest pod CPU count to register launches for (0 up to it).
+    #[arg(long, default_value_t = 1)]
+    max_pod_cpus: u32,
 }
 
 struct Killed(Child);
@@ -122,11 +129,14 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The runtime class under test: the sample's file name, or the SNP file's.
+static CLASS: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
 async fn registered(client: &mut admin_client::Client) -> anyhow::Result<Vec<Vec<u8>>> {
     let listed = client
         .list_digests(ListDigestsRequest {
             node: "bench-node".into(),
-            runtime_class: "kata-qemu-sev".into(),
+            runtime_class: CLASS.get().copied().unwrap_or("kata-qemu-sev").into(),
         })
         .await?
         .into_inner();
@@ -194,7 +204,19 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
     let kata = dir.path().join("kata");
-    let sample = sample_artefacts::write_sample(&kata)?;
+    let mut sample = sample_artefacts::write_sample(&kata)?;
+    if args.snp {
+        // The same artefacts as an SNP guest, in a file named as Kata names it.
+        let text = std::fs::read_to_string(&sample.config)?
+            .replace("sev_snp_guest = false", "sev_snp_guest = true");
+        if !text.contains("sev_snp_guest = true") {
+            bail!("the sample configuration has no sev_snp_guest key to turn on");
+        }
+        std::fs::remove_file(&sample.config)?;
+        sample.config = kata.join("configuration-qemu-snp.toml");
+        std::fs::write(&sample.config, text)?;
+        let _ = CLASS.set("kata-qemu-snp");
+    }
     // A 32 MiB initrd of pseudo-random bytes.
     let mut rng = sample_artefacts::SplitMix::new(7);
     std::fs::write(&sample.initrd, rng.bytes(args.initrd_mib << 20))?;
@@ -217,10 +239,16 @@ async fn main() -> anyhow::Result<()> {
         format!(
             "kata_configs = [\"{}/configuration-*.toml\"]\nnode = \"bench-node\"\nlisten = \"off\"\n\
              state_dir = \"{}\"\n[kbs]\nadmin_socket = \"{}\"\n[launches]\nhost_cpu_signature = \"0xa00f11\"\n\
-             max_pod_cpus = 1\n[drift]\nenabled = false\n",
+             max_pod_cpus = {}\n{}[drift]\nenabled = false\n",
             kata.display(),
             dir.path().join("state").display(),
-            socket.display()
+            socket.display(),
+            args.max_pod_cpus,
+            if args.snp {
+                "kata_version = \"4.1.0\"\n[launches.snp]\nhost_kernel = \"6.12\"\n"
+            } else {
+                ""
+            }
         ),
     )?;
     let notify_path = dir.path().join("notify");
@@ -263,7 +291,7 @@ async fn main() -> anyhow::Result<()> {
     let mut client = admin_client::connect_unix(&socket, Duration::from_secs(10)).await?;
     let mut current = registered(&mut client).await?;
     let base = std::fs::read_to_string(&sample.config)?;
-    let tmp = kata.join(".configuration-qemu-sev.toml.new");
+    let tmp = kata.join(".configuration.toml.new");
     let mut edits = Vec::with_capacity(args.edits);
     for i in 0..args.edits {
         let text = base.replace(
@@ -315,9 +343,12 @@ async fn main() -> anyhow::Result<()> {
     let idle_switches = wakeups(&before, &context_switches(pid));
 
     println!(
-        "machine: {} cores; initrd {} MiB; release build",
+        "machine: {} cores; initrd {} MiB; release build; {} class, pod CPU counts 0 to {} ({} digests a registration)",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        args.initrd_mib
+        args.initrd_mib,
+        CLASS.get().copied().unwrap_or("kata-qemu-sev"),
+        args.max_pod_cpus,
+        current.len()
     );
     println!("start to READY (first full registration): {startup:.1} ms");
     summary("kernel_params edit", edits);
