@@ -7,6 +7,7 @@
 )]
 //! Drift detection against real processes: each test starts long-running
 //! processes whose command line is the one Kata gives QEMU for an SEV guest
+//! (CC-0.8.0) or an SNP guest (4.1)
 //! (a shell named `qemu-system-x86_64` that waits on its stdin and ignores the
 //! QEMU arguments after its script), finds them by scanning `/proc`, measures
 //! them from synthetic artefacts on disk and checks them against the launch
@@ -343,4 +344,114 @@ fn plain_and_broken_qemus_are_told_apart() {
     let b = observed.iter().find(|o| o.pid == broken.pid()).unwrap();
     let err = b.result.as_ref().unwrap_err().to_string();
     assert!(err.contains("-smp"), "{err}");
+}
+
+/// QEMU's arguments as Kata 3.32 to 4.1 give them for an SNP guest: the
+/// firmware as `-bios`, `kernel-hashes=on` with a decimal policy, `-smp`
+/// without sockets or maxcpus.
+fn kata_4_1_snp_args(p: &LaunchPlan, append: &str, vcpus: u32) -> Vec<String> {
+    let s = |v: &str| v.to_string();
+    vec![
+        s("-name"),
+        s("sandbox-0123456789abcdef"),
+        s("-machine"),
+        s("q35,accel=kvm,kernel_irqchip=split,confidential-guest-support=snp"),
+        s("-cpu"),
+        p.cpu_arg(),
+        s("-m"),
+        s("2048M"),
+        s("-object"),
+        s("sev-snp-guest,id=snp,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on,policy=196608"),
+        s("-bios"),
+        p.firmware.display().to_string(),
+        s("-object"),
+        s("memory-backend-ram,id=dimm1,size=2048M"),
+        s("-numa"),
+        s("node,memdev=dimm1"),
+        s("-kernel"),
+        p.kernel.display().to_string(),
+        s("-initrd"),
+        p.initrd.as_ref().unwrap().display().to_string(),
+        s("-append"),
+        s(append),
+        s("-pidfile"),
+        s("/run/vc/vm/0123456789abcdef/pid"),
+        s("-smp"),
+        format!("{vcpus},cores=1,threads=1"),
+    ]
+}
+
+#[test]
+fn snp_guests_of_kata_4_1_are_measured_and_their_differences_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample_artefacts::write_sample(dir.path()).unwrap();
+    let text = std::fs::read_to_string(&sample.config)
+        .unwrap()
+        .replace("sev_snp_guest = false", "sev_snp_guest = true");
+    let path = dir.path().join("configuration-qemu-snp.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = KataConfig::parse(&path, &text).unwrap();
+    let ctx = LaunchContext {
+        release: "4.1.0".parse().unwrap(),
+        ..LaunchContext::new(1)
+    };
+    let p = plan(&config, &ctx).unwrap();
+    assert_eq!((p.mode, p.vcpus, p.kernel_hashes), (SevMode::Snp, 2, true));
+    // Registered as the agent does: kernel hashes and EPYC-v4's VMSAs.
+    let art = LaunchArtefacts {
+        firmware: p.firmware.clone(),
+        kernel: Some(p.kernel.clone()),
+        initrd: p.initrd.clone(),
+        cmdline: None,
+    };
+    let shape = VmShape {
+        vcpus: p.vcpus,
+        vcpu_sig: sev_core::vcpu::vcpu_type_signature("EPYC-v4").unwrap(),
+        guest_features: 0x1,
+        vmm: VmmType::Qemu,
+        fpu: sev_core::vmsa::VmsaFpu::Reset,
+    };
+    let digest = LoadedLaunch::load(&art)
+        .unwrap()
+        .digest(p.mode, &shape, Some(p.cmdline.as_bytes()))
+        .unwrap();
+    let registered = ExpectedLaunch {
+        runtime_class: "kata-qemu-snp".into(),
+        mode: p.mode,
+        firmware: p.firmware.clone(),
+        kernel: p.kernel.clone(),
+        initrd: p.initrd.clone(),
+        cmdline: p.cmdline.clone(),
+        vcpus: p.vcpus,
+        cpu: p.cpu_arg(),
+        digest: digest.as_bytes().to_vec(),
+        firmware_sha256: None,
+        kernel_sha256: Some(sha256_file(ArtefactKind::Kernel, &p.kernel).unwrap()),
+        initrd_sha256: Some(sha256_file(ArtefactKind::Initrd, p.initrd.as_ref().unwrap()).unwrap()),
+    };
+
+    let same = FakeQemu::start(&kata_4_1_snp_args(&p, &p.cmdline, 2));
+    let debug = FakeQemu::start(&kata_4_1_snp_args(
+        &p,
+        &format!("{} agent.log=debug", p.cmdline),
+        2,
+    ));
+    // 4.1 writes no nr_cpus: only -smp says how many VMSAs were measured.
+    let three = FakeQemu::start(&kata_4_1_snp_args(&p, &p.cmdline, 3));
+    let f = findings(
+        &[same.pid(), debug.pid(), three.pid()],
+        std::slice::from_ref(&registered),
+    );
+    assert!(!f[0].drifted, "{:?}", f[0]);
+    assert_eq!(f[0].runtime_class.as_deref(), Some("kata-qemu-snp"));
+    assert!(f[1].drifted);
+    assert_eq!(f[1].differing, [Part::CommandLine]);
+    assert!(f[2].drifted);
+    assert_eq!(f[2].differing, [Part::Vcpus]);
+    assert!(
+        f[2].detail
+            .contains("vCPUs differ: registered 2, running 3"),
+        "{}",
+        f[2].detail
+    );
 }

@@ -271,6 +271,19 @@ fn vcpus(config: &KataConfig, ctx: &LaunchContext, t: Traits) -> Result<(u32, u3
         _ => written,
     };
     if let Some(annotation) = ctx.default_vcpus_annotation {
+        // addHypervisorCPUOverrides: 0 up to the host's CPU count (Go's NumCPU).
+        #[allow(clippy::cast_precision_loss)]
+        let too_many = ctx
+            .host_cpus
+            .is_some_and(|h| f64::from(annotation) > h as f64);
+        if !(annotation >= 0.0) || too_many {
+            return Err(PlanError::Unusable {
+                at: Location::file(&config.path),
+                reason: format!(
+                    "the default_vcpus annotation {annotation} is not between 0 and this host's CPU count, so Kata refuses the pod"
+                ),
+            });
+        }
         n = annotation;
     }
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

@@ -607,4 +607,115 @@ mod tests {
         assert!(msg.contains("hypervisor.qemu.initrd"), "{msg}");
         assert!(!e.is_transient());
     }
+
+    /// The sample as an SNP guest of Kata 4.1 that lets pods set `extra` annotations.
+    fn snp_sample(dir: &Path, extra: &str) -> (PathBuf, String) {
+        let s = sample_artefacts::write_sample(dir).unwrap();
+        let text = std::fs::read_to_string(&s.config).unwrap().replace(
+            "sev_snp_guest = false",
+            &format!("sev_snp_guest = true\n{extra}"),
+        );
+        let path = dir.join("configuration-qemu-snp.toml");
+        std::fs::write(&path, &text).unwrap();
+        (path, text)
+    }
+
+    fn launches_of(path: &Path, text: &str, agent: &AgentConfig) -> Vec<DerivedLaunch> {
+        let release = ResolvedRelease {
+            release: "4.1.0".parse().unwrap(),
+            source: crate::kata_release::ReleaseSource::Configured,
+        };
+        let config = KataConfig::parse(path, text).unwrap();
+        let mut cache = ArtefactCache::new();
+        match derive_parsed(&config, agent, &host(), &mut cache, &release).unwrap() {
+            Derived::Launches(c) => c.launches,
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn configured_annotation_values_give_launches_of_their_own_where_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, text) = snp_sample(
+            dir.path(),
+            "enable_annotations = [\"default_vcpus\", \"kernel_params\"]",
+        );
+        let mut agent = AgentConfig::default();
+        agent.launches.pod_cpus = Some(vec![0, 1]);
+        agent.launches.annotations.default_vcpus = vec![1.5];
+        agent.launches.annotations.kernel_params = vec!["agent.log=debug".into()];
+        // Not allowed by enable_annotations, so not derived.
+        agent.launches.annotations.kernel_verity_params = vec![
+            "root_hash=ab,salt=cd,data_blocks=8,data_block_size=4096,hash_block_size=4096".into(),
+        ];
+        let got = launches_of(&path, &text, &agent);
+        let shape: Vec<(Option<&str>, u32, u32)> = got
+            .iter()
+            .map(|l| (l.annotation.as_deref(), l.pod_cpus, l.vcpus))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (None, 0, 1),
+                (None, 1, 2),
+                (Some("default_vcpus=1.5"), 0, 2),
+                (Some("default_vcpus=1.5"), 1, 3),
+                (Some("kernel_params=agent.log=debug"), 0, 1),
+                (Some("kernel_params=agent.log=debug"), 1, 2),
+            ]
+        );
+        // An annotation launch is the launch of a file that says the same:
+        // default_vcpus 1.5 boots as default_vcpus 2 (4.1 writes no nr_cpus), and
+        // the kernel_params annotation lands where the file's own would.
+        let plain = AgentConfig {
+            launches: crate::agent::config::LaunchesConfig {
+                pod_cpus: Some(vec![0]),
+                ..Default::default()
+            },
+            ..AgentConfig::default()
+        };
+        let two = launches_of(
+            &path,
+            &text.replace("default_vcpus = 1", "default_vcpus = 2"),
+            &plain,
+        );
+        assert_eq!(two[0].digest, got[2].digest);
+        // More than the host's 2 CPUs: Kata refuses such a pod, so it is an error.
+        let mut greedy = agent.clone();
+        greedy.launches.annotations.default_vcpus = vec![3.0];
+        let config = KataConfig::parse(&path, &text).unwrap();
+        let release = ResolvedRelease {
+            release: "4.1.0".parse().unwrap(),
+            source: crate::kata_release::ReleaseSource::Configured,
+        };
+        let e = derive_parsed(
+            &config,
+            &greedy,
+            &host(),
+            &mut ArtefactCache::new(),
+            &release,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("default_vcpus annotation 3"), "{e}");
+        let debug = launches_of(
+            &path,
+            &text.replace(
+                "agent.enable_signature_verification=false\"",
+                "agent.enable_signature_verification=false agent.log=debug\"",
+            ),
+            &plain,
+        );
+        assert_eq!(debug[0].cmdline, got[4].cmdline);
+        assert_eq!(debug[0].digest, got[4].digest);
+        // And the 2-vCPU guest is one launch however its vCPUs were asked for.
+        assert_eq!(got[1].digest, got[2].digest);
+        let digests: std::collections::BTreeSet<&str> =
+            got.iter().map(|l| l.digest.as_str()).collect();
+        assert_eq!(digests.len(), 5);
+
+        // Without enable_annotations nothing extra is derived.
+        let (path, text) = snp_sample(&dir.path().join("closed"), "");
+        assert_eq!(launches_of(&path, &text, &agent).len(), 2);
+    }
 }
