@@ -276,7 +276,7 @@ fn vcpus(config: &KataConfig, ctx: &LaunchContext, t: Traits) -> Result<(u32, u3
         let too_many = ctx
             .host_cpus
             .is_some_and(|h| f64::from(annotation) > h as f64);
-        if !(annotation >= 0.0) || too_many {
+        if annotation.is_nan() || annotation < 0.0 || too_many {
             return Err(PlanError::Unusable {
                 at: Location::file(&config.path),
                 reason: format!(
