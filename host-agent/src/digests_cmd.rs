@@ -38,9 +38,10 @@ pub struct DigestsArgs {
     /// `-cpu host`; read from /proc/cpuinfo when not given.
     #[arg(long, value_name = "VALUE", value_parser = crate::measure_cmd::parse_auto_base)]
     pub host_cpu_sig: Option<u64>,
-    /// The host kernel release SNP launches are measured for (e.g. 6.8): it
-    /// decides the VMSA's x87/SSE state (6.10 on) and default guest features
-    /// (0x21 on 6.6 and 6.7). This machine's kernel when not given.
+    /// The host kernel release SNP launches of Kata 3.19 and later are measured
+    /// for (e.g. 6.8): it decides the VMSA's x87/SSE state (6.10 on) and default
+    /// guest features (0x21 on 6.6 and 6.7). This machine's kernel when not
+    /// given. (The CC builds' launches keep 0x1 and the reset state.)
     #[arg(long, value_name = "RELEASE", value_parser = parse_kernel_release)]
     pub host_kernel: Option<KernelRelease>,
     /// SNP guest features (the VMSA's SEV features), overriding what the host

@@ -6,7 +6,9 @@ use super::cache::{hash_uncached, ArtefactCache, CacheError};
 use super::config::AgentConfig;
 use crate::artefacts::ArtefactKind;
 use crate::kata_release::{ReleaseError, ResolvedRelease};
-use kata_launch::{plan, ConfigError as KataError, CpuModel, KataConfig, LaunchContext, PlanError};
+use kata_launch::{
+    plan, ConfigError as KataError, CpuModel, KataConfig, KataRelease, LaunchContext, PlanError,
+};
 use serde::Serialize;
 use sev_core::host_kernel::KernelRelease;
 use sev_core::vcpu::vcpu_type_signature;
@@ -34,14 +36,31 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
-    /// The VM shape of a QEMU launch on this host.
-    pub fn shape(&self, vcpus: u32, vcpu_sig: VcpuSignature) -> VmShape {
+    /// The VM shape of a QEMU launch of `release` on this host. The upstream
+    /// releases' QEMU creates its guests with KVM_SEV_INIT2, so what the host
+    /// kernel puts into the VMSAs counts; the CC builds' QEMU predates it, and
+    /// their launches keep the values they were always registered with (guest
+    /// features 0x1, the reset x87/SSE state, as sev-snp-measure 0.0.13).
+    pub fn shape(&self, vcpus: u32, vcpu_sig: VcpuSignature, release: KataRelease) -> VmShape {
+        let vmsa = self.vmsa_for(release);
         VmShape {
             vcpus,
             vcpu_sig,
-            guest_features: self.snp_guest_features,
+            guest_features: vmsa.guest_features,
             vmm: VmmType::Qemu,
-            fpu: self.vmsa_fpu,
+            fpu: vmsa.fpu,
+        }
+    }
+
+    /// What this host puts into the VMSAs of launches of `release`.
+    pub fn vmsa_for(&self, release: KataRelease) -> crate::drift::HostVmsa {
+        if release.is_cc() {
+            crate::drift::HostVmsa::default()
+        } else {
+            crate::drift::HostVmsa {
+                guest_features: self.snp_guest_features,
+                fpu: self.vmsa_fpu,
+            }
         }
     }
 
@@ -59,9 +78,7 @@ impl HostFacts {
         };
         format!("{kernel}: {features}, {}", self.vmsa_fpu.describe())
     }
-}
 
-impl HostFacts {
     /// Facts for a host with this kernel (and guest-features override), no AMD
     /// CPU signature, no FIPS and an unknown CPU count; an unknown kernel is
     /// taken as 6.10 or later, as sev-snp-measure 0.0.10 and later do.
@@ -483,7 +500,7 @@ pub fn derive_parsed(
                 plan(config, &with(pod_cpus, base))?
             };
             let sig = vcpu_sig(config, p.mode, &p.cpu_model, host)?;
-            let shape = host.shape(p.vcpus, sig.unwrap_or(VcpuSignature(0)));
+            let shape = host.shape(p.vcpus, sig.unwrap_or(VcpuSignature(0)), release.release);
             let hashes = KernelHashes {
                 kernel: kernel_sha256,
                 initrd: initrd_sha256.unwrap_or_else(sev_core::hashes::empty_digest),
@@ -717,5 +734,22 @@ mod tests {
         // Without enable_annotations nothing extra is derived.
         let (path, text) = snp_sample(&dir.path().join("closed"), "");
         assert_eq!(launches_of(&path, &text, &agent).len(), 2);
+    }
+
+    #[test]
+    fn the_host_kernel_shapes_upstream_snp_launches_only() {
+        let old = HostFacts::for_kernel(Some((KernelRelease::parse("6.6").unwrap(), true)), None);
+        assert_eq!(old.snp_guest_features, 0x21);
+        assert_eq!(old.vmsa_fpu, VmsaFpu::Zero);
+        let sig = VcpuSignature(0x0080_0f12);
+        let up = old.shape(2, sig, "4.1.0".parse().unwrap());
+        assert_eq!((up.guest_features, up.fpu), (0x21, VmsaFpu::Zero));
+        // The CC builds' QEMU keeps what they were always registered with.
+        let cc = old.shape(2, sig, "CC-0.8.0".parse().unwrap());
+        assert_eq!((cc.guest_features, cc.fpu), (0x1, VmsaFpu::Reset));
+        let configured = HostFacts::for_kernel(None, Some(0x5));
+        assert_eq!(configured.snp_guest_features, 0x5);
+        assert!(configured.snp_vmsa_summary().contains("0x5 (configured)"));
+        assert!(configured.snp_vmsa_summary().contains("unknown"));
     }
 }

@@ -37,6 +37,21 @@ fn key(pid: u32, q: &QemuLaunch) -> (u32, String) {
 }
 
 impl DriftChecker {
+    /// What the host put into this guest's VMSAs. An SNP guest with kernel
+    /// hashes was started by an upstream release's QEMU (KVM_SEV_INIT2), whose
+    /// VMSAs carry what this host's kernel does; the CC builds' guests (SEV,
+    /// SEV-ES, SNP without kernel hashes) keep the values they were registered with.
+    fn vmsa_of(&self, q: &QemuLaunch) -> crate::drift::HostVmsa {
+        if q.mode == sev_core::SevMode::Snp && q.kernel_hashes {
+            crate::drift::HostVmsa {
+                guest_features: self.host.snp_guest_features,
+                fpu: self.host.vmsa_fpu,
+            }
+        } else {
+            crate::drift::HostVmsa::default()
+        }
+    }
+
     /// A checker per the configuration.
     pub fn new(config: &AgentConfig, host: HostFacts, metrics: Metrics) -> DriftChecker {
         DriftChecker {
@@ -81,15 +96,8 @@ impl DriftChecker {
         if let Some(found) = self.measured.lock().ok().and_then(|m| m.get(&k).cloned()) {
             return found;
         }
-        let result = measure_observed(
-            q,
-            self.host.host_sig,
-            crate::drift::HostVmsa {
-                guest_features: self.host.snp_guest_features,
-                fpu: self.host.vmsa_fpu,
-            },
-        )
-        .map_err(|e| e.to_string());
+        let result =
+            measure_observed(q, self.host.host_sig, self.vmsa_of(q)).map_err(|e| e.to_string());
         if let Ok(mut m) = self.measured.lock() {
             m.insert(k, result.clone());
         }
