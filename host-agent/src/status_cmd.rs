@@ -215,3 +215,79 @@ pub fn run(a: &StatusArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     print_human(&status, out)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::status::{ClassStatus, LaunchView};
+    use crate::platform::PlatformTcb;
+
+    #[test]
+    fn snp_facts_release_warnings_and_annotations_are_shown() {
+        let launch = |annotation: Option<&str>| LaunchView {
+            pod_cpus: 0,
+            mode: "snp".into(),
+            policy: 0,
+            firmware: "/opt/kata/share/ovmf/AMDSEV.fd".into(),
+            kernel: "/opt/kata/share/kata-containers/vmlinuz.container".into(),
+            initrd: None,
+            cmdline: "console=hvc0 quiet".into(),
+            vcpus: 1,
+            cpu: "EPYC-v4,pmu=off".into(),
+            vcpu_sig: Some("0x800f12".into()),
+            smp: "1,cores=1,threads=1".into(),
+            annotation: annotation.map(String::from),
+            guest_features: Some("0x1".into()),
+            digest: "ab".repeat(48),
+        };
+        let mut s = AgentStatus {
+            snp_host: "host kernel 6.12 (detected): guest features 0x1, x87/SSE reset state".into(),
+            platform: Some(PlatformView::Tcb(PlatformTcb {
+                product: "Genoa".into(),
+                bootloader: 9,
+                tee: 0,
+                snp: 23,
+                microcode: 72,
+                fmc: None,
+                firmware_version: "1.55".into(),
+                build_id: 21,
+            })),
+            ..AgentStatus::default()
+        };
+        s.classes.insert(
+            "kata-qemu-snp".into(),
+            ClassStatus {
+                config: "/opt/kata/share/defaults/kata-containers/configuration-qemu-snp.toml"
+                    .into(),
+                state: ClassState::Registered,
+                launches: vec![launch(None), launch(Some("default_vcpus=2"))],
+                derived_at: None,
+                registered_at: None,
+                registered_digests: Some(2),
+                config_error: None,
+                registration_error: None,
+                stale_since: None,
+                kata_release: Some("4.1.0 (from /opt/kata/bin/containerd-shim-kata-v2)".into()),
+                warnings: vec!["pods may set kernel_params by annotation".into()],
+            },
+        );
+        let mut out = Vec::new();
+        print_human(&s, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for want in [
+            "snp vmsa  host kernel 6.12 (detected)",
+            "platform  Genoa firmware 1.55 build 21: boot loader 9, TEE 0, SNP 23, microcode 72",
+            "  kata        4.1.0 (from /opt/kata/bin/containerd-shim-kata-v2)",
+            "  annotation default_vcpus=2",
+            "  warning     pods may set kernel_params by annotation",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        s.platform = Some(PlatformView::Unavailable("/dev/sev: absent".into()));
+        let mut out = Vec::new();
+        print_human(&s, &mut out).unwrap();
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("platform  TCB not available: /dev/sev: absent"));
+    }
+}
