@@ -382,6 +382,11 @@ fn what_the_snp_measurement_does_not_cover_is_said() {
     let o = host_agent(&["digests", "--kata-config", bare.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("CC-0.8.0 (assumed"), "{out}");
+    assert!(
+        out.contains("warning   the Kata release was not found")
+            && out.contains("set launches.kata_version"),
+        "{out}"
+    );
     let o = host_agent(&[
         "digests",
         "--kata-config",

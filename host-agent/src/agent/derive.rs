@@ -418,6 +418,24 @@ fn annotation_contexts(
     out
 }
 
+/// What the digests of `config` under `release` do not pin down, and a release
+/// that was only assumed: an SNP file of Kata 3.19 or later derived as CC-0.8.0
+/// gives digests no guest of that node will show.
+fn warnings(config: &KataConfig, release: &ResolvedRelease) -> Vec<String> {
+    let mut out = Vec::new();
+    if release.source == crate::kata_release::ReleaseSource::Assumed {
+        out.push(format!(
+            "the Kata release was not found (no {} beside the configuration), so {} was \
+             assumed; if this node runs Kata 3.19 or later these digests are wrong: set \
+             launches.kata_version",
+            crate::kata_release::SHIM,
+            release.release
+        ));
+    }
+    out.extend(kata_launch::unmeasured(config, release.release));
+    out
+}
+
 /// As [`derive`], for a configuration already parsed, under `release`.
 pub fn derive_parsed(
     config: &KataConfig,
@@ -538,7 +556,7 @@ pub fn derive_parsed(
         kernel_sha256,
         initrd_sha256,
         release: release.clone(),
-        warnings: kata_launch::unmeasured(config, release.release),
+        warnings: warnings(config, release),
     }))
 }
 
