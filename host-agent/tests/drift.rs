@@ -103,7 +103,8 @@ fn sample_plan(dir: &Path, policy: u32) -> LaunchPlan {
     p
 }
 
-/// What the agent registers for a plan: the digest computed the way the
+/// What the agent registers for a plan (SEV, SEV-ES with `-cpu host`, or SNP
+/// with a named model): the digest computed the way the
 /// `digests` command does (files loaded once, command line per launch), with
 /// the kernel's and initrd's content hashes at registration.
 fn register(p: &LaunchPlan) -> ExpectedLaunch {
@@ -115,10 +116,12 @@ fn register(p: &LaunchPlan) -> ExpectedLaunch {
     };
     let shape = VmShape {
         vcpus: p.vcpus,
-        vcpu_sig: if p.mode == SevMode::Sev {
-            VcpuSignature(0)
-        } else {
-            host_sig()
+        vcpu_sig: match &p.cpu_model {
+            _ if p.mode == SevMode::Sev => VcpuSignature(0),
+            kata_launch::CpuModel::Host => host_sig(),
+            kata_launch::CpuModel::Named(name) => {
+                sev_core::vcpu::vcpu_type_signature(name).unwrap()
+            }
         },
         guest_features: 0x1,
         vmm: VmmType::Qemu,
@@ -398,37 +401,8 @@ fn snp_guests_of_kata_4_1_are_measured_and_their_differences_named() {
     let p = plan(&config, &ctx).unwrap();
     assert_eq!((p.mode, p.vcpus, p.kernel_hashes), (SevMode::Snp, 2, true));
     // Registered as the agent does: kernel hashes and EPYC-v4's VMSAs.
-    let art = LaunchArtefacts {
-        firmware: p.firmware.clone(),
-        kernel: Some(p.kernel.clone()),
-        initrd: p.initrd.clone(),
-        cmdline: None,
-    };
-    let shape = VmShape {
-        vcpus: p.vcpus,
-        vcpu_sig: sev_core::vcpu::vcpu_type_signature("EPYC-v4").unwrap(),
-        guest_features: 0x1,
-        vmm: VmmType::Qemu,
-        fpu: sev_core::vmsa::VmsaFpu::Reset,
-    };
-    let digest = LoadedLaunch::load(&art)
-        .unwrap()
-        .digest(p.mode, &shape, Some(p.cmdline.as_bytes()))
-        .unwrap();
-    let registered = ExpectedLaunch {
-        runtime_class: "kata-qemu-snp".into(),
-        mode: p.mode,
-        firmware: p.firmware.clone(),
-        kernel: p.kernel.clone(),
-        initrd: p.initrd.clone(),
-        cmdline: p.cmdline.clone(),
-        vcpus: p.vcpus,
-        cpu: p.cpu_arg(),
-        digest: digest.as_bytes().to_vec(),
-        firmware_sha256: None,
-        kernel_sha256: Some(sha256_file(ArtefactKind::Kernel, &p.kernel).unwrap()),
-        initrd_sha256: Some(sha256_file(ArtefactKind::Initrd, p.initrd.as_ref().unwrap()).unwrap()),
-    };
+    let registered = register(&p);
+    assert_eq!(registered.runtime_class, "kata-qemu-snp");
 
     let same = FakeQemu::start(&kata_4_1_snp_args(&p, &p.cmdline, 2));
     let debug = FakeQemu::start(&kata_4_1_snp_args(

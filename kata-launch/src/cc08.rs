@@ -51,10 +51,9 @@
 
 use crate::config::{KataConfig, KbsMode};
 use crate::launch::{
-    CpuModel, LaunchContext, LaunchPlan, PlanError, FIXED_PARAMS, MACHINE_TYPES, MAX_VCPUS,
-    POLICY_ES,
+    check_annotation, check_confidential, check_guest_files, CpuModel, LaunchContext, LaunchPlan,
+    PlanError, FIXED_PARAMS, MAX_VCPUS, POLICY_ES,
 };
-use crate::location::Location;
 use crate::params::{kata_param, split_params};
 use sev_core::SevMode;
 
@@ -113,46 +112,8 @@ pub fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPlan, Plan
         reason,
     };
 
-    if !q.confidential_guest.value {
-        return Err(PlanError::NotConfidential {
-            at: config.qemu_key(
-                "confidential_guest",
-                q.confidential_guest.line.or(q.section_line),
-            ),
-        });
-    }
-    let Some(firmware) = q.firmware.value.clone() else {
-        return Err(PlanError::NoFirmware {
-            at: config.qemu_key("firmware", q.firmware.line.or(q.section_line)),
-        });
-    };
-    match (&q.initrd.value, &q.image.value) {
-        (None, None) => {
-            return Err(unusable(
-                "initrd",
-                q.section_line,
-                "neither initrd nor image is set (Kata: \"Missing image and initrd path\")".into(),
-            ))
-        }
-        (Some(_), Some(_)) => return Err(unusable(
-            "image",
-            q.image.line,
-            "both initrd and image are set (Kata: \"Image and initrd path cannot be both set\")"
-                .into(),
-        )),
-        _ => {}
-    }
-    if !MACHINE_TYPES.contains(&q.machine_type.value.as_str()) {
-        return Err(unusable(
-            "machine_type",
-            q.machine_type.line,
-            format!(
-                "unrecognised machine type {:?} (Kata accepts {})",
-                q.machine_type.value,
-                MACHINE_TYPES.join(", ")
-            ),
-        ));
-    }
+    check_confidential(config)?;
+    let firmware = check_guest_files(config)?;
     if q.is_image_guest() && root_params(&q.rootfs_type.value, false).is_none() {
         return Err(unusable(
             "rootfs_type",
@@ -197,19 +158,7 @@ pub fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPlan, Plan
             ));
         }
     }
-    if let Some(annotation) = &ctx.kernel_params_annotation {
-        if let Some(bad) = annotation
-            .split_whitespace()
-            .find(|t| kata_param(t).is_err())
-        {
-            return Err(PlanError::Unusable {
-                at: Location::file(&config.path),
-                reason: format!(
-                    "the kernel_params annotation has a parameter with an empty name: {bad:?}"
-                ),
-            });
-        }
-    }
+    check_annotation(config, ctx)?;
 
     // These builds split kernel_params on any whitespace (strings.Fields).
     if let Some(bad) = q

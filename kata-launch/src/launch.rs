@@ -6,7 +6,9 @@
 //! `upstream` for 3.19 to 4.1) depend on this module and on the configuration
 //! model; nothing here depends on them.
 
+use crate::config::KataConfig;
 use crate::location::Location;
+use crate::params::kata_param;
 use crate::release::KataRelease;
 use sev_core::SevMode;
 use std::fmt;
@@ -183,3 +185,80 @@ pub const FIXED_PARAMS: [&str; 12] = [
     "net.ifnames=0",
     "pci=lastbus=0",
 ];
+
+/// `confidential_guest` must be on: otherwise Kata launches a plain VM.
+pub(crate) fn check_confidential(config: &KataConfig) -> Result<(), PlanError> {
+    let q = &config.qemu;
+    if q.confidential_guest.value {
+        return Ok(());
+    }
+    Err(PlanError::NotConfidential {
+        at: config.qemu_key(
+            "confidential_guest",
+            q.confidential_guest.line.or(q.section_line),
+        ),
+    })
+}
+
+/// The checks every release makes of the guest's files and machine, in Kata's
+/// order: a firmware, exactly one of initrd and image, a known machine type.
+/// Returns the firmware.
+pub(crate) fn check_guest_files(config: &KataConfig) -> Result<PathBuf, PlanError> {
+    let q = &config.qemu;
+    let unusable = |key: &str, line: Option<usize>, reason: String| PlanError::Unusable {
+        at: config.qemu_key(key, line),
+        reason,
+    };
+    let Some(firmware) = q.firmware.value.clone() else {
+        return Err(PlanError::NoFirmware {
+            at: config.qemu_key("firmware", q.firmware.line.or(q.section_line)),
+        });
+    };
+    match (&q.initrd.value, &q.image.value) {
+        (None, None) => {
+            return Err(unusable(
+                "initrd",
+                q.section_line,
+                "neither initrd nor image is set (Kata: \"Missing image and initrd path\")".into(),
+            ))
+        }
+        (Some(_), Some(_)) => return Err(unusable(
+            "image",
+            q.image.line,
+            "both initrd and image are set (Kata: \"Image and initrd path cannot be both set\")"
+                .into(),
+        )),
+        _ => {}
+    }
+    if !MACHINE_TYPES.contains(&q.machine_type.value.as_str()) {
+        return Err(unusable(
+            "machine_type",
+            q.machine_type.line,
+            format!(
+                "unrecognised machine type {:?} (Kata accepts {})",
+                q.machine_type.value,
+                MACHINE_TYPES.join(", ")
+            ),
+        ));
+    }
+    Ok(firmware)
+}
+
+/// Kata refuses a `kernel_params` annotation with a parameter that has an empty
+/// name (`=value`).
+pub(crate) fn check_annotation(config: &KataConfig, ctx: &LaunchContext) -> Result<(), PlanError> {
+    if let Some(annotation) = &ctx.kernel_params_annotation {
+        if let Some(bad) = annotation
+            .split_whitespace()
+            .find(|t| kata_param(t).is_err())
+        {
+            return Err(PlanError::Unusable {
+                at: Location::file(&config.path),
+                reason: format!(
+                    "the kernel_params annotation has a parameter with an empty name: {bad:?}"
+                ),
+            });
+        }
+    }
+    Ok(())
+}

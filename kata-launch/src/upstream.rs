@@ -41,7 +41,8 @@
 
 use crate::config::KataConfig;
 use crate::launch::{
-    CpuModel, LaunchContext, LaunchPlan, PlanError, FIXED_PARAMS, MACHINE_TYPES, MAX_VCPUS,
+    check_annotation, check_confidential, check_guest_files, CpuModel, LaunchContext, LaunchPlan,
+    PlanError, FIXED_PARAMS, MAX_VCPUS,
 };
 use crate::location::Location;
 use crate::params::{kata_param, kernel_param_fields};
@@ -329,14 +330,7 @@ pub(crate) fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPla
         at: config.qemu_key(key, line),
         reason,
     };
-    if !q.confidential_guest.value {
-        return Err(PlanError::NotConfidential {
-            at: config.qemu_key(
-                "confidential_guest",
-                q.confidential_guest.line.or(q.section_line),
-            ),
-        });
-    }
+    check_confidential(config)?;
     if !q.sev_snp_guest.value {
         return Err(PlanError::NotSnp {
             at: config.qemu_key(
@@ -346,38 +340,7 @@ pub(crate) fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPla
             release,
         });
     }
-    let Some(firmware) = q.firmware.value.clone() else {
-        return Err(PlanError::NoFirmware {
-            at: config.qemu_key("firmware", q.firmware.line.or(q.section_line)),
-        });
-    };
-    match (&q.initrd.value, &q.image.value) {
-        (None, None) => {
-            return Err(unusable(
-                "initrd",
-                q.section_line,
-                "neither initrd nor image is set (Kata: \"Missing image and initrd path\")".into(),
-            ))
-        }
-        (Some(_), Some(_)) => return Err(unusable(
-            "image",
-            q.image.line,
-            "both initrd and image are set (Kata: \"Image and initrd path cannot be both set\")"
-                .into(),
-        )),
-        _ => {}
-    }
-    if !MACHINE_TYPES.contains(&q.machine_type.value.as_str()) {
-        return Err(unusable(
-            "machine_type",
-            q.machine_type.line,
-            format!(
-                "unrecognised machine type {:?} (Kata accepts {})",
-                q.machine_type.value,
-                MACHINE_TYPES.join(", ")
-            ),
-        ));
-    }
+    let firmware = check_guest_files(config)?;
     let image = q.is_image_guest();
     let verity_text = ctx
         .kernel_verity_params_annotation
@@ -414,19 +377,7 @@ pub(crate) fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPla
     } else {
         None
     };
-    if let Some(annotation) = &ctx.kernel_params_annotation {
-        if let Some(bad) = annotation
-            .split_whitespace()
-            .find(|t| kata_param(t).is_err())
-        {
-            return Err(PlanError::Unusable {
-                at: Location::file(&config.path),
-                reason: format!(
-                    "the kernel_params annotation has a parameter with an empty name: {bad:?}"
-                ),
-            });
-        }
-    }
+    check_annotation(config, ctx)?;
     if let Some(bad) = kernel_param_fields(&q.kernel_params.value)
         .into_iter()
         .find(|t| kata_param(t).is_err())
