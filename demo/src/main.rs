@@ -447,7 +447,9 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
         format!(
             "kata_configs = [\"{}\"]\nnode = \"{NODE}\"\nlisten = \"127.0.0.1:{port}\"\n\
              state_dir = \"{}\"\n[kbs]\nadmin_socket = \"{}\"\n[launches]\n\
-             host_cpu_signature = \"0xa00f11\"\nmax_pod_cpus = 2\n",
+             host_cpu_signature = \"0xa00f11\"\nmax_pod_cpus = 2\n\
+             # The sample is written in CoCo 0.8's shape: SEV with pre-attestation.\n\
+             kata_version = \"CC-0.8.0\"\n",
             sample.config.display(),
             dir.join("agent-state").display(),
             socket.display(),
