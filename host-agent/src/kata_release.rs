@@ -113,6 +113,9 @@ pub fn shim_candidates(config: &Path) -> Vec<PathBuf> {
 }
 
 /// Runs `shim --version` with a time limit and reads at most a few KiB of output.
+/// The output is read while the shim runs and the pipe closed after the limit,
+/// so a binary that prints without end neither fills memory nor blocks on a
+/// full pipe until the time limit.
 fn shim_version_output(shim: &Path) -> Result<String, ReleaseError> {
     let fail = |reason: String| ReleaseError::Shim {
         shim: shim.to_path_buf(),
@@ -125,6 +128,14 @@ fn shim_version_output(shim: &Path) -> Result<String, ReleaseError> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| fail(format!("cannot run it: {e}")))?;
+    let reader = child.stdout.take().map(|out| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let result = out.take(VERSION_OUTPUT_LIMIT).read_to_end(&mut bytes);
+            // Dropping `out` here closes the pipe: a shim still writing gets EPIPE.
+            result.map(|_| bytes)
+        })
+    });
     let deadline = Instant::now() + VERSION_TIMEOUT;
     loop {
         match child.try_wait() {
@@ -141,13 +152,12 @@ fn shim_version_output(shim: &Path) -> Result<String, ReleaseError> {
             Err(e) => return Err(fail(e.to_string())),
         }
     }
-    let mut text = String::new();
-    if let Some(out) = child.stdout.take() {
-        out.take(VERSION_OUTPUT_LIMIT)
-            .read_to_string(&mut text)
-            .map_err(|e| fail(format!("unreadable output: {e}")))?;
-    }
-    Ok(text)
+    let bytes = match reader.map(std::thread::JoinHandle::join) {
+        Some(Ok(Ok(bytes))) => bytes,
+        Some(Ok(Err(e))) => return Err(fail(format!("unreadable output: {e}"))),
+        Some(Err(_)) | None => return Err(fail("its output could not be read".into())),
+    };
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Asks one shim for its release.
@@ -298,6 +308,28 @@ mod tests {
         std::os::unix::fs::symlink(&config, &link).unwrap();
         let r = ReleaseProbe::new(None).resolve(&link).unwrap();
         assert_eq!(r.release.to_string(), "4.1.0");
+    }
+
+    #[test]
+    fn a_shim_that_prints_without_end_is_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(dir.path());
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let shim = bin.join(SHIM);
+        std::fs::write(
+            &shim,
+            "#!/bin/sh\nwhile :; do echo 'no version here, no version here'; done\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let started = Instant::now();
+        let e = ReleaseProbe::new(None).resolve(&config).unwrap_err();
+        assert!(e.to_string().contains("no version"), "{e}");
+        assert!(
+            started.elapsed() < VERSION_TIMEOUT,
+            "ended by the closed pipe, not the timeout"
+        );
     }
 
     #[test]
