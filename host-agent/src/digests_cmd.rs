@@ -189,7 +189,15 @@ pub fn reports(a: &DigestsArgs) -> anyhow::Result<Vec<LaunchReport>> {
         let class = match derive_parsed(&config, &agent, &host, &mut cache, &release)? {
             Derived::Launches(c) => c,
             Derived::Skipped { reason, .. } => {
-                bail!("{}: no launch to measure: {reason}", path.display())
+                // The planner's own error names the file, line and key.
+                let ctx = kata_launch::LaunchContext {
+                    release: release.release,
+                    ..kata_launch::LaunchContext::default()
+                };
+                match kata_launch::plan(&config, &ctx) {
+                    Err(e) => bail!("{e}"),
+                    Ok(_) => bail!("{}: no launch to measure: {reason}", path.display()),
+                }
             }
         };
         for l in class.launches {
