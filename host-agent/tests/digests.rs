@@ -375,6 +375,25 @@ fn what_the_snp_measurement_does_not_cover_is_said() {
         "not allowed here: {out}"
     );
 
+    // A confidential file that is not SNP (a TDX one) has no launch under 4.1:
+    // refused naming the file, line and key.
+    let tdx = dir.path().join("tdx/configuration-qemu-tdx.toml");
+    std::fs::create_dir_all(tdx.parent().unwrap()).unwrap();
+    std::fs::write(&tdx, text.replace("sev_snp_guest = true\n", "")).unwrap();
+    let o = host_agent(&[
+        "digests",
+        "--kata-config",
+        tdx.to_str().unwrap(),
+        "--kata-version",
+        "4.1.0",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("configuration-qemu-tdx.toml line 5 key hypervisor.qemu.sev_snp_guest: not an SEV-SNP guest"),
+        "{err}"
+    );
+
     // Without a shim the release is assumed and said; an unknown one is refused.
     let bare = dir.path().join("bare/configuration-qemu-snp.toml");
     std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
