@@ -188,22 +188,29 @@ pub fn broker(args: &Args) -> anyhow::Result<Broker> {
     Ok(Broker::new(store, trust, policy))
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+/// A future that completes on SIGINT or SIGTERM. The handlers are installed
+/// when this is called, not when the future is first polled: a signal sent as
+/// soon as the listeners have announced themselves must still stop the broker
+/// cleanly rather than kill it. Call it inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-            return;
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                let _ = one.recv().await;
+            }
+            // No handler could be installed: the default actions apply.
+            (Err(_), Err(_)) => std::future::pending::<()>().await,
         }
     }
-    let _ = ctrl_c.await;
 }
 
 /// Everything checked before any port is bound.
@@ -256,6 +263,8 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         }
     };
     let mut servers: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    // Before any listener is announced: from then on SIGTERM drains.
+    let shutdown = shutdown_signal();
 
     // Housekeeping off the request path: expired sessions and connections, and
     // records past their retention, so the database does not grow without bound.
@@ -382,7 +391,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
 
     let mut failure = None;
     tokio::select! {
-        () = shutdown_signal() => info!("stopping: draining in-flight calls"),
+        () = shutdown => info!("stopping: draining in-flight calls"),
         Some(ended) = servers.join_next() => {
             failure = Some(match ended {
                 Ok(Ok(())) => anyhow::anyhow!("a listener stopped unexpectedly"),

@@ -575,6 +575,12 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
         metrics.clone(),
     ));
 
+    // Before anything is announced: from then on SIGTERM stops cleanly.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot handle SIGINT")?;
+
     // Bind before anything else, so that a taken port fails the start.
     let http = match config.listen().map_err(anyhow::Error::msg)? {
         Listen::Off => None,
@@ -649,10 +655,6 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
         ),
     );
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot handle SIGTERM")?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("cannot handle SIGINT")?;
     let watchdog_every = notifier.watchdog_interval();
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
 
