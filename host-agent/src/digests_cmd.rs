@@ -3,8 +3,7 @@
 
 use crate::agent::cache::ArtefactCache;
 use crate::agent::config::AgentConfig;
-use crate::agent::derive::{derive_parsed, Derived, HostFacts};
-use crate::host_cpu;
+use crate::agent::derive::{derive_parsed, Derived, HostFacts, HostOverrides};
 use crate::kata_release::{ReleaseProbe, ReleaseSource};
 use anyhow::{bail, Context};
 use base64::Engine as _;
@@ -12,7 +11,6 @@ use clap::Args;
 use kata_launch::{KataConfig, KataRelease};
 use serde::Serialize;
 use sev_core::host_kernel::KernelRelease;
-use sev_core::VcpuSignature;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -125,12 +123,6 @@ pub struct LaunchReport {
     pub warnings: Vec<String>,
 }
 
-fn fips_enabled() -> bool {
-    std::fs::read_to_string("/proc/sys/crypto/fips_enabled")
-        .map(|s| s.trim() == "1")
-        .unwrap_or(false)
-}
-
 /// Reads and parses one configuration, and checks every artefact it names.
 pub fn load_config(path: &Path) -> anyhow::Result<KataConfig> {
     let text = std::fs::read_to_string(path)
@@ -153,25 +145,16 @@ pub fn load_config(path: &Path) -> anyhow::Result<KataConfig> {
 
 /// The host facts these arguments describe.
 pub fn host_facts(a: &DigestsArgs) -> anyhow::Result<HostFacts> {
-    let host_sig = match a.host_cpu_sig {
-        Some(v) => Some(VcpuSignature(
-            u32::try_from(v).context("--host-cpu-sig does not fit in 32 bits")?,
-        )),
-        None => host_cpu::detect(),
-    };
-    let kernel = match a.host_kernel {
-        Some(k) => Some((k, true)),
-        None => KernelRelease::parse(&rustix::system::uname().release().to_string_lossy())
-            .map(|k| (k, false)),
-    };
-    Ok(HostFacts {
-        host_sig,
-        fips: a.fips.unwrap_or_else(fips_enabled),
-        host_cpus: std::thread::available_parallelism()
-            .ok()
-            .and_then(|n| u32::try_from(n.get()).ok()),
-        ..HostFacts::for_kernel(kernel, a.snp_guest_features)
-    })
+    Ok(HostFacts::detect_with(HostOverrides {
+        host_sig: a
+            .host_cpu_sig
+            .map(u32::try_from)
+            .transpose()
+            .context("--host-cpu-sig does not fit in 32 bits")?,
+        fips: a.fips,
+        host_kernel: a.host_kernel,
+        snp_guest_features: a.snp_guest_features,
+    }))
 }
 
 /// Derives every launch the configurations yield and measures each, exactly as

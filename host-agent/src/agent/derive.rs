@@ -102,35 +102,58 @@ impl HostFacts {
 
     /// Reads the host, with the configuration's overrides.
     pub fn detect(config: &AgentConfig) -> HostFacts {
-        let fips = config.launches.fips.unwrap_or_else(|| {
+        HostFacts::detect_with(HostOverrides {
+            host_sig: config.host_cpu_signature(),
+            fips: config.launches.fips,
+            host_kernel: config
+                .launches
+                .snp
+                .host_kernel
+                .as_deref()
+                .and_then(KernelRelease::parse),
+            snp_guest_features: config.snp_guest_features(),
+        })
+    }
+
+    /// Reads the host: the CPU signature, FIPS mode, CPU count and kernel
+    /// release, each unless `overrides` gives it.
+    pub fn detect_with(overrides: HostOverrides) -> HostFacts {
+        let fips = overrides.fips.unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/crypto/fips_enabled")
                 .map(|s| s.trim() == "1")
                 .unwrap_or(false)
         });
-        let configured = config
-            .launches
-            .snp
-            .host_kernel
-            .as_deref()
-            .and_then(KernelRelease::parse);
-        let detected =
-            || KernelRelease::parse(&rustix::system::uname().release().to_string_lossy());
-        let kernel = match configured {
+        let kernel = match overrides.host_kernel {
             Some(k) => Some((k, true)),
-            None => detected().map(|k| (k, false)),
+            None => KernelRelease::parse(&rustix::system::uname().release().to_string_lossy())
+                .map(|k| (k, false)),
         };
         HostFacts {
-            host_sig: config
-                .host_cpu_signature()
+            host_sig: overrides
+                .host_sig
                 .map(VcpuSignature)
                 .or_else(crate::host_cpu::detect),
             fips,
             host_cpus: std::thread::available_parallelism()
                 .ok()
                 .and_then(|n| u32::try_from(n.get()).ok()),
-            ..HostFacts::for_kernel(kernel, config.snp_guest_features())
+            ..HostFacts::for_kernel(kernel, overrides.snp_guest_features)
         }
     }
+}
+
+/// What an operator said about the host instead of letting it be detected
+/// (the agent's configuration, or `digests`' options).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostOverrides {
+    /// CPUID signature of the host CPU.
+    pub host_sig: Option<u32>,
+    /// FIPS mode.
+    pub fips: Option<bool>,
+    /// The host kernel release SNP launches are measured for.
+    pub host_kernel: Option<KernelRelease>,
+    /// The SNP guest features.
+    pub snp_guest_features: Option<u64>,
 }
 
 /// One launch and its digest.
