@@ -51,10 +51,10 @@
 
 use crate::config::{KataConfig, KbsMode};
 use crate::launch::{
-    check_annotation, check_confidential, check_guest_files, CpuModel, LaunchContext, LaunchPlan,
-    PlanError, FIXED_PARAMS, MAX_VCPUS, POLICY_ES,
+    check_annotation, check_confidential, check_guest_files, check_kernel_params, CpuModel,
+    LaunchContext, LaunchPlan, PlanError, FIXED_PARAMS, MAX_VCPUS, POLICY_ES,
 };
-use crate::params::{kata_param, split_params};
+use crate::params::split_params;
 use sev_core::SevMode;
 
 /// The vCPUs Kata boots the guest with (`nr_cpus`, `-smp`), as described in the
@@ -161,20 +161,7 @@ pub fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPlan, Plan
     check_annotation(config, ctx)?;
 
     // These builds split kernel_params on any whitespace (strings.Fields).
-    if let Some(bad) = q
-        .kernel_params
-        .value
-        .split_whitespace()
-        .find(|t| kata_param(t).is_err())
-    {
-        return Err(unusable(
-            "kernel_params",
-            q.kernel_params.line,
-            format!(
-                "kernel parameter {bad:?} has an empty name (Kata: \"Empty kernel parameter\")"
-            ),
-        ));
-    }
+    check_kernel_params(config, q.kernel_params.value.split_whitespace())?;
     let vcpus = vcpu_count(config, ctx)?;
     let cmdline = kernel_cmdline(config, vcpus, ctx);
     let cpu_model = if mode == SevMode::Snp {

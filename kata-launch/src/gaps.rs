@@ -22,16 +22,22 @@ use crate::release::KataRelease;
 pub const MEASURED_ANNOTATIONS: [&str; 3] =
     ["kernel_params", "kernel_verity_params", "default_vcpus"];
 
-/// Whether the configuration lets pods set the hypervisor annotation `name`
-/// (the part after `io.katacontainers.config.hypervisor.`). An entry that is
-/// not a valid expression matches nothing, as in Kata.
-pub fn annotation_allowed(config: &KataConfig, name: &str) -> bool {
+/// The configuration's `enable_annotations` entries as expressions; an entry
+/// that is not a valid expression matches nothing, as in Kata.
+fn allowed_patterns(config: &KataConfig) -> Vec<regex::Regex> {
     config
         .qemu
         .enable_annotations
         .value
         .iter()
-        .any(|pattern| regex::Regex::new(pattern).is_ok_and(|re| re.is_match(name)))
+        .filter_map(|pattern| regex::Regex::new(pattern).ok())
+        .collect()
+}
+
+/// Whether the configuration lets pods set the hypervisor annotation `name`
+/// (the part after `io.katacontainers.config.hypervisor.`).
+pub fn annotation_allowed(config: &KataConfig, name: &str) -> bool {
+    allowed_patterns(config).iter().any(|re| re.is_match(name))
 }
 
 /// Whether the release reads the annotation at all for this guest.
@@ -45,9 +51,11 @@ fn release_reads(release: KataRelease, name: &str) -> bool {
 
 /// The measured annotations this configuration lets pods set, under `release`.
 pub fn measured_annotations(config: &KataConfig, release: KataRelease) -> Vec<&'static str> {
+    // Compiled once for the three names.
+    let patterns = allowed_patterns(config);
     MEASURED_ANNOTATIONS
         .into_iter()
-        .filter(|name| release_reads(release, name) && annotation_allowed(config, name))
+        .filter(|name| release_reads(release, name) && patterns.iter().any(|re| re.is_match(name)))
         .filter(|name| *name != "kernel_verity_params" || config.qemu.is_image_guest())
         .collect()
 }

@@ -262,3 +262,22 @@ pub(crate) fn check_annotation(config: &KataConfig, ctx: &LaunchContext) -> Resu
     }
     Ok(())
 }
+
+/// Kata refuses a configuration whose `kernel_params` has a parameter with an
+/// empty name (`=value`); `tokens` is the file's value split as the release
+/// splits it.
+pub(crate) fn check_kernel_params<'a>(
+    config: &KataConfig,
+    mut tokens: impl Iterator<Item = &'a str>,
+) -> Result<(), PlanError> {
+    let q = &config.qemu;
+    match tokens.find(|t| kata_param(t).is_err()) {
+        None => Ok(()),
+        Some(bad) => Err(PlanError::Unusable {
+            at: config.qemu_key("kernel_params", q.kernel_params.line),
+            reason: format!(
+                "kernel parameter {bad:?} has an empty name (Kata: \"Empty kernel parameter\")"
+            ),
+        }),
+    }
+}

@@ -41,11 +41,11 @@
 
 use crate::config::KataConfig;
 use crate::launch::{
-    check_annotation, check_confidential, check_guest_files, CpuModel, LaunchContext, LaunchPlan,
-    PlanError, FIXED_PARAMS, MAX_VCPUS,
+    check_annotation, check_confidential, check_guest_files, check_kernel_params, CpuModel,
+    LaunchContext, LaunchPlan, PlanError, FIXED_PARAMS, MAX_VCPUS,
 };
 use crate::location::Location;
-use crate::params::{kata_param, kernel_param_fields};
+use crate::params::kernel_param_fields;
 use crate::release::KataRelease;
 use sev_core::SevMode;
 
@@ -378,18 +378,12 @@ pub(crate) fn plan(config: &KataConfig, ctx: &LaunchContext) -> Result<LaunchPla
         None
     };
     check_annotation(config, ctx)?;
-    if let Some(bad) = kernel_param_fields(&q.kernel_params.value)
-        .into_iter()
-        .find(|t| kata_param(t).is_err())
-    {
-        return Err(unusable(
-            "kernel_params",
-            q.kernel_params.line,
-            format!(
-                "kernel parameter {bad:?} has an empty name (Kata: \"Empty kernel parameter\")"
-            ),
-        ));
-    }
+    check_kernel_params(
+        config,
+        kernel_param_fields(&q.kernel_params.value)
+            .iter()
+            .map(String::as_str),
+    )?;
 
     let (vcpus, max_vcpus) = vcpus(config, ctx, t)?;
     let cmdline = kernel_params(config, ctx, t, root.as_deref(), max_vcpus).join(" ");
