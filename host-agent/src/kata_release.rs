@@ -323,13 +323,10 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let started = Instant::now();
         let e = ReleaseProbe::new(None).resolve(&config).unwrap_err();
+        // Ended by the closed pipe: the output was read, not given up on.
         assert!(e.to_string().contains("no version"), "{e}");
-        assert!(
-            started.elapsed() < VERSION_TIMEOUT,
-            "ended by the closed pipe, not the timeout"
-        );
+        assert!(!e.to_string().contains("no answer within"), "{e}");
     }
 
     #[test]
