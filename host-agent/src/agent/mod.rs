@@ -115,10 +115,12 @@ pub struct PassOutcome {
 }
 
 impl Daemon {
-    /// A daemon with nothing derived yet.
+    /// A daemon with nothing derived yet;
+    /// `platform` is the platform's TCB, registered with SNP digests.
     pub fn new(
         config: AgentConfig,
         host: HostFacts,
+        platform: Option<String>,
         status: Arc<Mutex<AgentStatus>>,
         metrics: Metrics,
         drift: Arc<drift_check::DriftChecker>,
@@ -131,7 +133,7 @@ impl Daemon {
             .context("kata_configs")?;
         Ok(Daemon {
             releases: crate::kata_release::ReleaseProbe::new(config.kata_release()),
-            platform: None,
+            platform,
             config,
             host,
             cache: ArtefactCache::new(),
@@ -145,11 +147,6 @@ impl Daemon {
             desired: Desired::new(),
             drift,
         })
-    }
-
-    /// Registers the platform's TCB with SNP digests from now on.
-    pub fn set_platform(&mut self, tcb: Option<String>) {
-        self.platform = tcb;
     }
 
     /// The configuration files present now, in a stable order.
@@ -549,26 +546,11 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
         ..Default::default()
     }));
     let host = HostFacts::detect(&config);
-    // The platform's TCB, once: it changes only with a firmware update.
-    let platform = tokio::task::spawn_blocking(|| {
+    // The platform's TCB, once (it changes only with a firmware update), asked
+    // on a blocking thread while the listeners and watches are set up.
+    let platform_query = tokio::task::spawn_blocking(|| {
         crate::platform::read_platform(std::path::Path::new(crate::platform::SEV_DEVICE))
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()));
-    match &platform {
-        Ok(tcb) => info!("SNP platform: {tcb}"),
-        Err(e) => info!("SNP platform TCB not available: {e}"),
-    }
-    info!("SNP VMSAs: {}", host.snp_vmsa_summary());
-    let platform_note = platform.as_ref().ok().map(ToString::to_string);
-    if let Ok(mut s) = status.lock() {
-        s.snp_host = host.snp_vmsa_summary();
-        s.platform = Some(match platform {
-            Ok(tcb) => status::PlatformView::Tcb(tcb),
-            Err(e) => status::PlatformView::Unavailable(e),
-        });
-    }
+    });
     let drift = Arc::new(drift_check::DriftChecker::new(
         &config,
         host,
@@ -601,14 +583,31 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
         .context("cannot read inotify events")?;
     let mut watcher = Watcher::new(watches);
 
+    let platform = platform_query
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match &platform {
+        Ok(tcb) => info!("SNP platform: {tcb}"),
+        Err(e) => info!("SNP platform TCB not available: {e}"),
+    }
+    info!("SNP VMSAs: {}", host.snp_vmsa_summary());
+    let platform_note = platform.as_ref().ok().map(ToString::to_string);
+    if let Ok(mut s) = status.lock() {
+        s.snp_host = host.snp_vmsa_summary();
+        s.platform = Some(match platform {
+            Ok(tcb) => status::PlatformView::Tcb(tcb),
+            Err(e) => status::PlatformView::Unavailable(e),
+        });
+    }
     let mut daemon = Daemon::new(
         config.clone(),
         host,
+        platform_note,
         Arc::clone(&status),
         metrics.clone(),
         Arc::clone(&drift),
     )?;
-    daemon.set_platform(platform_note);
     let (desired_tx, desired_rx) = tokio_watch::channel((0u64, Desired::new()));
     let (report_tx, mut report_rx) = mpsc::unbounded_channel();
 
