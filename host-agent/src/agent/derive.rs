@@ -533,12 +533,23 @@ pub fn derive_parsed(
             .map(|(label, ctx)| (Some(label), ctx)),
     );
     let mut launches = Vec::new();
-    for (annotation, base) in &contexts {
+    let mut refused = Vec::new();
+    'contexts: for (annotation, base) in &contexts {
         for pod_cpus in pod_cpu_counts(config, agent, host) {
             let p = if pod_cpus == 0 && annotation.is_none() {
                 first.clone()
             } else {
-                plan(config, &with(pod_cpus, base))?
+                match (plan(config, &with(pod_cpus, base)), annotation) {
+                    (Ok(p), _) => p,
+                    // A configured annotation value this node's Kata would refuse
+                    // (more vCPUs than it has) gives no launch here; the file's
+                    // own launches still register.
+                    (Err(e), Some(label)) => {
+                        refused.push(format!("annotation {label} is not registered: {e}"));
+                        continue 'contexts;
+                    }
+                    (Err(e), None) => return Err(e.into()),
+                }
             };
             let sig = vcpu_sig(config, p.mode, &p.cpu_model, host)?;
             let shape = host.shape(p.vcpus, sig.unwrap_or(VcpuSignature(0)), release.release);
@@ -579,7 +590,10 @@ pub fn derive_parsed(
         kernel_sha256,
         initrd_sha256,
         release: release.clone(),
-        warnings: warnings(config, release),
+        warnings: warnings(config, release)
+            .into_iter()
+            .chain(refused)
+            .collect(),
     }))
 }
 
@@ -738,7 +752,8 @@ mod tests {
             &plain,
         );
         assert_eq!(two[0].digest, got[2].digest);
-        // More than the host's 2 CPUs: Kata refuses such a pod, so it is an error.
+        // More than the host's 2 CPUs: Kata refuses such a pod, so that value
+        // gives no launch, says why, and the rest still registers.
         let mut greedy = agent.clone();
         greedy.launches.annotations.default_vcpus = vec![3.0];
         let config = KataConfig::parse(&path, &text).unwrap();
@@ -746,16 +761,27 @@ mod tests {
             release: "4.1.0".parse().unwrap(),
             source: crate::kata_release::ReleaseSource::Configured,
         };
-        let e = derive_parsed(
+        let Derived::Launches(c) = derive_parsed(
             &config,
             &greedy,
             &host(),
             &mut ArtefactCache::new(),
             &release,
         )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("default_vcpus annotation 3"), "{e}");
+        .unwrap() else {
+            panic!("no launches")
+        };
+        assert_eq!(c.launches.len(), 4, "plain and kernel_params launches stay");
+        assert!(c
+            .launches
+            .iter()
+            .all(|l| l.annotation.as_deref() != Some("default_vcpus=3")));
+        let e = c.warnings.join("\n");
+        assert!(
+            e.contains("annotation default_vcpus=3 is not registered")
+                && e.contains("default_vcpus annotation 3"),
+            "{e}"
+        );
         let debug = launches_of(
             &path,
             &text.replace(
