@@ -37,6 +37,7 @@ mod config;
 mod gaps;
 mod launch;
 mod location;
+mod measure;
 mod params;
 mod parse;
 mod release;
@@ -55,6 +56,10 @@ pub use launch::{
     POLICY_ES,
 };
 pub use location::{Located, Location};
+pub use measure::{
+    measure_class, measure_plan, vcpu_signature, Annotation, BootHashes, ClassRequest,
+    MeasureLaunchError, MeasuredClass, MeasuredLaunch, NodeFacts,
+};
 pub use release::{known_releases, CcBuild, KataRelease, UnknownRelease, UPSTREAM_MINORS};
 pub use sev_core::SevMode;
 

@@ -9,11 +9,11 @@
 use crate::artefacts::{
     open_artefact, read_firmware_open, sha256_open, ArtefactError, ArtefactKind,
 };
-use sev_core::{Firmware, KernelHashes, LaunchDigest, MeasureError, Measurement, SevMode, VmShape};
+use sev_core::{FirmwareImage, KernelHashes, LaunchDigest, MeasureError, SevMode, VmShape};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Identity of a file's contents, as far as the file system tells without reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,16 +62,19 @@ pub enum CacheError {
     },
 }
 
-/// A firmware image in memory and the measurements started over it.
+/// A firmware image in memory and the measurements started over it, with the
+/// path it was read from for messages.
 pub struct CachedFirmware {
     path: PathBuf,
-    bytes: Vec<u8>,
-    /// Started measurement per mode and "boots a kernel": for SNP that is 1,024
-    /// page hashes, the same for every launch over this firmware.
-    begun: Mutex<HashMap<(SevMode, bool), Measurement>>,
+    image: FirmwareImage,
 }
 
 impl CachedFirmware {
+    /// The image.
+    pub fn image(&self) -> &FirmwareImage {
+        &self.image
+    }
+
     /// The launch digest for `mode` and `shape` with `hashes` (None: firmware only).
     pub fn digest(
         &self,
@@ -79,24 +82,17 @@ impl CachedFirmware {
         hashes: Option<&KernelHashes>,
         shape: &VmShape,
     ) -> Result<LaunchDigest, CacheError> {
-        let err = |cause| CacheError::Measure {
+        self.image
+            .digest(mode, hashes, shape)
+            .map_err(|cause| self.measure_error(cause))
+    }
+
+    /// A measurement failure of this firmware, naming its path.
+    pub fn measure_error(&self, cause: MeasureError) -> CacheError {
+        CacheError::Measure {
             path: self.path.clone(),
             cause,
-        };
-        let fw = Firmware::parse(&self.bytes).map_err(|e| err(e.into()))?;
-        let key = (mode, hashes.is_some());
-        let cached = self.begun.lock().ok().and_then(|m| m.get(&key).cloned());
-        let started = match cached {
-            Some(m) => m,
-            None => {
-                let m = Measurement::begin(&fw, mode, hashes.is_some()).map_err(err)?;
-                if let Ok(mut map) = self.begun.lock() {
-                    map.insert(key, m.clone());
-                }
-                m
-            }
-        };
-        started.finish(&fw, hashes, shape).map_err(err)
+        }
     }
 }
 
@@ -217,10 +213,13 @@ impl ArtefactCache {
         }
         let (key, bytes) = read_stable(kind, path, |f| read_firmware_open(path, f))?;
         self.stats.misses += 1;
+        let image = FirmwareImage::new(bytes).map_err(|e| CacheError::Measure {
+            path: path.to_path_buf(),
+            cause: e.into(),
+        })?;
         let fw = Arc::new(CachedFirmware {
             path: path.to_path_buf(),
-            bytes,
-            begun: Mutex::default(),
+            image,
         });
         self.firmware
             .insert(path.to_path_buf(), (key, Arc::clone(&fw)));

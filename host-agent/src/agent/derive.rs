@@ -7,12 +7,12 @@ use super::config::AgentConfig;
 use crate::artefacts::ArtefactKind;
 use crate::kata_release::{ReleaseError, ResolvedRelease};
 use kata_launch::{
-    plan, ConfigError as KataError, CpuModel, KataConfig, KataRelease, LaunchContext, PlanError,
+    measure_class, plan, Annotation, BootHashes, ClassRequest, ConfigError as KataError,
+    KataConfig, KataRelease, LaunchContext, MeasureLaunchError, NodeFacts, PlanError,
 };
 use serde::Serialize;
 use sev_core::host_kernel::KernelRelease;
-use sev_core::vcpu::vcpu_type_signature;
-use sev_core::{KernelHashes, SevMode, VcpuSignature, VmShape, VmmType, VmsaFpu};
+use sev_core::{SevMode, VcpuSignature, VmShape, VmsaFpu};
 use std::path::{Path, PathBuf};
 
 /// What the node tells about itself, read once at start.
@@ -36,20 +36,22 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
-    /// The VM shape of a QEMU launch of `release` on this host. The upstream
-    /// releases' QEMU creates its guests with KVM_SEV_INIT2, so what the host
-    /// kernel puts into the VMSAs counts; the CC builds' QEMU predates it, and
-    /// their launches keep the values they were always registered with (guest
-    /// features 0x1, the reset x87/SSE state, as sev-snp-measure 0.0.13).
-    pub fn shape(&self, vcpus: u32, vcpu_sig: VcpuSignature, release: KataRelease) -> VmShape {
-        let vmsa = self.vmsa_for(release);
-        VmShape {
-            vcpus,
-            vcpu_sig,
-            guest_features: vmsa.guest_features,
-            vmm: VmmType::Qemu,
-            fpu: vmsa.fpu,
+    /// What the launch model takes from this host.
+    pub fn node_facts(&self) -> NodeFacts {
+        NodeFacts {
+            fips: self.fips,
+            host_cpus: self.host_cpus,
+            host_sig: self.host_sig,
+            snp_guest_features: self.snp_guest_features,
+            vmsa_fpu: self.vmsa_fpu,
         }
+    }
+
+    /// The VM shape of a QEMU launch of `release` on this host (see
+    /// [`NodeFacts::shape`]: the CC builds' launches keep guest features 0x1
+    /// and the reset x87/SSE state, as sev-snp-measure 0.0.13).
+    pub fn shape(&self, vcpus: u32, vcpu_sig: VcpuSignature, release: KataRelease) -> VmShape {
+        self.node_facts().shape(vcpus, vcpu_sig, release)
     }
 
     /// What this host puts into the VMSAs of launches of `release`.
@@ -320,32 +322,6 @@ fn pod_cpu_counts(config: &KataConfig, agent: &AgentConfig, host: &HostFacts) ->
     (0..=max).collect()
 }
 
-fn vcpu_sig(
-    config: &KataConfig,
-    mode: SevMode,
-    model: &CpuModel,
-    host: &HostFacts,
-) -> Result<Option<VcpuSignature>, DeriveError> {
-    if mode == SevMode::Sev {
-        return Ok(None);
-    }
-    let measure = |cause: String| DeriveError::Measure {
-        path: config.path.clone(),
-        cause,
-    };
-    match model {
-        CpuModel::Host => host.host_sig.map(Some).ok_or_else(|| {
-            measure(format!(
-                "an {mode} guest runs with -cpu host, so its digest depends on the host CPU, \
-                 which is not an AMD CPU here; set launches.host_cpu_signature"
-            ))
-        }),
-        CpuModel::Named(name) => vcpu_type_signature(name)
-            .map(Some)
-            .ok_or_else(|| measure(format!("unknown vCPU model {name:?}"))),
-    }
-}
-
 /// Hashes every artefact not yet cached, in parallel (kernel and initrd are
 /// independent), before the launches are measured one after the other.
 fn warm(config: &KataConfig, cache: &mut ArtefactCache) {
@@ -395,50 +371,26 @@ pub fn derive(
     Ok((config, derived))
 }
 
-/// The pod annotations to derive extra launches for: the configured values of
-/// each annotation the configuration lets pods set.
-fn annotation_contexts(
-    config: &KataConfig,
-    agent: &AgentConfig,
-    release: kata_launch::KataRelease,
-) -> Vec<(String, LaunchContext)> {
+/// The configured annotation values to derive extra launches for (those the
+/// configuration does not let through are left out by the measurement).
+pub fn annotations(agent: &AgentConfig) -> Vec<Annotation> {
     let a = &agent.launches.annotations;
-    let allowed = kata_launch::measured_annotations(config, release);
-    let mut out = Vec::new();
-    if allowed.contains(&"default_vcpus") {
-        for v in &a.default_vcpus {
-            out.push((
-                format!("default_vcpus={v}"),
-                LaunchContext {
-                    default_vcpus_annotation: Some(*v),
-                    ..LaunchContext::default()
-                },
-            ));
-        }
-    }
-    if allowed.contains(&"kernel_params") {
-        for v in &a.kernel_params {
-            out.push((
-                format!("kernel_params={v}"),
-                LaunchContext {
-                    kernel_params_annotation: Some(v.clone()),
-                    ..LaunchContext::default()
-                },
-            ));
-        }
-    }
-    if allowed.contains(&"kernel_verity_params") {
-        for v in &a.kernel_verity_params {
-            out.push((
-                format!("kernel_verity_params={v}"),
-                LaunchContext {
-                    kernel_verity_params_annotation: Some(v.clone()),
-                    ..LaunchContext::default()
-                },
-            ));
-        }
-    }
-    out
+    a.default_vcpus
+        .iter()
+        .map(|v| Annotation::DefaultVcpus(*v))
+        .chain(
+            a.kernel_params
+                .iter()
+                .cloned()
+                .map(Annotation::KernelParams),
+        )
+        .chain(
+            a.kernel_verity_params
+                .iter()
+                .cloned()
+                .map(Annotation::KernelVerityParams),
+        )
+        .collect()
 }
 
 /// What the digests of `config` under `release` do not pin down, and a release
@@ -467,15 +419,13 @@ pub fn derive_parsed(
     cache: &mut ArtefactCache,
     release: &ResolvedRelease,
 ) -> Result<Derived, DeriveError> {
-    let with = |pod_cpus, base: &LaunchContext| LaunchContext {
-        pod_cpus,
+    let first_ctx = LaunchContext {
         fips: host.fips,
         host_cpus: host.host_cpus,
         release: release.release,
-        ..base.clone()
+        ..LaunchContext::default()
     };
-    let plain = LaunchContext::default();
-    let first = match plan(config, &with(0, &plain)) {
+    let first = match plan(config, &first_ctx) {
         Ok(p) => p,
         Err(PlanError::NotConfidential { .. }) => {
             return Ok(Derived::Skipped {
@@ -526,63 +476,62 @@ pub fn derive_parsed(
         ),
         None => None,
     };
-    let mut contexts = vec![(None, plain)];
-    contexts.extend(
-        annotation_contexts(config, agent, release.release)
-            .into_iter()
-            .map(|(label, ctx)| (Some(label), ctx)),
-    );
-    let mut launches = Vec::new();
-    let mut refused = Vec::new();
-    'contexts: for (annotation, base) in &contexts {
-        for pod_cpus in pod_cpu_counts(config, agent, host) {
-            let p = if pod_cpus == 0 && annotation.is_none() {
-                first.clone()
-            } else {
-                match (plan(config, &with(pod_cpus, base)), annotation) {
-                    (Ok(p), _) => p,
-                    // A configured annotation value this node's Kata would refuse
-                    // (more vCPUs than it has) gives no launch here; the file's
-                    // own launches still register.
-                    (Err(e), Some(label)) => {
-                        refused.push(format!("annotation {label} is not registered: {e}"));
-                        continue 'contexts;
-                    }
-                    (Err(e), None) => return Err(e.into()),
-                }
-            };
-            let sig = vcpu_sig(config, p.mode, &p.cpu_model, host)?;
-            let shape = host.shape(p.vcpus, sig.unwrap_or(VcpuSignature(0)), release.release);
-            let hashes = KernelHashes {
-                kernel: kernel_sha256,
-                initrd: initrd_sha256.unwrap_or_else(sev_core::hashes::empty_digest),
-                cmdline: sev_core::hashes::cmdline_digest(p.cmdline.as_bytes()),
-            };
-            let digest = firmware
-                .digest(p.mode, p.kernel_hashes.then_some(&hashes), &shape)
-                .map_err(|e| artefact_err("firmware", e))?;
-            launches.push(DerivedLaunch {
-                pod_cpus,
+    let hashes = BootHashes {
+        kernel: kernel_sha256,
+        initrd: initrd_sha256,
+    };
+    let pod_cpus = pod_cpu_counts(config, agent, host);
+    let annotations = annotations(agent);
+    let request = ClassRequest {
+        release: release.release,
+        pod_cpus: &pod_cpus,
+        annotations: &annotations,
+    };
+    let facts = host.node_facts();
+    let measured = measure_class(config, &request, &facts, &hashes, firmware.image()).map_err(
+        |e| match e {
+            MeasureLaunchError::Plan(p) => DeriveError::Plan(p),
+            MeasureLaunchError::Measure(m) => artefact_err("firmware", firmware.measure_error(m)),
+            MeasureLaunchError::NoHostSignature { mode } => DeriveError::Measure {
+                path: config.path.clone(),
+                cause: format!(
+                    "an {mode} guest runs with -cpu host, so its digest depends on the host \
+                     CPU, which is not an AMD CPU here; set launches.host_cpu_signature"
+                ),
+            },
+            MeasureLaunchError::UnknownCpuModel(name) => DeriveError::Measure {
+                path: config.path.clone(),
+                cause: format!("unknown vCPU model {name:?}"),
+            },
+        },
+    )?;
+    let refused = measured.refused;
+    let launches = measured
+        .launches
+        .into_iter()
+        .map(|m| {
+            let p = m.plan;
+            DerivedLaunch {
+                pod_cpus: m.pod_cpus,
                 mode: p.mode.name(),
                 policy: p.policy,
                 firmware: p.firmware.clone(),
                 kernel: p.kernel.clone(),
                 initrd: p.initrd.clone(),
-                cmdline: p.cmdline.clone(),
-                vcpus: p.vcpus,
                 cpu: p.cpu_arg(),
-                vcpu_sig: sig.map(|s| s.to_string()),
-                kernel_hashes: p.kernel_hashes,
                 smp: p.smp_arg(),
-                annotation: annotation.clone(),
-                guest_features: (p.mode == SevMode::Snp)
-                    .then(|| format!("{:#x}", shape.guest_features)),
-                digest: digest.to_hex(),
-                digest_bytes: digest.as_bytes().to_vec(),
+                cmdline: p.cmdline,
+                vcpus: p.vcpus,
+                vcpu_sig: m.vcpu_sig.map(|s| s.to_string()),
+                kernel_hashes: p.kernel_hashes,
+                annotation: m.annotation,
+                guest_features: m.guest_features.map(|f| format!("{f:#x}")),
+                digest: m.digest.to_hex(),
+                digest_bytes: m.digest.as_bytes().to_vec(),
                 sev_mode: p.mode,
-            });
-        }
-    }
+            }
+        })
+        .collect();
     Ok(Derived::Launches(ClassLaunches {
         runtime_class: config.runtime_class.clone(),
         config: config.path.clone(),
