@@ -1,5 +1,7 @@
 //! Connecting to the key broker's admin API: over its Unix socket (the broker
-//! checks the caller's peer credentials) or over TCP with a bearer token.
+//! checks the caller's peer credentials) or over TCP with a bearer token, in
+//! clear (`http://`) or over TLS (`https://`, the broker verified against a CA
+//! certificate the caller names).
 //!
 //! Shared by `kbs admin` and the host agent, so that both authenticate the same
 //! way and report connection failures in the same words.
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use zeroize::Zeroizing;
 
 /// Why no admin client could be made.
@@ -24,8 +26,35 @@ pub enum ConnectError {
         cause: String,
     },
     /// The endpoint is not a URL.
-    #[error("{0:?} is not a URL (expected http://HOST:PORT)")]
+    #[error("{0:?} is not a URL (expected http://HOST:PORT or https://HOST:PORT)")]
     BadEndpoint(String),
+    /// An `https://` endpoint without a CA certificate to verify the broker:
+    /// the system's roots are never trusted for the admin API.
+    #[error(
+        "{0} is https but no CA certificate file was given to verify the key broker's \
+         certificate with (the system's roots are not used)"
+    )]
+    NoCaFile(String),
+    /// A CA certificate file for an endpoint that does not use TLS.
+    #[error(
+        "CA certificate file {} given, but {endpoint} is not TLS: the endpoint must be \
+         https://HOST:PORT to use it",
+        path.display()
+    )]
+    CaFileWithoutTls {
+        /// The endpoint.
+        endpoint: String,
+        /// The CA certificate file.
+        path: PathBuf,
+    },
+    /// The CA certificate file could not be used.
+    #[error("CA certificate file {}: {reason}", path.display())]
+    CaFile {
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The token cannot travel in an HTTP header.
     #[error("the admin token holds characters a header cannot carry")]
     BadToken,
@@ -105,16 +134,46 @@ pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<Client, Conn
     Ok(AdminClient::with_interceptor(channel, Bearer::none()))
 }
 
-/// Connects to the TCP admin listener at `endpoint` (`http://HOST:PORT`),
-/// presenting `token`.
+/// Connects to the TCP admin listener at `endpoint`, presenting `token`.
+///
+/// `http://HOST:PORT` speaks in clear and takes no `ca_file`;
+/// `https://HOST:PORT` speaks TLS and needs `ca_file`, a PEM file of the CA
+/// certificate(s) the broker's certificate must chain to (its name is checked
+/// against HOST). Only those certificates are trusted, never the system's.
 pub async fn connect_tcp(
     endpoint: &str,
     token: &str,
+    ca_file: Option<&Path>,
     timeout: Duration,
 ) -> Result<Client, ConnectError> {
     let bearer = Bearer::token(token)?;
-    let channel = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|_| ConnectError::BadEndpoint(endpoint.to_string()))?
+    let bad = || ConnectError::BadEndpoint(endpoint.to_string());
+    let mut channel = Endpoint::from_shared(endpoint.to_string()).map_err(|_| bad())?;
+    let tls = match channel.uri().scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(bad()),
+    };
+    match (tls, ca_file) {
+        (true, Some(path)) => {
+            let ca = read_ca(path)?;
+            channel = channel
+                .tls_config(ClientTlsConfig::new().ca_certificate(ca))
+                .map_err(|e| ConnectError::CaFile {
+                    path: path.to_path_buf(),
+                    reason: root_cause(&e),
+                })?;
+        }
+        (true, None) => return Err(ConnectError::NoCaFile(endpoint.to_string())),
+        (false, Some(path)) => {
+            return Err(ConnectError::CaFileWithoutTls {
+                endpoint: endpoint.to_string(),
+                path: path.to_path_buf(),
+            })
+        }
+        (false, None) => {}
+    }
+    let channel = channel
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect()
@@ -124,6 +183,31 @@ pub async fn connect_tcp(
             cause: root_cause(&e),
         })?;
     Ok(AdminClient::with_interceptor(channel, bearer))
+}
+
+/// Reads a CA certificate file: PEM holding at least one certificate and
+/// nothing that does not parse. Checked here rather than left to the TLS
+/// handshake, which would report an empty or mangled file as the broker's
+/// certificate being untrusted.
+pub fn read_ca(path: &Path) -> Result<Certificate, ConnectError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let bad = |reason: String| ConnectError::CaFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let mut count = 0usize;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        cert.map_err(|e| bad(format!("not valid PEM: {e}")))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(bad(
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into(),
+        ));
+    }
+    Ok(Certificate::from_pem(pem))
 }
 
 /// The innermost error of a chain: tonic's transport errors repeat their
@@ -173,6 +257,50 @@ mod tests {
             "Bearer(..)"
         );
         assert!(matches!(Bearer::token("a\nb"), Err(ConnectError::BadToken)));
+    }
+
+    const TOKEN: &str = "t0123456789abcdef0123456789abcdef";
+
+    async fn tcp_error(endpoint: &str, ca: Option<&Path>) -> String {
+        connect_tcp(endpoint, TOKEN, ca, Duration::from_secs(1))
+            .await
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn https_needs_a_ca_file_and_http_takes_none() {
+        let e = tcp_error("https://127.0.0.1:1", None).await;
+        assert!(e.contains("no CA certificate file"), "{e}");
+        let e = tcp_error("http://127.0.0.1:1", Some(Path::new("/etc/kbs/ca.pem"))).await;
+        assert!(e.contains("/etc/kbs/ca.pem"), "{e}");
+        assert!(e.contains("must be https://"), "{e}");
+        let e = tcp_error("ftp://127.0.0.1:1", None).await;
+        assert!(e.contains("https://HOST:PORT"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_ca_file_that_is_missing_or_not_pem_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing-ca.pem");
+        let e = tcp_error("https://127.0.0.1:1", Some(&missing)).await;
+        assert!(
+            e.starts_with(&format!("CA certificate file {}", missing.display())),
+            "{e}"
+        );
+        let garbage = dir.path().join("garbage-ca.pem");
+        for text in [
+            "not a certificate\n",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n",
+        ] {
+            std::fs::write(&garbage, text).unwrap();
+            let e = tcp_error("https://127.0.0.1:1", Some(&garbage)).await;
+            assert!(
+                e.starts_with(&format!("CA certificate file {}", garbage.display())),
+                "{text:?}: {e}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -17,27 +17,33 @@
 //! broker through this API and are never logged.
 
 use crate::broker::Broker;
+pub use crate::credentials::{
+    own_uid, AdminAuth, AdminToken, AllowedUids, TokenFileError, MIN_TOKEN,
+};
+use crate::credentials::{Caller, Role};
 use crate::metrics::Metrics;
-use crate::store::{DigestRecord, Store, StoreError};
+use crate::registration::{self, RegisterError, RegistrationMode};
+use crate::store::{ApprovalRow, DigestRecord, Origin, Store, StoreError, TokenRow};
 use kbs_proto::kbsadmin::admin_server::Admin;
 use kbs_proto::kbsadmin::{
-    AttestationRecord, DeleteRequest, DeleteResponse, Digest, Keyset, ListDigestsRequest,
-    ListDigestsResponse, ListInventoryRequest, ListInventoryResponse, ListRecordsRequest,
-    ListRecordsResponse, RegisteredDigest, ReplaceDigestsRequest, ReplaceDigestsResponse,
-    SetKeysetRequest, SetKeysetResponse, SetResourceRequest, SetResourceResponse, SetSecretRequest,
-    SetSecretResponse,
+    Approval, ApproveRequest, ApproveResponse, AttestationRecord, CreateTokenRequest,
+    CreateTokenResponse, DeleteRequest, DeleteResponse, Digest, Keyset, LaunchInputs,
+    ListApprovalsRequest, ListApprovalsResponse, ListDigestsRequest, ListDigestsResponse,
+    ListInventoryRequest, ListInventoryResponse, ListRecordsRequest, ListRecordsResponse,
+    ListTokensRequest, ListTokensResponse, NodeLaunch, RegisterLaunchesRequest,
+    RegisterLaunchesResponse, RegisteredDigest, ReplaceDigestsRequest, ReplaceDigestsResponse,
+    RevokeRequest, RevokeResponse, RevokeTokenRequest, RevokeTokenResponse, SetKeysetRequest,
+    SetKeysetResponse, SetResourceRequest, SetResourceResponse, SetSecretRequest,
+    SetSecretResponse, TokenInfo, WhoAmIRequest, WhoAmIResponse,
 };
-use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
 use std::future::Future;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 use zeroize::Zeroizing;
 
 /// Longest id (node, runtime class, secret, keyset, resource), in bytes.
@@ -52,19 +58,15 @@ pub const MAX_DIGESTS: usize = 4096;
 pub const MAX_KEYSET: usize = 1024;
 /// Longest digest `config` text, in bytes.
 pub const MAX_CONFIG: usize = 4096;
+/// Longest kernel command line in a registration (QEMU's own limit on x86 is
+/// far below).
+pub const MAX_CMDLINE: usize = 64 << 10;
 /// Largest vCPU count accepted.
 pub const MAX_VCPUS: u32 = 4096;
 /// Records returned when the request names no limit.
 pub const DEFAULT_RECORDS: u32 = 100;
 /// Most records in one ListRecords.
 pub const MAX_RECORDS: u32 = 1000;
-/// Shortest admin token accepted, in bytes.
-pub const MIN_TOKEN: usize = 32;
-/// Largest admin token file read.
-const MAX_TOKEN_FILE: u64 = 4096;
-
-/// The message every unauthenticated caller gets, whatever was wrong.
-const UNAUTHENTICATED: &str = "admin credentials missing or invalid";
 
 /// The length of a launch digest of `mode` (`sev`, `seves` or `snp`).
 pub fn digest_len(mode: &str) -> Option<usize> {
@@ -95,7 +97,7 @@ pub fn check_id(field: &str, id: &str) -> Result<(), Status> {
 
 /// Checks free text: at most `max` bytes, no control characters but newlines
 /// and tabs.
-fn check_text(field: &str, text: &str, max: usize) -> Result<(), Status> {
+pub fn check_text(field: &str, text: &str, max: usize) -> Result<(), Status> {
     if text.len() > max {
         return Err(Status::invalid_argument(format!(
             "{field}: longer than {max} bytes"
@@ -149,6 +151,76 @@ fn check_digest(field: &str, d: &Digest) -> Result<(Vec<u8>, DigestRecord), Stat
             config: d.config.clone(),
         },
     ))
+}
+
+/// How many distinct digests a set holds (what the node and class then have).
+fn distinct(digests: &[(Vec<u8>, DigestRecord)]) -> u32 {
+    let set: HashSet<_> = digests
+        .iter()
+        .map(|(bytes, d)| (d.mode.clone(), bytes.clone(), d.vcpus, d.vcpu_type.clone()))
+        .collect();
+    u32::try_from(set.len()).unwrap_or(u32::MAX)
+}
+
+/// Registers one class's launches by their inputs: under approved
+/// registration the broker's own derivation, under open registration the
+/// node's digests as sent.
+fn register(
+    broker: &Broker,
+    mode: RegistrationMode,
+    node: &str,
+    inputs: &LaunchInputs,
+    launches: &[NodeLaunch],
+) -> Result<(u32, Origin), RegisterError> {
+    let (digests, origin, used) = match mode {
+        RegistrationMode::Approved => {
+            let d =
+                registration::derive(broker.store(), broker.firmware_images(), inputs, launches)?;
+            (d.digests, Origin::Derived, d.inputs)
+        }
+        RegistrationMode::Open => {
+            let digests = launches
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| l.digest.as_ref().map(|d| (i, d)))
+                .map(|(i, d)| check_digest(&format!("launches[{i}].digest"), d))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|s| RegisterError::Invalid(s.message().to_string()))?;
+            (digests, Origin::Node, Vec::new())
+        }
+    };
+    let count = distinct(&digests);
+    broker
+        .store()
+        .replace_digests(node, &inputs.runtime_class, &digests, origin, &used)?;
+    Ok((count, origin))
+}
+
+/// An approval as the API shows it.
+fn approval_message(row: ApprovalRow) -> Approval {
+    Approval {
+        detail: registration::describe(&row),
+        kind: row.kind,
+        id: row.id,
+        runtime_class: row.runtime_class,
+        approved_by: row.approved_by,
+        approved_at: row.approved_at,
+        note: row.note,
+    }
+}
+
+/// The stored form of an approval id given to revoke.
+fn canonical_id(kind: &str, id: &str) -> Result<String, Status> {
+    let bad = |m: String| Status::invalid_argument(m);
+    match kind {
+        registration::HOST_CPU => registration::parse_cpu_signature(id)
+            .map(|s| format!("{:#010x}", s.0))
+            .ok_or_else(|| bad(format!("id: {id:?} is not a CPUID signature"))),
+        registration::HOST_KERNEL => sev_core::host_kernel::KernelRelease::parse(id)
+            .map(|k| k.to_string())
+            .ok_or_else(|| bad(format!("id: {id:?} is not a kernel release"))),
+        _ => registration::check_sha256("id", id).map_err(bad),
+    }
 }
 
 fn internal(e: &StoreError) -> Status {
@@ -226,14 +298,32 @@ impl Admin for AdminService {
         &self,
         request: Request<ReplaceDigestsRequest>,
     ) -> Result<Response<ReplaceDigestsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         self.counted("ReplaceDigests", async move {
-            check_id("node", &r.node)?;
+            let node = caller.node_for(&r.node)?;
+            check_id("node", &node)?;
             check_id("runtime_class", &r.runtime_class)?;
             if r.digests.len() > MAX_DIGESTS {
                 return Err(Status::invalid_argument(format!(
                     "digests: at most {MAX_DIGESTS} in one call"
                 )));
+            }
+            let origin = match caller.role {
+                Role::Operator => Origin::Operator,
+                Role::Node(_) => Origin::Node,
+            };
+            // A node's own digests count only under open registration; under
+            // approved registration it may only withdraw its own.
+            if origin == Origin::Node
+                && !r.digests.is_empty()
+                && self.broker.registration() == RegistrationMode::Approved
+            {
+                warn!(caller = %caller.name, %node, "admin: a node sent its own digests under approved registration");
+                return Err(Status::failed_precondition(
+                    "registration is by approved inputs: a node registers with RegisterLaunches \
+                     (host agents do), or an operator vouches with kbs admin digests replace",
+                ));
             }
             let digests = r
                 .digests
@@ -241,15 +331,11 @@ impl Admin for AdminService {
                 .enumerate()
                 .map(|(i, d)| check_digest(&format!("digests[{i}]"), d))
                 .collect::<Result<Vec<_>, _>>()?;
-            let distinct: HashSet<_> = digests
-                .iter()
-                .map(|(bytes, d)| (d.mode.clone(), bytes.clone(), d.vcpus, d.vcpu_type.clone()))
-                .collect();
-            let count = u32::try_from(distinct.len()).unwrap_or(u32::MAX);
-            let (node, class) = (r.node.clone(), r.runtime_class.clone());
-            self.store(move |s| s.replace_digests(&node, &class, &digests))
+            let count = distinct(&digests);
+            let (n, class) = (node.clone(), r.runtime_class.clone());
+            self.store(move |s| s.replace_digests(&n, &class, &digests, origin, &[]))
                 .await?;
-            info!(node = %r.node, runtime_class = %r.runtime_class, count, "admin: digests replaced");
+            info!(caller = %caller.name, %node, runtime_class = %r.runtime_class, count, origin = origin.name(), "admin: digests replaced");
             Ok(ReplaceDigestsResponse { count })
         })
         .await
@@ -259,18 +345,24 @@ impl Admin for AdminService {
         &self,
         request: Request<ListDigestsRequest>,
     ) -> Result<Response<ListDigestsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         self.counted("ListDigests", async move {
-            if !r.node.is_empty() {
-                check_id("node", &r.node)?;
+            // A node sees only its own node's digests.
+            let only_node = match &caller.role {
+                Role::Operator => r.node.clone(),
+                Role::Node(_) => caller.node_for(&r.node)?,
+            };
+            if !only_node.is_empty() {
+                check_id("node", &only_node)?;
             }
             if !r.runtime_class.is_empty() {
                 check_id("runtime_class", &r.runtime_class)?;
             }
             let all = self.store(|s| s.list_digests()).await?;
             let mut digests = Vec::new();
-            for (node, runtime_class, d) in all {
-                if (!r.node.is_empty() && node != r.node)
+            for (node, runtime_class, d, origin) in all {
+                if (!only_node.is_empty() && node != only_node)
                     || (!r.runtime_class.is_empty() && runtime_class != r.runtime_class)
                 {
                     continue;
@@ -289,9 +381,286 @@ impl Admin for AdminService {
                         vcpu_type: d.vcpu_type,
                         config: d.config,
                     }),
+                    origin: origin.name().to_string(),
                 });
             }
             Ok(ListDigestsResponse { digests })
+        })
+        .await
+    }
+
+    async fn register_launches(
+        &self,
+        request: Request<RegisterLaunchesRequest>,
+    ) -> Result<Response<RegisterLaunchesResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        let node = caller.node_for(&r.node)?;
+        let inputs = r.inputs.unwrap_or_default();
+        let span = tracing::info_span!(
+            "registration",
+            caller = %caller.name,
+            %node,
+            runtime_class = %inputs.runtime_class,
+            launches = r.launches.len()
+        );
+        self.counted(
+            "RegisterLaunches",
+            async move {
+                check_id("node", &node)?;
+                check_id("inputs.runtime_class", &inputs.runtime_class)?;
+                if r.launches.len() > MAX_DIGESTS {
+                    return Err(Status::invalid_argument(format!(
+                        "launches: at most {MAX_DIGESTS} in one call"
+                    )));
+                }
+                for (i, l) in r.launches.iter().enumerate() {
+                    let d = l.digest.as_ref().ok_or_else(|| {
+                        Status::invalid_argument(format!("launches[{i}].digest: missing"))
+                    })?;
+                    check_digest(&format!("launches[{i}].digest"), d)?;
+                    check_text(&format!("launches[{i}].cmdline"), &l.cmdline, MAX_CMDLINE)?;
+                    check_text(&format!("launches[{i}].cpu"), &l.cpu, MAX_ID)?;
+                    check_text(
+                        &format!("launches[{i}].annotation"),
+                        &l.annotation,
+                        MAX_CONFIG,
+                    )?;
+                }
+                let class = inputs.runtime_class.clone();
+                let mode = self.broker.registration();
+                let b = Arc::clone(&self.broker);
+                let n = node.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    register(&b, mode, &n, &inputs, &r.launches)
+                })
+                .await
+                .map_err(|e| {
+                    error!(error = %e, "admin: registration task failed");
+                    Status::internal("internal error")
+                })?;
+                match outcome {
+                    Ok((count, origin)) => {
+                        info!(count, origin = origin.name(), "admin: launches registered");
+                        Ok(RegisterLaunchesResponse {
+                            count,
+                            origin: origin.name().to_string(),
+                        })
+                    }
+                    Err(e) => {
+                        warn!(runtime_class = %class, error = %e, "admin: registration refused");
+                        Err(e.into_status())
+                    }
+                }
+            }
+            .instrument(span),
+        )
+        .await
+    }
+
+    async fn approve(
+        &self,
+        request: Request<ApproveRequest>,
+    ) -> Result<Response<ApproveResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        self.counted("Approve", async move {
+            caller.require_operator("approving inputs")?;
+            let (row, data) = tokio::task::spawn_blocking({
+                let caller = caller.clone();
+                move || registration::prepare_approval(&r, &caller)
+            })
+            .await
+            .map_err(|e| {
+                error!(error = %e, "admin: approval task failed");
+                Status::internal("internal error")
+            })??;
+            let stored = row.clone();
+            let at = self
+                .store(move |s| s.approve(&stored, data.as_deref()))
+                .await?;
+            if row.kind == registration::FIRMWARE {
+                self.broker.firmware_images().forget(&row.id);
+            }
+            info!(caller = %caller.name, kind = %row.kind, id = %row.id, runtime_class = %row.runtime_class, "admin: input approved");
+            Ok(ApproveResponse {
+                approval: Some(approval_message(ApprovalRow {
+                    approved_at: at,
+                    ..row
+                })),
+            })
+        })
+        .await
+    }
+
+    async fn list_approvals(
+        &self,
+        request: Request<ListApprovalsRequest>,
+    ) -> Result<Response<ListApprovalsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        self.counted("ListApprovals", async move {
+            caller.require_operator("listing approvals")?;
+            let rows = self.store(|s| s.approvals()).await?;
+            Ok(ListApprovalsResponse {
+                approvals: rows.into_iter().map(approval_message).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        self.counted("Revoke", async move {
+            caller.require_operator("revoking approvals")?;
+            if !registration::KINDS.contains(&r.kind.as_str()) {
+                return Err(Status::invalid_argument(format!(
+                    "kind: {:?} is not one of {}",
+                    r.kind,
+                    registration::KINDS.join(", ")
+                )));
+            }
+            check_id("id", &r.id)?;
+            let id = canonical_id(&r.kind, &r.id)?;
+            let class = (!r.runtime_class.is_empty()).then(|| r.runtime_class.clone());
+            if let Some(c) = &class {
+                check_id("runtime_class", c)?;
+            }
+            let (kind, key) = (r.kind.clone(), id.clone());
+            let (revoked, removed) = self
+                .store(move |s| s.revoke(&kind, &key, class.as_deref()))
+                .await?;
+            if revoked == 0 {
+                return Err(Status::not_found(format!(
+                    "no {} approval {id:?}{}",
+                    r.kind,
+                    if r.runtime_class.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" for runtime class {}", r.runtime_class)
+                    }
+                )));
+            }
+            if r.kind == registration::FIRMWARE {
+                self.broker.firmware_images().forget(&id);
+            }
+            info!(caller = %caller.name, kind = %r.kind, %id, revoked, digests_removed = removed, "admin: approval revoked");
+            Ok(RevokeResponse {
+                revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
+                digests_removed: u32::try_from(removed).unwrap_or(u32::MAX),
+            })
+        })
+        .await
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        self.counted("CreateToken", async move {
+            caller.require_operator("making tokens")?;
+            match r.role.as_str() {
+                "node" => check_id("node", &r.node)?,
+                "operator" if r.node.is_empty() => {}
+                "operator" => {
+                    return Err(Status::invalid_argument(
+                        "node: an operator token speaks for no node",
+                    ))
+                }
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "role: {other:?} is not node or operator"
+                    )))
+                }
+            }
+            check_text("note", &r.note, MAX_CONFIG)?;
+            let made = crate::credentials::new_token();
+            let row = TokenRow {
+                id: made.id.clone(),
+                hash: made.hash,
+                role: r.role.clone(),
+                node: r.node.clone(),
+                note: r.note.clone(),
+                created_by: caller.name.clone(),
+                created_at: crate::store::now(),
+            };
+            let stored = row.clone();
+            self.store(move |s| s.insert_token(&stored)).await?;
+            self.broker.tokens().insert(&row);
+            info!(caller = %caller.name, id = %row.id, role = %row.role, node = %row.node, "admin: token made");
+            Ok(CreateTokenResponse {
+                id: made.id,
+                token: made.token.to_string(),
+            })
+        })
+        .await
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        self.counted("ListTokens", async move {
+            caller.require_operator("listing tokens")?;
+            let rows = self.store(|s| s.tokens()).await?;
+            Ok(ListTokensResponse {
+                tokens: rows
+                    .into_iter()
+                    .map(|t| TokenInfo {
+                        id: t.id,
+                        role: t.role,
+                        node: t.node,
+                        note: t.note,
+                        created_by: t.created_by,
+                        created_at: t.created_at,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        self.counted("RevokeToken", async move {
+            caller.require_operator("revoking tokens")?;
+            check_id("id", &r.id)?;
+            let id = r.id.clone();
+            if !self.store(move |s| s.revoke_token(&id)).await? {
+                return Err(Status::not_found(format!("no token {:?}", r.id)));
+            }
+            self.broker.tokens().remove(&r.id);
+            info!(caller = %caller.name, id = %r.id, "admin: token revoked");
+            Ok(RevokeTokenResponse {})
+        })
+        .await
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        self.counted("WhoAmI", async move {
+            Ok(WhoAmIResponse {
+                role: caller.role.name().to_string(),
+                node: match &caller.role {
+                    Role::Node(n) => n.clone(),
+                    Role::Operator => String::new(),
+                },
+                name: caller.name.clone(),
+                registration: self.broker.registration().name().to_string(),
+            })
         })
         .await
     }
@@ -300,6 +669,7 @@ impl Admin for AdminService {
         &self,
         request: Request<SetSecretRequest>,
     ) -> Result<Response<SetSecretResponse>, Status> {
+        Caller::of(&request)?.require_operator("setting secrets")?;
         let r = request.into_inner();
         self.counted("SetSecret", async move {
             check_id("id", &r.id)?;
@@ -324,6 +694,7 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        Caller::of(&request)?.require_operator("deleting secrets")?;
         self.delete(
             "DeleteSecret",
             "secret",
@@ -337,6 +708,7 @@ impl Admin for AdminService {
         &self,
         request: Request<SetKeysetRequest>,
     ) -> Result<Response<SetKeysetResponse>, Status> {
+        Caller::of(&request)?.require_operator("setting keysets")?;
         let r = request.into_inner();
         self.counted("SetKeyset", async move {
             check_id("id", &r.id)?;
@@ -360,6 +732,7 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        Caller::of(&request)?.require_operator("deleting keysets")?;
         self.delete(
             "DeleteKeyset",
             "keyset",
@@ -373,6 +746,7 @@ impl Admin for AdminService {
         &self,
         request: Request<SetResourceRequest>,
     ) -> Result<Response<SetResourceResponse>, Status> {
+        Caller::of(&request)?.require_operator("setting resources")?;
         let r = request.into_inner();
         self.counted("SetResource", async move {
             check_id("id", &r.id)?;
@@ -394,6 +768,7 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        Caller::of(&request)?.require_operator("deleting resources")?;
         self.delete(
             "DeleteResource",
             "resource",
@@ -405,8 +780,9 @@ impl Admin for AdminService {
 
     async fn list_inventory(
         &self,
-        _request: Request<ListInventoryRequest>,
+        request: Request<ListInventoryRequest>,
     ) -> Result<Response<ListInventoryResponse>, Status> {
+        Caller::of(&request)?.require_operator("listing secrets, keysets and resources")?;
         self.counted("ListInventory", async move {
             let inv = self.store(|s| s.list_ids()).await?;
             Ok(ListInventoryResponse {
@@ -426,6 +802,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListRecordsRequest>,
     ) -> Result<Response<ListRecordsResponse>, Status> {
+        Caller::of(&request)?.require_operator("reading attestation records")?;
         let r = request.into_inner();
         self.counted("ListRecords", async move {
             if r.after_id < 0 {
@@ -447,233 +824,6 @@ impl Admin for AdminService {
             })
         })
         .await
-    }
-}
-
-/// Why the admin token file is refused. Messages name the file, never its
-/// content.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenFileError {
-    /// It cannot be opened or read.
-    #[error("admin token file {path}: {error}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        error: std::io::Error,
-    },
-    /// It is a directory, device or other non-regular file.
-    #[error("admin token file {path} is not a regular file")]
-    NotAFile {
-        /// The file.
-        path: PathBuf,
-    },
-    /// Group or others may read or write it.
-    #[error("admin token file {path} has mode {mode:04o}: group and others must have no access (chmod 600)")]
-    Permissions {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
-    /// Another unprivileged user owns it, and could change it.
-    #[error("admin token file {path} is owned by uid {owner}: it must be owned by root or by the broker's uid {me}")]
-    Owner {
-        /// The file.
-        path: PathBuf,
-        /// Its owner.
-        owner: u32,
-        /// The broker's effective uid.
-        me: u32,
-    },
-    /// The token is too short, too long or holds characters a header cannot.
-    #[error("admin token file {path} must hold one token of {MIN_TOKEN} to {MAX_TOKEN_FILE} printable ASCII characters without spaces")]
-    BadToken {
-        /// The file.
-        path: PathBuf,
-    },
-}
-
-/// The bearer token TCP admin callers must present. Only its SHA-256 is kept.
-pub struct AdminToken {
-    digest: [u8; 32],
-}
-
-impl std::fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminToken(..)")
-    }
-}
-
-impl AdminToken {
-    /// Reads the token from `path`: a regular file owned by root or by this
-    /// process's uid, not accessible to group or others, holding at least
-    /// [`MIN_TOKEN`] bytes of token after trimming white space.
-    pub fn load(path: &Path) -> Result<AdminToken, TokenFileError> {
-        let read = |error| TokenFileError::Read {
-            path: path.to_path_buf(),
-            error,
-        };
-        let file = std::fs::File::open(path).map_err(read)?;
-        let meta = file.metadata().map_err(read)?;
-        if !meta.is_file() {
-            return Err(TokenFileError::NotAFile {
-                path: path.to_path_buf(),
-            });
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(TokenFileError::Permissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-        let me = own_uid();
-        if meta.uid() != 0 && meta.uid() != me {
-            return Err(TokenFileError::Owner {
-                path: path.to_path_buf(),
-                owner: meta.uid(),
-                me,
-            });
-        }
-        let mut raw = Zeroizing::new(Vec::new());
-        file.take(MAX_TOKEN_FILE + 1)
-            .read_to_end(&mut raw)
-            .map_err(read)?;
-        let bad = || TokenFileError::BadToken {
-            path: path.to_path_buf(),
-        };
-        if u64::try_from(raw.len()).unwrap_or(u64::MAX) > MAX_TOKEN_FILE {
-            return Err(bad());
-        }
-        let token = raw.trim_ascii();
-        if token.len() < MIN_TOKEN || !token.iter().all(u8::is_ascii_graphic) {
-            return Err(bad());
-        }
-        Ok(AdminToken::from_bytes(token))
-    }
-
-    /// A token from its bytes (for tests and callers that hold it already).
-    pub fn from_bytes(token: &[u8]) -> AdminToken {
-        AdminToken {
-            digest: Sha256::digest(token).into(),
-        }
-    }
-
-    /// Whether `presented` is the token, in time independent of both (the
-    /// hashes are compared, so not even the length shows).
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented).into();
-        bool::from(digest.ct_eq(&self.digest))
-    }
-
-    /// Whether an `authorization` header value carries the token
-    /// (`Bearer <token>`, scheme case-insensitive).
-    pub fn authorizes(&self, header: &[u8]) -> bool {
-        let Some((scheme, rest)) = header.split_first_chunk::<7>() else {
-            return false;
-        };
-        scheme.eq_ignore_ascii_case(b"bearer ") && self.matches(rest.trim_ascii())
-    }
-}
-
-/// This process's effective uid.
-pub fn own_uid() -> u32 {
-    rustix::process::geteuid().as_raw()
-}
-
-/// The uids allowed on the admin socket: root, the broker's own, and extras.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllowedUids {
-    own: u32,
-    extra: Vec<u32>,
-}
-
-impl AllowedUids {
-    /// Root, `own` and `extra`.
-    pub fn new(own: u32, extra: Vec<u32>) -> AllowedUids {
-        AllowedUids { own, extra }
-    }
-
-    /// Whether `uid` may call the admin API over the socket.
-    pub fn allows(&self, uid: u32) -> bool {
-        uid == 0 || uid == self.own || self.extra.contains(&uid)
-    }
-}
-
-#[derive(Debug)]
-enum Check {
-    Token(AdminToken),
-    PeerUid(AllowedUids),
-}
-
-/// The interceptor that authenticates every admin call of one listener.
-#[derive(Debug, Clone)]
-pub struct AdminAuth {
-    check: Arc<Check>,
-    metrics: Arc<Metrics>,
-}
-
-impl AdminAuth {
-    /// For the TCP listener: callers must present `token`.
-    pub fn token(token: AdminToken, metrics: Arc<Metrics>) -> AdminAuth {
-        AdminAuth {
-            check: Arc::new(Check::Token(token)),
-            metrics,
-        }
-    }
-
-    /// For the Unix socket: callers' peer credentials must name an allowed uid.
-    pub fn peer_uid(allowed: AllowedUids, metrics: Arc<Metrics>) -> AdminAuth {
-        AdminAuth {
-            check: Arc::new(Check::PeerUid(allowed)),
-            metrics,
-        }
-    }
-
-    fn refuse(&self, listener: &'static str) -> Status {
-        self.metrics.admin_auth_failure(listener);
-        Status::unauthenticated(UNAUTHENTICATED)
-    }
-}
-
-impl tonic::service::Interceptor for AdminAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        match &*self.check {
-            Check::Token(token) => {
-                let ok = request
-                    .metadata()
-                    .get("authorization")
-                    .is_some_and(|v| token.authorizes(v.as_bytes()));
-                if ok {
-                    Ok(request)
-                } else {
-                    warn!(peer = ?request.remote_addr(), "admin: refused a TCP caller without a valid token");
-                    Err(self.refuse("tcp"))
-                }
-            }
-            Check::PeerUid(allowed) => {
-                let cred = request
-                    .extensions()
-                    .get::<tonic::transport::server::UdsConnectInfo>()
-                    .and_then(|c| c.peer_cred);
-                match cred {
-                    Some(c) if allowed.allows(c.uid()) => Ok(request),
-                    Some(c) => {
-                        warn!(
-                            uid = c.uid(),
-                            pid = ?c.pid(),
-                            "admin: refused a caller on the Unix socket: uid not allowed"
-                        );
-                        Err(self.refuse("unix"))
-                    }
-                    None => {
-                        warn!("admin: refused a caller on the Unix socket: no peer credentials");
-                        Err(self.refuse("unix"))
-                    }
-                }
-            }
-        }
     }
 }
 

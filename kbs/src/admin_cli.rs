@@ -1,7 +1,8 @@
 //! `kbs admin ...`: a client of the admin API for people and scripts. Every RPC
 //! of `kbsadmin.Admin` has a subcommand; `--json` prints machine-readable
 //! output. It connects over the admin Unix socket (authenticated by the
-//! kernel's peer credentials) or over TCP with a bearer token.
+//! kernel's peer credentials) or over TCP with a bearer token, over TLS when
+//! the endpoint is https.
 
 use crate::metrics::code_name;
 use anyhow::{anyhow, bail, Context};
@@ -23,20 +24,29 @@ pub const DEFAULT_SOCKET: &str = "/run/kbs/admin.sock";
 ///
 /// Connects to the admin Unix socket (--socket; the kbs admits root, its own
 /// uid and the uids given to it with --admin-uid), or to the TCP admin
-/// listener (--endpoint with --token-file). Errors print "kbs: error: ..." with
-/// the server's message and its gRPC code, and exit with status 1.
+/// listener (--endpoint with --token-file, and --ca-file for an https
+/// endpoint). Errors print "kbs: error: ..." with the server's message and its
+/// gRPC code, and exit with status 1.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
     /// Admin Unix socket of the kbs.
     #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Call the TCP admin listener instead, e.g. http://127.0.0.1:44445.
+    /// Call the TCP admin listener instead: http://HOST:PORT (in clear, the
+    /// kbs serves it on loopback only, e.g. http://127.0.0.1:44445) or
+    /// https://HOST:PORT (TLS; needs --ca-file).
     #[arg(long, global = true, value_name = "URL", requires = "token_file")]
     pub endpoint: Option<String>,
     /// File holding the bearer token of the TCP admin listener (the file the
     /// kbs was given with --admin-token-file).
     #[arg(long, global = true, value_name = "FILE", requires = "endpoint")]
     pub token_file: Option<PathBuf>,
+    /// PEM file of the CA certificate that issued the kbs's --admin-tls-cert,
+    /// for an https --endpoint: the kbs's certificate must chain to it and
+    /// name the endpoint's host. The system's CA roots are never used. Not
+    /// allowed with an http endpoint.
+    #[arg(long, global = true, value_name = "FILE", requires = "endpoint")]
+    pub ca_file: Option<PathBuf>,
     /// Print machine-readable JSON on standard output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -77,6 +87,30 @@ pub enum AdminCommand {
         #[arg(long, value_name = "N", default_value_t = 100)]
         limit: u32,
     },
+    /// Approve an input nodes may register launches with (operator only).
+    /// A node's registration is accepted only when its firmware, kernel,
+    /// initrd and Kata configuration are all approved; the broker then
+    /// derives the digests itself.
+    #[command(subcommand)]
+    Approve(crate::approve_cli::ApproveCommand),
+    /// List approved inputs, with who approved them and when.
+    Approvals,
+    /// Revoke an approval; the digests derived from it are removed at once.
+    Revoke {
+        /// firmware, kernel, initrd, kata-config, host-cpu or host-kernel.
+        kind: String,
+        /// The id `approvals` shows: a SHA-256, a CPU signature, a release.
+        id: String,
+        /// For kata-config: only the approval for this runtime class (all of
+        /// that configuration's classes when not given).
+        #[arg(long, value_name = "CLASS")]
+        runtime_class: Option<String>,
+    },
+    /// Admin tokens for the TCP listener: per node, or for operators.
+    #[command(subcommand)]
+    Token(crate::approve_cli::TokenCommand),
+    /// Show who the kbs takes this caller for (role and node).
+    Whoami,
 }
 
 /// `kbs admin digests ...`
@@ -204,10 +238,17 @@ pub async fn connect_unix(path: &Path, timeout: Duration) -> anyhow::Result<Clie
     Ok(kbs_proto::admin_client::connect_unix(path, timeout).await?)
 }
 
-/// Connects to the TCP admin listener at `endpoint` (`http://HOST:PORT`),
-/// presenting `token`.
-pub async fn connect_tcp(endpoint: &str, token: &str, timeout: Duration) -> anyhow::Result<Client> {
-    Ok(kbs_proto::admin_client::connect_tcp(endpoint, token, timeout).await?)
+/// Connects to the TCP admin listener at `endpoint`, presenting `token`:
+/// `http://HOST:PORT` without `ca_file`, or `https://HOST:PORT` verifying the
+/// kbs against the CA certificate(s) in `ca_file` (see
+/// [`kbs_proto::admin_client::connect_tcp`]).
+pub async fn connect_tcp(
+    endpoint: &str,
+    token: &str,
+    ca_file: Option<&Path>,
+    timeout: Duration,
+) -> anyhow::Result<Client> {
+    Ok(kbs_proto::admin_client::connect_tcp(endpoint, token, ca_file, timeout).await?)
 }
 
 /// Reads a token file the way the kbs does (trimmed), without checking its mode.
@@ -230,11 +271,14 @@ fn read_input(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     Ok(data)
 }
 
-fn rpc_error(rpc: &str, status: &tonic::Status) -> anyhow::Error {
+/// An admin call's failure as the CLI reports it: the RPC, the server's
+/// message and its gRPC code.
+pub(crate) fn rpc_error(rpc: &str, status: &tonic::Status) -> anyhow::Error {
     anyhow!("{rpc}: {} ({})", status.message(), code_name(status.code()))
 }
 
-fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+/// Prints `value` as indented JSON on standard output.
+pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -264,6 +308,9 @@ struct DigestRow {
     vcpus: u32,
     vcpu_type: String,
     config: String,
+    /// Who vouches for it: operator, derived (by the broker from approved
+    /// inputs) or node (sent by a node under open registration).
+    origin: String,
 }
 
 #[derive(Serialize)]
@@ -286,7 +333,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let mut client = match (&args.endpoint, &args.token_file) {
         (Some(endpoint), Some(token_file)) => {
             let token = read_token(token_file)?;
-            connect_tcp(endpoint, &token, timeout).await?
+            connect_tcp(endpoint, &token, args.ca_file.as_deref(), timeout).await?
         }
         (None, None) => connect_unix(&args.socket, timeout).await?,
         _ => bail!("--endpoint and --token-file go together"),
@@ -356,6 +403,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                         vcpus: d.vcpus,
                         vcpu_type: d.vcpu_type,
                         config: d.config,
+                        origin: g.origin,
                     }
                 })
                 .collect();
@@ -364,8 +412,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             } else {
                 for d in rows {
                     println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}",
-                        d.node, d.runtime_class, d.mode, d.vcpus, d.vcpu_type, d.digest
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        d.node, d.runtime_class, d.mode, d.vcpus, d.vcpu_type, d.digest, d.origin
                     );
                 }
             }
@@ -483,6 +531,18 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 print!("{}", records_table(&rows));
             }
         }
+        AdminCommand::Approve(cmd) => {
+            let request = crate::approve_cli::approve_request(cmd)?;
+            crate::approve_cli::approve(&mut client, request, json).await?;
+        }
+        AdminCommand::Approvals => crate::approve_cli::approvals(&mut client, json).await?,
+        AdminCommand::Revoke {
+            kind,
+            id,
+            runtime_class,
+        } => crate::approve_cli::revoke(&mut client, kind, id, runtime_class, json).await?,
+        AdminCommand::Token(cmd) => crate::approve_cli::token(&mut client, cmd, json).await?,
+        AdminCommand::Whoami => crate::approve_cli::whoami(&mut client, json).await?,
     }
     Ok(())
 }

@@ -39,6 +39,9 @@ pub struct BrokerPolicy {
     pub min_api: (u8, u8),
     /// Oldest firmware build accepted.
     pub min_build: u8,
+    /// Who may register digests; under approved registration a node's own
+    /// digests (origin `node`) are not honoured.
+    pub registration: crate::registration::RegistrationMode,
 }
 
 impl Default for BrokerPolicy {
@@ -49,6 +52,7 @@ impl Default for BrokerPolicy {
             allow_debug: false,
             min_api: (0, 0),
             min_build: 0,
+            registration: crate::registration::RegistrationMode::Approved,
         }
     }
 }
@@ -323,6 +327,8 @@ pub struct Broker {
     store: Store,
     trust: TrustAnchors,
     policy: BrokerPolicy,
+    tokens: crate::credentials::TokenTable,
+    firmware: crate::registration::FirmwareImages,
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -343,7 +349,24 @@ impl Broker {
             store,
             trust,
             policy,
+            tokens: crate::credentials::TokenTable::default(),
+            firmware: crate::registration::FirmwareImages::default(),
         }
+    }
+
+    /// The approved firmware images, parsed.
+    pub fn firmware_images(&self) -> &crate::registration::FirmwareImages {
+        &self.firmware
+    }
+
+    /// Who may register digests.
+    pub fn registration(&self) -> crate::registration::RegistrationMode {
+        self.policy.registration
+    }
+
+    /// The admin tokens made by `kbs admin token create`.
+    pub fn tokens(&self) -> &crate::credentials::TokenTable {
+        &self.tokens
     }
 
     /// The store, for the admin API.
@@ -480,7 +503,11 @@ impl Broker {
         }
         let gp = GuestPolicy(session.policy);
         let mode = if gp.es() { "seves" } else { "sev" };
-        if !self.store.digest_registered(mode, &req.digest)? {
+        let honour_node = self.policy.registration == crate::registration::RegistrationMode::Open;
+        if !self
+            .store
+            .digest_registered(mode, &req.digest, honour_node)?
+        {
             refuse("launch digest not registered");
             return Err(refused(
                 RefusalReason::DigestNotRegistered,

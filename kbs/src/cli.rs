@@ -6,6 +6,7 @@ use crate::admin::{AdminAuth, AdminService, AdminToken, AllowedUids};
 use crate::broker::{Broker, BrokerPolicy};
 use crate::grpc::KeyBroker;
 use crate::metrics::Metrics;
+use crate::registration::RegistrationMode;
 use crate::store::Store;
 use crate::trust::TrustAnchors;
 use anyhow::{bail, Context};
@@ -20,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tonic::transport::{Identity, ServerTlsConfig};
 use tracing::{error, info, warn};
+use zeroize::Zeroizing;
 
 /// How long in-flight calls may take to finish after SIGINT or SIGTERM.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -31,7 +34,9 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// the Kata shim and the guest's attestation agent use (--listen); the admin
 /// API for host agents and operators on a Unix socket checked by peer
 /// credentials (--admin-socket) and, given a token file, on TCP
-/// (--admin-listen); and Prometheus metrics (--metrics-listen). Platform
+/// (--admin-listen; in clear on loopback only, or over TLS with
+/// --admin-tls-cert and --admin-tls-key); and Prometheus metrics
+/// (--metrics-listen). Platform
 /// certificate chains must end in one of AMD's root keys; launch measurements
 /// are verified before any policy is consulted; launch sessions and every
 /// attestation outcome are kept on disk. Stops on SIGINT or SIGTERM.
@@ -107,27 +112,57 @@ pub struct Args {
     /// expired sessions and online connections.
     #[arg(long, value_name = "DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..))]
     pub record_retention_days: u32,
-    /// Address of the TCP admin listener. It is started only with
-    /// --admin-token-file, and speaks plain gRPC: keep it on loopback.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:44445")]
-    pub admin_listen: SocketAddr,
+    /// Address of the TCP admin listener, which admits the token of
+    /// --admin-token-file (an operator) and the tokens `kbs admin token create`
+    /// made (an operator's, or a node's bound to its node name). It is started
+    /// when this is given, or on 127.0.0.1:44445 when only --admin-token-file
+    /// is. Without --admin-tls-cert/--admin-tls-key it speaks plain gRPC, so
+    /// the kbs refuses to start unless ADDR is a loopback address: bearer
+    /// tokens would cross the network in clear.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
     /// File holding the bearer token TCP admin callers must present
     /// (`authorization: Bearer <token>`): a regular file owned by root or by
     /// the kbs's user, not readable or writable by group or others, with at
     /// least 32 printable characters of token. The kbs refuses to start if the
-    /// file does not qualify. Without it, the TCP admin listener is off.
+    /// file does not qualify. Its holder is an operator.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// PEM certificate (leaf first, then any intermediates) of the TCP admin
+    /// listener, which then speaks TLS and may listen on any address. Clients
+    /// verify it against the CA that issued it (`kbs admin --ca-file`, the
+    /// host agent's `[kbs] admin_ca_file`) and the host name in their https://
+    /// endpoint, so its subject alternative names must cover that name. Needs
+    /// --admin-tls-key.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --admin-tls-cert; keep it
+    /// readable by the kbs's user only. The kbs refuses to start if either file
+    /// cannot be read, is not PEM, or the key is not the certificate's. Needs
+    /// --admin-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
     /// Unix socket of the admin API, created mode 0600 (a stale socket is
     /// replaced), or "none". Callers are admitted by their peer credentials:
     /// root, the kbs's own uid, and --admin-uid.
     #[arg(long, value_name = "PATH", default_value = crate::admin_cli::DEFAULT_SOCKET)]
     pub admin_socket: OrNone<PathBuf>,
-    /// Also admit this uid on the admin socket. Repeatable. The socket is mode
-    /// 0600, so that user also needs write access to it (e.g. an ACL:
-    /// setfacl -m u:UID:rw PATH, after each start).
-    #[arg(long, value_name = "UID")]
-    pub admin_uid: Vec<u32>,
+    /// Also admit this uid on the admin socket, as an operator (UID or
+    /// UID:operator) or as the host agent of one node (UID:node=NAME: it may
+    /// register and list that node's digests and nothing else). Repeatable.
+    /// The socket is mode 0600, so that user also needs write access to it
+    /// (e.g. an ACL: setfacl -m u:UID:rw PATH, after each start).
+    #[arg(long, value_name = "UID[:ROLE]", value_parser = crate::credentials::parse_uid_role)]
+    pub admin_uid: Vec<(u32, crate::credentials::Role)>,
+    /// How node credentials register digests. "approved" (the default): a
+    /// node sends the inputs of its launches, the broker accepts them only
+    /// when an operator approved every one (`kbs admin approve`) and registers
+    /// the digests it derives itself. "open": a node's credential registers
+    /// whatever digests it sends for its own node, so a compromised node can
+    /// get any guest it likes released; for labs only. Digests an operator
+    /// registers (`kbs admin digests replace`) count in both modes.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = RegistrationMode::Approved)]
+    pub registration: RegistrationMode,
     /// Address serving Prometheus metrics at GET /metrics, or "none".
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_listen: OrNone<SocketAddr>,
@@ -183,6 +218,7 @@ pub fn broker(args: &Args) -> anyhow::Result<Broker> {
         allow_debug: args.allow_debug,
         min_api: args.min_fw_api,
         min_build: args.min_fw_build,
+        registration: args.registration,
         ..BrokerPolicy::default()
     };
     Ok(Broker::new(store, trust, policy))
@@ -213,12 +249,146 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// Why the TCP admin listener's certificate or key cannot be used. The
+/// messages name the file and never hold key material.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTlsError {
+    /// The certificate file cannot be read or holds no usable certificate.
+    #[error("admin TLS certificate file {}: {reason}", path.display())]
+    Certificate {
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The key file cannot be read or holds no usable private key.
+    #[error("admin TLS key file {}: {reason}", path.display())]
+    Key {
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The key is not the one of the certificate.
+    #[error(
+        "admin TLS key file {} is not the key of certificate file {}",
+        key.display(),
+        cert.display()
+    )]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// tonic refused the identity after rustls accepted it.
+    #[error("admin TLS certificate file {} and key file {}: {reason}", cert.display(), key.display())]
+    Rejected {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// tonic's reason.
+        reason: String,
+    },
+}
+
+/// Longest a client may take over the TLS handshake, so that connections
+/// that never finish it do not pile up.
+const ADMIN_TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Words for a PEM decoding failure that never quote the file: a damaged
+/// key file's lines are key material.
+fn pem_reason(e: &rustls::pki_types::pem::Error, what: &str) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::NoItemsFound => format!("no PEM {what} in it"),
+        Error::MissingSectionEnd { .. } => "not valid PEM: a section has no END line".into(),
+        Error::IllegalSectionStart { .. } => "not valid PEM: a malformed BEGIN line".into(),
+        Error::Base64Decode(_) => "not valid PEM: a section is not base64".into(),
+        Error::SectionTooLarge => "not valid PEM: a section is too large".into(),
+        Error::Io(e) => format!("cannot read: {e}"),
+        _ => "not valid PEM".into(),
+    }
+}
+
+/// Loads and checks the TCP admin listener's certificate chain and key:
+/// readable, PEM, a key rustls can sign with, and the leaf certificate's own
+/// key. Everything tonic would find wrong only when the first client
+/// connects is found here, before any port is bound.
+pub fn load_admin_tls(cert: &Path, key: &Path) -> Result<ServerTlsConfig, AdminTlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad_cert = |reason: String| AdminTlsError::Certificate {
+        path: cert.to_path_buf(),
+        reason,
+    };
+    let bad_key = |reason: String| AdminTlsError::Key {
+        path: key.to_path_buf(),
+        reason,
+    };
+    let cert_pem = std::fs::read(cert).map_err(|e| bad_cert(format!("cannot read: {e}")))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad_cert(pem_reason(&e, "certificate")))?;
+    if chain.is_empty() {
+        return Err(bad_cert(pem_reason(
+            &rustls::pki_types::pem::Error::NoItemsFound,
+            "certificate",
+        )));
+    }
+    let key_pem =
+        Zeroizing::new(std::fs::read(key).map_err(|e| bad_key(format!("cannot read: {e}")))?);
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| bad_key(pem_reason(&e, "private key (PKCS#8, PKCS#1 or SEC1)")))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signer = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| bad_key(format!("not a usable private key: {e}")))?;
+    match rustls::sign::CertifiedKey::new(chain, signer).keys_match() {
+        // Unknown: a key type rustls cannot compare; the handshake decides.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            return Err(AdminTlsError::Mismatch {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(bad_cert(format!("not a usable certificate: {e}"))),
+    }
+    // tonic builds its rustls configuration with the process's default
+    // provider, and there is none when both ring and aws-lc-rs are compiled
+    // in (other crates of the tree bring ring): name the one the kbs uses.
+    // An error only says a default is installed already.
+    let _ = provider.install_default();
+    let config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&cert_pem, key_pem.as_slice()))
+        .timeout(ADMIN_TLS_HANDSHAKE);
+    // The same construction serve makes, so that it cannot fail there.
+    tonic::transport::Server::builder()
+        .tls_config(config.clone())
+        .map_err(|e| AdminTlsError::Rejected {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            reason: kbs_proto::admin_client::root_cause(&e),
+        })?;
+    Ok(config)
+}
+
 /// Everything checked before any port is bound.
 struct Prepared {
     broker: Arc<Broker>,
     token: Option<AdminToken>,
+    /// Where the TCP admin listener binds, when it is on.
+    admin_listen: Option<SocketAddr>,
+    tls: Option<ServerTlsConfig>,
     allowed: AllowedUids,
 }
+
+/// The TCP admin listener's address when no --admin-listen is given but a
+/// token file is.
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:44445";
 
 fn prepare(args: &Args) -> anyhow::Result<Prepared> {
     let token = args
@@ -226,13 +396,64 @@ fn prepare(args: &Args) -> anyhow::Result<Prepared> {
         .as_deref()
         .map(AdminToken::load)
         .transpose()?;
+    let tls = match (&args.admin_tls_cert, &args.admin_tls_key) {
+        (Some(cert), Some(key)) => Some(load_admin_tls(cert, key)?),
+        (None, None) => None,
+        // clap's `requires` makes this unreachable from the command line.
+        _ => bail!("--admin-tls-cert and --admin-tls-key go together"),
+    };
+    let admin_listen = match (args.admin_listen, &token) {
+        (Some(addr), _) => Some(addr),
+        (None, Some(_)) => Some(SocketAddr::from_str(DEFAULT_ADMIN_LISTEN)?),
+        (None, None) => None,
+    };
+    if let Some(addr) = admin_listen {
+        if tls.is_none() && !is_loopback(&addr) {
+            bail!(
+                "--admin-listen {addr}: not a loopback address, and without TLS the admin \
+                 API's bearer tokens would cross the network in clear; give \
+                 --admin-tls-cert and --admin-tls-key, or a loopback address"
+            );
+        }
+    } else if tls.is_some() {
+        warn!("--admin-tls-cert without --admin-listen or --admin-token-file: the TCP admin listener is off");
+    }
     let broker = Arc::new(broker(args)?);
+    match args.registration {
+        RegistrationMode::Open => warn!(
+            "--registration open: any node credential registers whatever digests it sends \
+             for its own node, so a compromised node can get any guest released; for labs only"
+        ),
+        RegistrationMode::Approved => {
+            let unhonoured = broker
+                .store()
+                .count_digests(crate::store::Origin::Node)
+                .unwrap_or(0);
+            if unhonoured > 0 {
+                warn!(
+                    digests = unhonoured,
+                    "digests nodes registered without approved inputs are kept but not honoured; \
+                     approve the nodes' inputs (kbs admin approve) so they register again, or \
+                     start with --registration open"
+                );
+            }
+        }
+    }
     let own = crate::admin::own_uid();
     Ok(Prepared {
         broker,
         token,
-        allowed: AllowedUids::new(own, args.admin_uid.clone()),
+        admin_listen,
+        tls,
+        allowed: AllowedUids::with_roles(own, args.admin_uid.clone()),
     })
+}
+
+/// The admin service with room for a firmware upload (`kbs admin approve
+/// firmware`): AmdSev OVMF images are a few MiB, tonic's default limit 4 MiB.
+fn admin_service(broker: &Arc<Broker>, metrics: &Arc<Metrics>) -> AdminServer<AdminService> {
+    AdminServer::new(AdminService::new(Arc::clone(broker), Arc::clone(metrics)))
+        .max_decoding_message_size(crate::registration::MAX_FIRMWARE + 64 * 1024)
 }
 
 fn is_loopback(addr: &SocketAddr) -> bool {
@@ -252,6 +473,8 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
     let Prepared {
         broker,
         token,
+        admin_listen,
+        tls,
         allowed,
     } = prepare(&args).map_err(ConfigError)?;
     let metrics = Arc::new(Metrics::new());
@@ -330,29 +553,36 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
     eprintln!("kbs: listening on {addr}");
     info!(%addr, "serving keybroker");
 
-    // The admin API over TCP, only with a token.
-    match token {
-        Some(token) => {
-            let listener = bind_tcp(args.admin_listen, "the admin API").await?;
+    // The admin API over TCP, for bearer tokens; beyond loopback only over TLS
+    // (prepare refused the rest).
+    match admin_listen {
+        Some(listen) => {
+            let listener = bind_tcp(listen, "the admin API").await?;
             let addr = listener.local_addr()?;
-            if !is_loopback(&addr) {
-                warn!(%addr, "the TCP admin API listens beyond loopback without TLS: its token crosses the network in clear");
-            }
-            let service = AdminServer::with_interceptor(
-                AdminService::new(Arc::clone(&broker), Arc::clone(&metrics)),
-                AdminAuth::token(token, Arc::clone(&metrics)),
+            let service = tonic::service::interceptor::InterceptedService::new(
+                admin_service(&broker, &metrics),
+                AdminAuth::tokens(token, Arc::clone(&broker), Arc::clone(&metrics)),
             );
-            let server = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    stopped(),
-                );
+            let with_tls = tls.is_some();
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                builder = builder
+                    .tls_config(tls)
+                    .context("TLS of the TCP admin listener")?;
+            }
+            let server = builder.add_service(service).serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped(),
+            );
             servers.spawn(async move { server.await.context("TCP admin listener") });
             eprintln!("kbs: admin listening on {addr}");
-            info!(%addr, "serving the admin API on TCP (bearer token)");
+            if with_tls {
+                info!(%addr, tls = true, "serving the admin API on TCP (TLS, bearer token)");
+            } else {
+                info!(%addr, tls = false, "serving the admin API on TCP in clear, on loopback (bearer token)");
+            }
         }
-        None => info!("no --admin-token-file: the TCP admin listener is off"),
+        None => info!("no --admin-listen or --admin-token-file: the TCP admin listener is off"),
     }
 
     // The admin API on the Unix socket.
@@ -360,8 +590,8 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &socket {
         let listener = crate::admin::bind_socket(path)
             .map_err(|e| anyhow::anyhow!("{e} (use --admin-socket PATH or none)"))?;
-        let service = AdminServer::with_interceptor(
-            AdminService::new(Arc::clone(&broker), Arc::clone(&metrics)),
+        let service = tonic::service::interceptor::InterceptedService::new(
+            admin_service(&broker, &metrics),
             AdminAuth::peer_uid(allowed, Arc::clone(&metrics)),
         );
         let server = tonic::transport::Server::builder()

@@ -7,10 +7,13 @@
 
 pub mod admin;
 pub mod admin_cli;
+pub mod approve_cli;
 pub mod broker;
 pub mod cli;
+pub mod credentials;
 pub mod grpc;
 pub mod metrics;
+pub mod registration;
 pub mod report;
 pub mod store;
 pub mod trust;

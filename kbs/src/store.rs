@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod approvals;
+pub use approvals::{ApprovalRow, TokenRow};
+
 /// A storage failure. Never shown to RPC callers.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -214,11 +217,84 @@ CREATE TABLE IF NOT EXISTS launch_reports (
     body BLOB
 );
 CREATE INDEX IF NOT EXISTS launch_reports_by_issue ON launch_reports (issued_at);
+CREATE TABLE IF NOT EXISTS approvals (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    runtime_class TEXT NOT NULL,
+    terms TEXT NOT NULL,
+    data BLOB,
+    approved_by TEXT NOT NULL,
+    approved_at INTEGER NOT NULL,
+    note TEXT NOT NULL,
+    PRIMARY KEY (kind, id, runtime_class)
+);
+CREATE TABLE IF NOT EXISTS registration_inputs (
+    node TEXT NOT NULL,
+    runtime_class TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (node, runtime_class, kind, id)
+);
+CREATE INDEX IF NOT EXISTS registration_inputs_by_input ON registration_inputs (kind, id);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    node TEXT NOT NULL,
+    note TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
 ";
 // Every statement above is CREATE ... IF NOT EXISTS: a database made by an
 // earlier version gains the tables it lacks (launch_reports) on open, and no
 // existing table changes shape. Keep it so: a new column on an existing table
-// needs an ALTER TABLE guarded by a check of the table's columns.
+// needs an ALTER TABLE guarded by a check of the table's columns, as
+// `digests.origin` has (see [`add_column`]).
+
+/// Adds `column` to `table` unless a database of this version made it already.
+fn add_column(c: &Connection, table: &str, column: &str, decl: &str) -> rusqlite::Result<()> {
+    let mut st = c.prepare(&format!("PRAGMA table_info({table})"))?;
+    let names = st
+        .query_map([], |r| r.get::<_, String>(1))?
+        .collect::<Result<Vec<_>, _>>()?;
+    if !names.iter().any(|n| n == column) {
+        c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    Ok(())
+}
+
+/// Who vouches for a registered digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Registered with an operator credential (`kbs admin digests replace`).
+    Operator,
+    /// Derived by the broker from approved inputs.
+    Derived,
+    /// A node's own digests, honoured only under open registration. Digests
+    /// of databases made before registration by inputs read as this.
+    Node,
+}
+
+impl Origin {
+    /// The name stored and shown.
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Operator => "operator",
+            Origin::Derived => "derived",
+            Origin::Node => "node",
+        }
+    }
+
+    fn parse(s: &str) -> Origin {
+        match s {
+            "operator" => Origin::Operator,
+            "derived" => Origin::Derived,
+            _ => Origin::Node,
+        }
+    }
+}
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`.
@@ -235,6 +311,9 @@ impl Store {
             .map_err(db)?;
         conn.pragma_update(None, "busy_timeout", 5000).map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        // Digests registered before origins were kept came from whichever
+        // credential held the one admin token: a node's, as far as anyone knows.
+        add_column(&conn, "digests", "origin", "TEXT NOT NULL DEFAULT 'node'").map_err(db)?;
         Ok(Store {
             path,
             conn: Mutex::new(conn),
@@ -368,23 +447,46 @@ impl Store {
         }))
     }
 
-    /// Whether `digest` is registered for `mode` by any node.
-    pub fn digest_registered(&self, mode: &str, digest: &[u8]) -> Result<bool, StoreError> {
+    /// Whether `digest` is registered for `mode` by any node with an origin
+    /// that counts: operator and derived always, a node's own only when
+    /// `honour_node` (open registration).
+    pub fn digest_registered(
+        &self,
+        mode: &str,
+        digest: &[u8],
+        honour_node: bool,
+    ) -> Result<bool, StoreError> {
         self.with(|c| {
             c.query_row(
-                "SELECT EXISTS (SELECT 1 FROM digests WHERE digest = ?1 AND mode = ?2)",
-                params![digest, mode],
+                "SELECT EXISTS (SELECT 1 FROM digests WHERE digest = ?1 AND mode = ?2 \
+                 AND (origin != 'node' OR ?3))",
+                params![digest, mode, honour_node],
                 |r| r.get::<_, bool>(0),
             )
         })
     }
 
-    /// Replaces every digest of `node` and `runtime_class` with `digests`, atomically.
+    /// How many registered digests have `origin`.
+    pub fn count_digests(&self, origin: Origin) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM digests WHERE origin = ?1",
+                params![origin.name()],
+                |r| r.get::<_, u64>(0),
+            )
+        })
+    }
+
+    /// Replaces every digest of `node` and `runtime_class` with `digests`,
+    /// atomically, recording their origin and the approved inputs they were
+    /// derived from (so that revoking one removes them).
     pub fn replace_digests(
         &self,
         node: &str,
         runtime_class: &str,
         digests: &[(Vec<u8>, DigestRecord)],
+        origin: Origin,
+        inputs: &[(String, String)],
     ) -> Result<(), StoreError> {
         let t = now();
         self.with(|c| {
@@ -393,22 +495,35 @@ impl Store {
                 "DELETE FROM digests WHERE node = ?1 AND runtime_class = ?2",
                 params![node, runtime_class],
             )?;
+            tx.execute(
+                "DELETE FROM registration_inputs WHERE node = ?1 AND runtime_class = ?2",
+                params![node, runtime_class],
+            )?;
             for (bytes, d) in digests {
                 tx.execute(
-                    "INSERT OR REPLACE INTO digests (node, runtime_class, mode, digest, vcpus, vcpu_type, config, registered_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![node, runtime_class, d.mode, bytes, d.vcpus, d.vcpu_type, d.config, t],
+                    "INSERT OR REPLACE INTO digests (node, runtime_class, mode, digest, vcpus, vcpu_type, config, registered_at, origin) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![node, runtime_class, d.mode, bytes, d.vcpus, d.vcpu_type, d.config, t, origin.name()],
                 )?;
+            }
+            if !digests.is_empty() {
+                for (kind, id) in inputs {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO registration_inputs (node, runtime_class, kind, id) \
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![node, runtime_class, kind, id],
+                    )?;
+                }
             }
             tx.commit()
         })
     }
 
-    /// Every registered digest as (node, runtime class, record).
-    pub fn list_digests(&self) -> Result<Vec<(String, String, DigestRecord)>, StoreError> {
+    /// Every registered digest as (node, runtime class, record, origin).
+    pub fn list_digests(&self) -> Result<Vec<(String, String, DigestRecord, Origin)>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT node, runtime_class, mode, digest, vcpus, vcpu_type, config FROM digests \
+                "SELECT node, runtime_class, mode, digest, vcpus, vcpu_type, config, origin FROM digests \
                  ORDER BY node, runtime_class, mode, vcpus",
             )?;
             let rows = st.query_map([], |r| {
@@ -422,6 +537,7 @@ impl Store {
                         vcpu_type: r.get(5)?,
                         config: r.get(6)?,
                     },
+                    Origin::parse(&r.get::<_, String>(7)?),
                 ))
             })?;
             rows.collect()
@@ -944,16 +1060,36 @@ mod tests {
             vcpu_type: "host".into(),
             config: "c".into(),
         };
-        s.replace_digests("n1", "kata-qemu-sev", &[(vec![1; 32], rec("01"))])
-            .unwrap();
-        s.replace_digests("n2", "kata-qemu-sev", &[(vec![2; 32], rec("02"))])
-            .unwrap();
-        assert!(s.digest_registered("sev", &[1; 32]).unwrap());
-        assert!(!s.digest_registered("seves", &[1; 32]).unwrap());
-        s.replace_digests("n1", "kata-qemu-sev", &[(vec![3; 32], rec("03"))])
-            .unwrap();
-        assert!(!s.digest_registered("sev", &[1; 32]).unwrap());
-        assert!(s.digest_registered("sev", &[2; 32]).unwrap());
+        s.replace_digests(
+            "n1",
+            "kata-qemu-sev",
+            &[(vec![1; 32], rec("01"))],
+            Origin::Node,
+            &[],
+        )
+        .unwrap();
+        s.replace_digests(
+            "n2",
+            "kata-qemu-sev",
+            &[(vec![2; 32], rec("02"))],
+            Origin::Operator,
+            &[],
+        )
+        .unwrap();
+        assert!(s.digest_registered("sev", &[1; 32], true).unwrap());
+        assert!(!s.digest_registered("sev", &[1; 32], false).unwrap());
+        assert!(s.digest_registered("sev", &[2; 32], false).unwrap());
+        assert!(!s.digest_registered("seves", &[1; 32], true).unwrap());
+        s.replace_digests(
+            "n1",
+            "kata-qemu-sev",
+            &[(vec![3; 32], rec("03"))],
+            Origin::Node,
+            &[],
+        )
+        .unwrap();
+        assert!(!s.digest_registered("sev", &[1; 32], true).unwrap());
+        assert!(s.digest_registered("sev", &[2; 32], true).unwrap());
         assert_eq!(s.list_digests().unwrap().len(), 2);
     }
 }

@@ -1,6 +1,7 @@
 //! The admin API against the real `kbs` binary on loopback and a Unix socket in
 //! a temporary directory: authentication (token file rules, bearer token, peer
-//! credentials), every RPC, `kbs admin ... --json`, restarts and shutdown.
+//! credentials), every RPC, `kbs admin ... --json`, restarts and shutdown, and
+//! the TCP listener over TLS with certificates made at test time.
 
 #![allow(
     clippy::unwrap_used,
@@ -48,10 +49,31 @@ impl Drop for Kbs {
     }
 }
 
+/// The kbs with `args`; with a token file and no --admin-listen among them,
+/// the TCP admin listener on a free loopback port.
 fn command(data_dir: &Path, socket: &Path, args: &[String]) -> Command {
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    let listen = if has("--admin-token-file") && !has("--admin-listen") {
+        "127.0.0.1:0"
+    } else {
+        ""
+    };
+    command_admin_at(data_dir, socket, listen, args)
+}
+
+/// As [`command`], the TCP admin listener at `admin_listen` (none if empty).
+fn command_admin_at(
+    data_dir: &Path,
+    socket: &Path,
+    admin_listen: &str,
+    args: &[String],
+) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kbs"));
-    c.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0"])
+    c.args(["--listen", "127.0.0.1:0"]);
+    if !admin_listen.is_empty() {
+        c.args(["--admin-listen", admin_listen]);
+    }
+    c.args(["--metrics-listen", "127.0.0.1:0"])
         .arg("--admin-socket")
         .arg(socket)
         .arg("--data-dir")
@@ -135,7 +157,9 @@ impl Kbs {
     }
 
     async fn tcp(&self) -> Client {
-        connect_tcp(&self.endpoint(), TOKEN, TIMEOUT).await.unwrap()
+        connect_tcp(&self.endpoint(), TOKEN, None, TIMEOUT)
+            .await
+            .unwrap()
     }
 
     /// Runs `kbs admin --socket SOCKET ARGS...`.
@@ -281,7 +305,9 @@ async fn tcp_admin_refuses_callers_without_the_token_and_says_nothing_about_it()
 
     let almost = &TOKEN[..TOKEN.len() - 1];
     for wrong in [almost, "x", &format!("{TOKEN}x")] {
-        let mut c = connect_tcp(&kbs.endpoint(), wrong, TIMEOUT).await.unwrap();
+        let mut c = connect_tcp(&kbs.endpoint(), wrong, None, TIMEOUT)
+            .await
+            .unwrap();
         let e = c
             .set_secret(SetSecretRequest {
                 id: "a".into(),
@@ -304,7 +330,7 @@ async fn tcp_admin_refuses_callers_without_the_token_and_says_nothing_about_it()
 }
 
 #[test]
-fn without_a_token_file_there_is_no_tcp_admin_listener() {
+fn without_admin_listen_or_a_token_file_there_is_no_tcp_admin_listener() {
     let dir = tempfile::tempdir().unwrap();
     let kbs = Kbs::start(dir.path(), &[]);
     assert!(kbs.admin_addr.is_none());
@@ -910,5 +936,288 @@ fn sigterm_stops_every_listener_and_removes_the_socket() {
             std::net::TcpStream::connect(addr).is_err(),
             "{addr} still open"
         );
+    }
+}
+
+/// PEM files made afresh for a test (none is checked in): a CA, a server
+/// certificate it issued for `localhost` and 127.0.0.1 with its key, and a
+/// second CA that issued nothing.
+struct TlsFiles {
+    ca: PathBuf,
+    other_ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn tls_files(dir: &Path) -> TlsFiles {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.distinguished_name.push(DnType::CommonName, name);
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    };
+    let issuer = ca("kbs test CA");
+    let other = ca("kbs test CA that signed nothing");
+    let mut p =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "kbs admin");
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let files = TlsFiles {
+        ca: dir.join("ca.pem"),
+        other_ca: dir.join("other-ca.pem"),
+        cert: dir.join("admin-cert.pem"),
+        key: dir.join("admin-key.pem"),
+    };
+    std::fs::write(&files.ca, issuer.pem()).unwrap();
+    std::fs::write(&files.other_ca, other.pem()).unwrap();
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    files
+}
+
+/// The token file and the TLS certificate and key of the admin listener.
+fn tls_args(dir: &Path, tls: &TlsFiles) -> Vec<String> {
+    let mut args = token_args(dir);
+    for (flag, path) in [
+        ("--admin-tls-cert", &tls.cert),
+        ("--admin-tls-key", &tls.key),
+    ] {
+        args.push(flag.into());
+        args.push(path.to_string_lossy().into_owned());
+    }
+    args
+}
+
+/// Runs `kbs admin --endpoint ENDPOINT --token-file TOKEN [--ca-file CA] ARGS`.
+fn admin_tcp(dir: &Path, endpoint: &str, ca: Option<&Path>, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kbs"));
+    c.args(["admin", "--endpoint", endpoint, "--token-file"])
+        .arg(dir.join("admin.token"));
+    if let Some(ca) = ca {
+        c.arg("--ca-file").arg(ca);
+    }
+    c.args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+/// Starts a kbs whose TCP admin listener (if any) is at `admin_listen` and
+/// that must refuse its configuration, and returns its stderr.
+fn refused_start(dir: &Path, admin_listen: &str, args: &[String]) -> String {
+    let mut child = command_admin_at(
+        &dir.join("data"),
+        &dir.join("admin.sock"),
+        admin_listen,
+        args,
+    )
+    .spawn()
+    .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn the_tcp_admin_listener_serves_tls_to_clients_that_trust_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = tls_files(dir.path());
+    let kbs = Kbs::start(dir.path(), &tls_args(dir.path(), &tls));
+    let port = kbs.admin_addr.expect("admin TCP listener").port();
+
+    // `kbs admin` by host name, as an operator would.
+    let https = format!("https://localhost:{port}");
+    let out = admin_tcp(dir.path(), &https, Some(&tls.ca), &["list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inv: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(inv["secrets"], serde_json::json!([]));
+
+    // The library client by address (the certificate names 127.0.0.1 too).
+    let mut c = connect_tcp(
+        &format!("https://127.0.0.1:{port}"),
+        TOKEN,
+        Some(&tls.ca),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    c.set_secret(SetSecretRequest {
+        id: "over-tls".into(),
+        payload: b"v".to_vec(),
+    })
+    .await
+    .unwrap();
+    let out = admin_tcp(dir.path(), &https, Some(&tls.ca), &["list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("over-tls"));
+
+    // TLS does not replace the token.
+    let mut wrong = connect_tcp(&https, "not-the-token", Some(&tls.ca), TIMEOUT)
+        .await
+        .unwrap();
+    let e = wrong
+        .list_inventory(ListInventoryRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+
+    // No clear-text gRPC on the TLS port.
+    let plain = connect_tcp(&kbs.endpoint(), TOKEN, None, TIMEOUT).await;
+    if let Ok(mut plain) = plain {
+        assert!(plain.list_inventory(ListInventoryRequest {}).await.is_err());
+    }
+}
+
+#[test]
+fn a_client_that_does_not_trust_the_listeners_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = tls_files(dir.path());
+    let kbs = Kbs::start(dir.path(), &tls_args(dir.path(), &tls));
+    let https = format!("https://localhost:{}", kbs.admin_addr.unwrap().port());
+
+    let out = admin_tcp(dir.path(), &https, Some(&tls.other_ca), &["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("kbs: error: cannot connect to {https}: ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(out.stdout.is_empty());
+
+    // https without a CA file, and http with one, are refused before connecting.
+    let out = admin_tcp(dir.path(), &https, None, &["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no CA certificate file"), "{stderr}");
+    let http = format!("http://localhost:{}", kbs.admin_addr.unwrap().port());
+    let out = admin_tcp(dir.path(), &http, Some(&tls.ca), &["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&tls.ca.display().to_string()) && stderr.contains("must be https://"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_tcp_admin_listener_beyond_loopback_needs_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = refused_start(dir.path(), "0.0.0.0:0", &token_args(dir.path()));
+    assert!(
+        stderr.contains("kbs: error: --admin-listen 0.0.0.0:0: not a loopback address"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--admin-tls-cert and --admin-tls-key, or a loopback address"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+
+    // With TLS the same address is served.
+    let tls = tls_files(dir.path());
+    let mut child = command_admin_at(
+        &dir.path().join("data"),
+        &dir.path().join("admin.sock"),
+        "0.0.0.0:0",
+        &tls_args(dir.path(), &tls),
+    )
+    .spawn()
+    .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let admin = stderr.lines().map_while(Result::ok).find_map(|l| {
+        l.strip_prefix("kbs: admin listening on ")
+            .map(str::to_string)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let admin: SocketAddr = admin.expect("the admin listener started").parse().unwrap();
+    assert!(admin.ip().is_unspecified(), "{admin}");
+}
+
+#[test]
+fn admin_tls_files_that_cannot_be_used_stop_the_start_and_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = tls_files(dir.path());
+    let key_text = std::fs::read_to_string(&tls.key).unwrap();
+    let missing = dir.path().join("no-such-key.pem");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not PEM at all\n").unwrap();
+    let other_key = dir.path().join("other-key.pem");
+    std::fs::write(
+        &other_key,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let cases: [(&str, &Path, &Path, String); 5] = [
+        (
+            "missing key",
+            &tls.cert,
+            &missing,
+            format!("admin TLS key file {}: cannot read", missing.display()),
+        ),
+        (
+            "key not PEM",
+            &tls.cert,
+            &garbage,
+            format!(
+                "admin TLS key file {}: no PEM private key",
+                garbage.display()
+            ),
+        ),
+        (
+            "certificate not PEM",
+            &garbage,
+            &tls.key,
+            format!(
+                "admin TLS certificate file {}: no PEM certificate",
+                garbage.display()
+            ),
+        ),
+        (
+            "a key as certificate",
+            &tls.key,
+            &tls.key,
+            format!(
+                "admin TLS certificate file {}: no PEM certificate",
+                tls.key.display()
+            ),
+        ),
+        (
+            "another certificate's key",
+            &tls.cert,
+            &other_key,
+            format!(
+                "admin TLS key file {} is not the key of certificate file {}",
+                other_key.display(),
+                tls.cert.display()
+            ),
+        ),
+    ];
+    for (what, cert, key, expected) in cases {
+        let mut args = token_args(dir.path());
+        for (flag, path) in [("--admin-tls-cert", cert), ("--admin-tls-key", key)] {
+            args.push(flag.into());
+            args.push(path.to_string_lossy().into_owned());
+        }
+        let stderr = refused_start(dir.path(), "127.0.0.1:0", &args);
+        assert!(
+            stderr.contains(&format!("kbs: error: {expected}")),
+            "{what}: {stderr}"
+        );
+        // Never a line of the key in the output.
+        for line in key_text.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!stderr.contains(line), "{what}: {stderr}");
+        }
     }
 }

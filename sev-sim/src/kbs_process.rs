@@ -14,6 +14,10 @@ pub struct KbsProcess {
     child: Child,
     /// The keybroker address, `HOST:PORT`.
     pub addr: String,
+    /// The TCP admin listener's address, `HOST:PORT`, when it was started
+    /// (given `--admin-listen` or `--admin-token-file` among the extra
+    /// arguments).
+    pub admin_addr: Option<String>,
     /// The admin socket.
     pub socket: PathBuf,
     /// What it printed on standard error after starting.
@@ -57,6 +61,19 @@ impl KbsProcess {
         socket: &Path,
         ark: &Path,
     ) -> std::io::Result<KbsProcess> {
+        KbsProcess::start_with(bin, data, socket, ark, &[])
+    }
+
+    /// As [`KbsProcess::start`], with `extra` arguments after the others
+    /// (e.g. `--admin-listen 127.0.0.1:0 --admin-token-file FILE` for the TCP
+    /// admin listener, whose address then is in `admin_addr`).
+    pub fn start_with(
+        bin: &Path,
+        data: &Path,
+        socket: &Path,
+        ark: &Path,
+        extra: &[std::ffi::OsString],
+    ) -> std::io::Result<KbsProcess> {
         std::fs::create_dir_all(data)?;
         let mut child = Command::new(bin)
             .args([
@@ -71,6 +88,7 @@ impl KbsProcess {
             .arg(socket)
             .arg("--insecure-trust-anchor")
             .arg(ark)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -86,8 +104,10 @@ impl KbsProcess {
                 let _ = tx.send(line);
             }
         });
-        // "listening on ADDR" comes first, "admin socket PATH" once that is bound.
+        // "listening on ADDR" comes first, then "admin listening on ADDR" if the
+        // TCP admin listener is on, "admin socket PATH" once that is bound.
         let mut addr = None;
+        let mut admin_addr = None;
         loop {
             let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
                 let _ = child.kill();
@@ -95,6 +115,9 @@ impl KbsProcess {
             };
             if let Some(a) = line.strip_prefix("kbs: listening on ") {
                 addr = Some(a.trim().to_string());
+            }
+            if let Some(a) = line.strip_prefix("kbs: admin listening on ") {
+                admin_addr = Some(a.trim().to_string());
             }
             if line.starts_with("kbs: admin socket ") {
                 break;
@@ -104,6 +127,7 @@ impl KbsProcess {
         Ok(KbsProcess {
             child,
             addr,
+            admin_addr,
             socket: socket.to_path_buf(),
             log: rx,
         })

@@ -120,7 +120,13 @@ impl Rig {
                 config: "sample configuration-qemu-sev.toml".into(),
             };
             store
-                .replace_digests("node-1", "kata-qemu-sev", &[(digest.to_vec(), rec)])
+                .replace_digests(
+                    "node-1",
+                    "kata-qemu-sev",
+                    &[(digest.to_vec(), rec)],
+                    kbs::store::Origin::Operator,
+                    &[],
+                )
                 .unwrap();
             store.set_secret("key-a", b"image key A").unwrap();
             store.set_secret("key-b", &[0u8, 1, 2, 255]).unwrap();

@@ -84,7 +84,13 @@ async fn main() -> anyhow::Result<()> {
             vcpu_type: "host".into(),
             config: "load test".into(),
         };
-        store.replace_digests("load", "kata-qemu-sev", &[(digest.to_vec(), rec)])?;
+        store.replace_digests(
+            "load",
+            "kata-qemu-sev",
+            &[(digest.to_vec(), rec)],
+            kbs::store::Origin::Operator,
+            &[],
+        )?;
         store.set_secret("k1", b"0123456789abcdef0123456789abcdef")?;
         store.set_keyset("KEYSET-1", &["k1".to_string()])?;
     }

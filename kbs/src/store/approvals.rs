@@ -1,0 +1,352 @@
+//! The operator's approvals and the admin tokens, in the broker's database.
+//!
+//! An approval is keyed by kind, id and runtime class (empty but for Kata
+//! configurations). Revoking one removes, in the same transaction, every
+//! registration derived from it: the digests of each node and runtime class
+//! whose recorded inputs name it. Tokens are stored as SHA-256 of the token
+//! only; the token itself is shown once, when it is made.
+
+use super::{now, Store, StoreError};
+use rusqlite::{params, OptionalExtension};
+
+/// One approval as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRow {
+    /// `firmware`, `kernel`, `initrd`, `kata-config`, `host-cpu`, `host-kernel`.
+    pub kind: String,
+    /// The approved value's name: SHA-256 (hex), signature or release.
+    pub id: String,
+    /// For `kata-config`: the runtime class; empty otherwise.
+    pub runtime_class: String,
+    /// What the approval allows, as JSON the broker wrote.
+    pub terms: String,
+    /// Who approved it.
+    pub approved_by: String,
+    /// Unix seconds.
+    pub approved_at: i64,
+    /// The operator's note.
+    pub note: String,
+}
+
+/// One admin token as stored (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Public id.
+    pub id: String,
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// `operator` or `node`.
+    pub role: String,
+    /// For a node token, its node.
+    pub node: String,
+    /// The operator's note.
+    pub note: String,
+    /// Who made it.
+    pub created_by: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl Store {
+    /// Stores (or replaces) an approval and its data (a firmware image or a
+    /// configuration's text), stamped now.
+    pub fn approve(&self, row: &ApprovalRow, data: Option<&[u8]>) -> Result<i64, StoreError> {
+        let t = now();
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO approvals \
+                 (kind, id, runtime_class, terms, data, approved_by, approved_at, note) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    row.kind,
+                    row.id,
+                    row.runtime_class,
+                    row.terms,
+                    data,
+                    row.approved_by,
+                    t,
+                    row.note
+                ],
+            )
+            .map(|_| t)
+        })
+    }
+
+    /// Every approval, by kind and id.
+    pub fn approvals(&self) -> Result<Vec<ApprovalRow>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT kind, id, runtime_class, terms, approved_by, approved_at, note \
+                 FROM approvals ORDER BY kind, id, runtime_class",
+            )?;
+            let rows = st.query_map([], approval_row)?;
+            rows.collect()
+        })
+    }
+
+    /// The approval of `kind` and `id` for `runtime_class` (empty for the
+    /// kinds that have none).
+    pub fn approval(
+        &self,
+        kind: &str,
+        id: &str,
+        runtime_class: &str,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT kind, id, runtime_class, terms, approved_by, approved_at, note \
+                 FROM approvals WHERE kind = ?1 AND id = ?2 AND runtime_class = ?3",
+                params![kind, id, runtime_class],
+                approval_row,
+            )
+            .optional()
+        })
+    }
+
+    /// The data kept with an approval.
+    pub fn approval_data(
+        &self,
+        kind: &str,
+        id: &str,
+        runtime_class: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT data FROM approvals WHERE kind = ?1 AND id = ?2 AND runtime_class = ?3",
+                params![kind, id, runtime_class],
+                |r| r.get::<_, Option<Vec<u8>>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+        })
+    }
+
+    /// Removes the approvals of `kind` and `id` (only `runtime_class`'s, when
+    /// given) and every registration derived from them; returns how many
+    /// approvals and digests went.
+    pub fn revoke(
+        &self,
+        kind: &str,
+        id: &str,
+        runtime_class: Option<&str>,
+    ) -> Result<(usize, usize), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let revoked = match runtime_class {
+                Some(class) => tx.execute(
+                    "DELETE FROM approvals WHERE kind = ?1 AND id = ?2 AND runtime_class = ?3",
+                    params![kind, id, class],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM approvals WHERE kind = ?1 AND id = ?2",
+                    params![kind, id],
+                )?,
+            };
+            // A Kata configuration's registrations are recorded under the class
+            // it was approved for and its id, as `class:id`: revoking one class's
+            // approval leaves the other classes' registrations.
+            let (condition, value) = match (kind, runtime_class) {
+                ("kata-config", Some(class)) => ("id = ?2", format!("{class}:{id}")),
+                // Ids of configurations are hexadecimal: no LIKE wildcards.
+                ("kata-config", None) => ("id LIKE '%:' || ?2", id.to_string()),
+                _ => ("id = ?2", id.to_string()),
+            };
+            let registrations: Vec<(String, String)> = {
+                let mut st = tx.prepare(&format!(
+                    "SELECT DISTINCT node, runtime_class FROM registration_inputs \
+                     WHERE kind = ?1 AND {condition}"
+                ))?;
+                let rows = st.query_map(params![kind, value], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut digests = 0;
+            for (node, class) in &registrations {
+                digests += tx.execute(
+                    "DELETE FROM digests WHERE node = ?1 AND runtime_class = ?2 AND origin = 'derived'",
+                    params![node, class],
+                )?;
+                tx.execute(
+                    "DELETE FROM registration_inputs WHERE node = ?1 AND runtime_class = ?2",
+                    params![node, class],
+                )?;
+            }
+            tx.commit()?;
+            Ok((revoked, digests))
+        })
+    }
+
+    /// Stores a new token (by its hash).
+    pub fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO tokens (id, hash, role, node, note, created_by, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    row.id,
+                    &row.hash[..],
+                    row.role,
+                    row.node,
+                    row.note,
+                    row.created_by,
+                    row.created_at
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Every live token, oldest first.
+    pub fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let rows: Vec<(TokenRow, Vec<u8>)> = self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, hash, role, node, note, created_by, created_at FROM tokens \
+                 ORDER BY created_at, id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    TokenRow {
+                        id: r.get(0)?,
+                        hash: [0; 32],
+                        role: r.get(2)?,
+                        node: r.get(3)?,
+                        note: r.get(4)?,
+                        created_by: r.get(5)?,
+                        created_at: r.get(6)?,
+                    },
+                    r.get::<_, Vec<u8>>(1)?,
+                ))
+            })?;
+            rows.collect()
+        })?;
+        rows.into_iter()
+            .map(|(mut row, hash)| {
+                row.hash = hash
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        what: "token hash",
+                    })?;
+                Ok(row)
+            })
+            .collect()
+    }
+
+    /// Deletes a token; whether it existed.
+    pub fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM tokens WHERE id = ?1", params![id])
+                .map(|n| n > 0)
+        })
+    }
+}
+
+fn approval_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRow> {
+    Ok(ApprovalRow {
+        kind: r.get(0)?,
+        id: r.get(1)?,
+        runtime_class: r.get(2)?,
+        terms: r.get(3)?,
+        approved_by: r.get(4)?,
+        approved_at: r.get(5)?,
+        note: r.get(6)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DigestRecord, Origin};
+
+    fn row(kind: &str, id: &str, class: &str) -> ApprovalRow {
+        ApprovalRow {
+            kind: kind.into(),
+            id: id.into(),
+            runtime_class: class.into(),
+            terms: "{}".into(),
+            approved_by: "uid 0".into(),
+            approved_at: 0,
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn revoking_an_input_removes_the_registrations_derived_from_it_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.approve(&row("kernel", "aa", ""), None).unwrap();
+        s.approve(&row("kata-config", "cc", "kata-qemu-snp"), Some(b"toml"))
+            .unwrap();
+        s.approve(&row("kata-config", "cc", "kata-qemu-snp-2"), Some(b"toml"))
+            .unwrap();
+        assert_eq!(
+            s.approval_data("kata-config", "cc", "kata-qemu-snp")
+                .unwrap(),
+            Some(b"toml".to_vec())
+        );
+        let rec = DigestRecord {
+            mode: "snp".into(),
+            digest: "01".into(),
+            vcpus: 1,
+            vcpu_type: "EPYC-v4".into(),
+            config: String::new(),
+        };
+        let inputs = |class: &str| {
+            vec![
+                ("kernel".to_string(), "aa".to_string()),
+                ("kata-config".to_string(), format!("{class}:cc")),
+            ]
+        };
+        s.replace_digests(
+            "n1",
+            "kata-qemu-snp",
+            &[(vec![1; 48], rec.clone())],
+            Origin::Derived,
+            &inputs("kata-qemu-snp"),
+        )
+        .unwrap();
+        s.replace_digests(
+            "n2",
+            "kata-qemu-snp-2",
+            &[(vec![2; 48], rec.clone())],
+            Origin::Derived,
+            &inputs("kata-qemu-snp-2"),
+        )
+        .unwrap();
+        s.replace_digests("op", "x", &[(vec![3; 48], rec)], Origin::Operator, &[])
+            .unwrap();
+        assert_eq!(
+            s.revoke("kata-config", "cc", Some("kata-qemu-snp"))
+                .unwrap(),
+            (1, 1)
+        );
+        assert!(!s.digest_registered("snp", &[1; 48], true).unwrap());
+        assert!(s.digest_registered("snp", &[2; 48], false).unwrap());
+        assert_eq!(s.revoke("kernel", "aa", None).unwrap(), (1, 1));
+        assert!(!s.digest_registered("snp", &[2; 48], true).unwrap());
+        assert!(s.digest_registered("snp", &[3; 48], false).unwrap());
+        assert_eq!(s.revoke("kernel", "aa", None).unwrap(), (0, 0));
+        assert_eq!(s.approvals().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn tokens_are_kept_by_hash_and_revoked_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let t = TokenRow {
+            id: "t1".into(),
+            hash: [7; 32],
+            role: "node".into(),
+            node: "n1".into(),
+            note: String::new(),
+            created_by: "uid 0".into(),
+            created_at: 1,
+        };
+        s.insert_token(&t).unwrap();
+        assert!(s.insert_token(&t).is_err(), "ids and hashes are unique");
+        assert_eq!(s.tokens().unwrap(), vec![t]);
+        assert!(s.revoke_token("t1").unwrap());
+        assert!(!s.revoke_token("t1").unwrap());
+        assert!(s.tokens().unwrap().is_empty());
+    }
+}
