@@ -734,6 +734,35 @@ pub fn derive(
             }
         }
     }
+    // The host's CPU and kernel, as the node's own launches say they matter,
+    // so that an operator sees every input to approve at once; whether they
+    // really matter is decided again below, from the approved configuration.
+    let claims = |pred: &dyn Fn(&NodeLaunch, &str) -> bool| {
+        launches
+            .iter()
+            .any(|l| l.digest.as_ref().is_some_and(|d| pred(l, &d.mode)))
+    };
+    if let Some(sig) = c.host_sig {
+        let id = format!("{:#010x}", sig.0);
+        let host_cpu = claims(&|l, mode| mode != "sev" && l.cpu.split(',').next() == Some("host"));
+        if host_cpu && store.approval(HOST_CPU, &id, "")?.is_none() {
+            note(
+                HOST_CPU,
+                id.clone(),
+                format!("kbs admin approve host-cpu {id}"),
+            );
+        }
+    }
+    if let Some(k) = c.host_kernel.filter(|_| !c.release.is_cc()) {
+        let id = k.to_string();
+        if claims(&|_, mode| mode == "snp") && store.approval(HOST_KERNEL, &id, "")?.is_none() {
+            note(
+                HOST_KERNEL,
+                id.clone(),
+                format!("kbs admin approve host-kernel {id}"),
+            );
+        }
+    }
     let (Some(config_row), Some(_), Some(firmware), true) =
         (config_row, terms_of, firmware, missing.is_empty())
     else {
