@@ -191,19 +191,23 @@ fn run_tool_with(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Res
 /// only its owner can read.
 fn write_random_key(path: &Path) -> anyhow::Result<()> {
     use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let mut key = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut key))
         .context("cannot read /dev/urandom")?;
+    write_private(path, &key)
+}
+
+/// Writes a new file only its owner can read.
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .and_then(|mut f| f.write_all(&key))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+        .and_then(|mut f| f.write_all(data))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A free loopback port for the agent's status server, so that `host-agent
@@ -359,9 +363,9 @@ fn start_agent(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Daemon> 
     Ok(daemon)
 }
 
-/// Replaces `kernel_params` the way an editor saves: a new file renamed over
-/// the old one.
-fn edit_kernel_params(config: &Path) -> anyhow::Result<()> {
+/// Writes `config` with `kernel_params` edited to a new file beside it, to be
+/// approved and then renamed over the old one (as an editor saves).
+fn stage_kernel_params_edit(config: &Path) -> anyhow::Result<PathBuf> {
     let text = std::fs::read_to_string(config)?;
     let mut done = false;
     let edited: Vec<String> = text
@@ -379,8 +383,7 @@ fn edit_kernel_params(config: &Path) -> anyhow::Result<()> {
     }
     let tmp = config.with_extension("toml.new");
     std::fs::write(&tmp, edited.join("\n") + "\n")?;
-    std::fs::rename(&tmp, config)?;
-    Ok(())
+    Ok(tmp)
 }
 
 fn short(hex: &str) -> &str {
@@ -423,8 +426,19 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
     let ark = dir.join("simulated-ark.cert");
     std::fs::write(&ark, roots.ark_cert())?;
     let socket = dir.join("kbs-admin.sock");
-    let kbs = KbsProcess::start(&bins.kbs, &dir.join("kbs-data"), &socket, &ark)
-        .context("starting the key broker")?;
+    // The TCP admin listener, on loopback, is where the node's own token works.
+    let kbs = KbsProcess::start_with(
+        &bins.kbs,
+        &dir.join("kbs-data"),
+        &socket,
+        &ark,
+        &["--admin-listen".into(), "127.0.0.1:0".into()],
+    )
+    .context("starting the key broker")?;
+    let admin_addr = kbs
+        .admin_addr
+        .clone()
+        .ok_or_else(|| anyhow!("the key broker started no TCP admin listener"))?;
     let mut admin = admin_client::connect_unix(&socket, Duration::from_secs(5))
         .await
         .context("cannot reach the broker's admin socket")?;
@@ -434,26 +448,77 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
         socket.display()
     );
     println!("   it trusts only AMD's roots, plus the simulator's root for this demo");
+    println!("   registration by approved inputs (the default): a node registers only launches");
+    println!("   whose firmware, kernel, initrd and Kata configuration an operator approved");
 
     step(
         2,
-        "Host agent: follows a sample Kata SEV configuration and registers its digests",
+        "Operator: approves the sample's inputs and gives the node a token of its own",
     );
     let sample = sample_artefacts::write_sample(&dir.join("kata"))?;
+    let sock = socket.to_string_lossy().into_owned();
+    let kbs_admin = |args: &[&str]| -> anyhow::Result<String> {
+        println!("   $ kbs admin {}", args.join(" "));
+        let mut all = vec!["admin", "--socket", sock.as_str()];
+        all.extend_from_slice(args);
+        run_tool(&bins.kbs, &all)
+    };
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    for args in [
+        vec!["approve", "firmware", &path(&sample.firmware)],
+        vec!["approve", "kernel", &path(&sample.kernel)],
+        vec!["approve", "initrd", &path(&sample.initrd)],
+        vec![
+            "approve",
+            "kata-config",
+            &path(&sample.config),
+            "--runtime-class",
+            CLASS,
+            "--kata-version",
+            "CC-0.8.0",
+            "--pod-cpus",
+            "0-2",
+        ],
+    ] {
+        show(&kbs_admin(&args)?);
+    }
+    let token = kbs_admin(&["token", "create", "--node", NODE])?;
+    let token_file = dir.join("node.token");
+    write_private(&token_file, token.trim().as_bytes())?;
+    println!(
+        "   the token went to {} (shown once); it may register and list {NODE}'s digests, nothing else",
+        token_file.display()
+    );
+
+    step(
+        3,
+        "Host agent: follows the Kata configuration; the broker derives and registers the digests",
+    );
     let port = free_port()?;
     let agent_config = dir.join("host-agent.toml");
-    std::fs::write(
-        &agent_config,
+    let agent_toml = |kbs_table: &str| {
         format!(
             "kata_configs = [\"{}\"]\nnode = \"{NODE}\"\nlisten = \"127.0.0.1:{port}\"\n\
-             state_dir = \"{}\"\n[kbs]\nadmin_socket = \"{}\"\n[launches]\n\
+             state_dir = \"{}\"\n[kbs]\n{kbs_table}\n[launches]\n\
              host_cpu_signature = \"0xa00f11\"\nmax_pod_cpus = 2\n\
              # The sample is written in CoCo 0.8's shape: SEV with pre-attestation.\n\
              kata_version = \"CC-0.8.0\"\n",
             sample.config.display(),
             dir.join("agent-state").display(),
-            socket.display(),
-        ),
+        )
+    };
+    std::fs::write(
+        &agent_config,
+        agent_toml(&format!(
+            "admin_endpoint = \"http://{admin_addr}\"\nadmin_token_file = \"{}\"",
+            token_file.display()
+        )),
+    )?;
+    // `provision` sets secrets and resources: an operator's job, over the socket.
+    let operator_config = dir.join("host-agent-operator.toml");
+    std::fs::write(
+        &operator_config,
+        agent_toml(&format!("admin_socket = \"{}\"", socket.display())),
     )?;
     println!(
         "   {} names synthetic firmware, kernel and initrd",
@@ -463,16 +528,17 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
     let mut agent = start_agent(&bins.host_agent, &agent_config, &dir.join("host-agent.log"))?;
     let (digests, _) = wait_change(&mut admin, &[], Duration::from_secs(30)).await?;
     println!(
-        "   registered {} digests for {CLASS} on {NODE}, {} ms after start (pods with 0, 1, 2 CPUs):",
+        "   registered {} digests for {CLASS} on {NODE}, {} ms after start (pods with 0, 1, 2 CPUs);",
         digests.len(),
         started.elapsed().as_millis()
     );
+    println!("   the broker measured the launches itself and they matched the agent's:");
     for (mode, vcpus, d) in &digests {
         println!("     {mode} {vcpus} vCPU  {d}");
     }
 
     step(
-        3,
+        4,
         "Images: a cosign key pair, the signature policy and the key of encrypted images",
     );
     let prefix = dir.join("cosign");
@@ -494,7 +560,7 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
         &[
             "provision",
             "--config",
-            &agent_config.to_string_lossy(),
+            &operator_config.to_string_lossy(),
             "--signature-policy",
             "verify",
             "--image",
@@ -511,7 +577,7 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
     );
 
     step(
-        4,
+        5,
         "Launch: the Kata shim pre-attests, the PSP measures, the broker releases secrets",
     );
     let launch = kata_launch(&bins.host_agent, &sample.config)?;
@@ -538,7 +604,7 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
     }
 
     step(
-        5,
+        6,
         "Guest: the guest client checks the secrets arrived through the PSP path and reports",
     );
     let view = GuestView::write(&dir.join("guest"), &launched.secret_table, "quiet")
@@ -550,12 +616,24 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
     }
 
     step(
-        6,
-        "Configuration change: kernel_params edited, re-registered by the agent",
+        7,
+        "Configuration change: the operator approves the edited file, the node installs it",
     );
     let before = registered(&mut admin).await?;
     let old_launch = launch;
-    edit_kernel_params(&sample.config)?;
+    let staged = stage_kernel_params_edit(&sample.config)?;
+    show(&kbs_admin(&[
+        "approve",
+        "kata-config",
+        &path(&staged),
+        "--runtime-class",
+        CLASS,
+        "--kata-version",
+        "CC-0.8.0",
+        "--pod-cpus",
+        "0-2",
+    ])?);
+    std::fs::rename(&staged, &sample.config)?;
     let (after, took) = wait_change(&mut admin, &before, Duration::from_secs(30)).await?;
     println!(
         "   added {EDIT:?} to kernel_params; the broker held the new digests {:.1} ms after the save",
@@ -575,7 +653,7 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
     println!("   a guest launched with the new command line gets its secrets");
 
     step(
-        7,
+        8,
         "Stale launch: a guest still measuring the old command line is refused",
     );
     let stale = psp_digest(&old_launch)?;
@@ -596,7 +674,7 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
     }
 
     step(
-        8,
+        9,
         "Fleet view: what the broker recorded, and the agent's status",
     );
     let text = run_tool(

@@ -20,7 +20,7 @@ fn the_demo_shows_the_whole_attested_flow_and_cleans_up() {
 
     // The steps, in order.
     let mut at = 0;
-    for n in 1..=8 {
+    for n in 1..=9 {
         let marker = format!("== {n}. ");
         let found = text[at..]
             .find(&marker)
@@ -28,6 +28,24 @@ fn the_demo_shows_the_whole_attested_flow_and_cleans_up() {
         at += found + marker.len();
     }
     // What each step promises.
+    for kind in ["firmware", "kernel", "initrd", "kata-config"] {
+        assert!(
+            text.contains(&format!("$ kbs admin approve {kind} ")),
+            "{kind}: {text}"
+        );
+        assert!(
+            text.contains(&format!("approved: {kind}\t")),
+            "{kind}: {text}"
+        );
+    }
+    assert!(
+        text.contains("$ kbs admin token create --node demo-node"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the broker measured the launches itself"),
+        "{text}"
+    );
     assert!(
         text.contains("registered 3 digests for kata-qemu-sev"),
         "{text}"

@@ -19,12 +19,14 @@
 use crate::agent::cache::ArtefactCache;
 use crate::agent::config::{AgentConfig, KbsTarget};
 use crate::agent::derive::{derive_file, Derived, HostFacts};
+use crate::agent::inputs::{approve_hints, registration_of, unapproved, ClassRegistration};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use kbs_proto::admin_client::{self, Client};
 use kbs_proto::kbsadmin::{
-    DeleteRequest, Digest, ListDigestsRequest, ListInventoryRequest, ReplaceDigestsRequest,
-    SetKeysetRequest, SetResourceRequest, SetSecretRequest,
+    ApproveRequest, DeleteRequest, ListDigestsRequest, ListInventoryRequest,
+    RegisterLaunchesRequest, ReplaceDigestsRequest, SetKeysetRequest, SetResourceRequest,
+    SetSecretRequest,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -111,6 +113,15 @@ pub struct ProvisionArgs {
     /// Only remove what this node registered; provision nothing.
     #[arg(long, requires = "clean")]
     pub clean_only: bool,
+    /// Approve this node's launch inputs the broker does not know yet (its
+    /// firmware image, kernel, initrd and Kata configurations, as the files
+    /// on this node are now; its host CPU and kernel where launches depend on
+    /// them), then register. Needs an operator credential: it vouches that
+    /// this node's files are the ones to trust, for every node. Without it,
+    /// unapproved inputs fail the run with the `kbs admin approve` commands
+    /// that would approve them.
+    #[arg(long, conflicts_with = "clean_only")]
+    pub approve: bool,
     /// Print what was done as JSON.
     #[arg(long)]
     pub json: bool,
@@ -295,9 +306,10 @@ pub async fn connect(config: &AgentConfig) -> anyhow::Result<Client> {
         KbsTarget::Tcp {
             endpoint,
             token_file,
+            ca_file,
         } => {
             let token = admin_client::read_token(&token_file)?;
-            admin_client::connect_tcp(&endpoint, &token, timeout).await?
+            admin_client::connect_tcp(&endpoint, &token, ca_file.as_deref(), timeout).await?
         }
     })
 }
@@ -306,9 +318,10 @@ fn rpc(name: &str, s: &tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("key broker {name}: {:?}: {}", s.code(), s.message())
 }
 
-/// Derives the digest set of every runtime class; any broken configuration
-/// fails the whole run, before anything is registered.
-pub fn derive_all(config: &AgentConfig) -> anyhow::Result<BTreeMap<String, Vec<Digest>>> {
+/// Derives the launches of every runtime class, with the inputs they came
+/// from; any broken configuration fails the whole run, before anything is
+/// registered.
+pub fn derive_all(config: &AgentConfig) -> anyhow::Result<BTreeMap<String, ClassRegistration>> {
     let host = HostFacts::detect(config);
     let mut cache = ArtefactCache::new();
     let mut out = BTreeMap::new();
@@ -331,21 +344,124 @@ pub fn derive_all(config: &AgentConfig) -> anyhow::Result<BTreeMap<String, Vec<D
             if out.contains_key(&c.runtime_class) {
                 continue; // the first file of a class wins, as in the daemon
             }
-            let digests = c
-                .launches
-                .iter()
-                .map(|l| Digest {
-                    mode: l.mode.to_string(),
-                    digest: l.digest_bytes.clone(),
-                    vcpus: l.vcpus,
-                    vcpu_type: l.vcpu_sig.clone().unwrap_or_default(),
-                    config: format!("{} (pod CPUs {})", c.config.display(), l.pod_cpus),
-                })
-                .collect();
-            out.insert(c.runtime_class.clone(), digests);
+            out.insert(c.runtime_class.clone(), registration_of(&c, &host, None));
         }
     }
     Ok(out)
+}
+
+/// Registers one class by its inputs; with `approve`, first approves what
+/// the broker names as unapproved, from this node's files.
+async fn register_class(
+    client: &mut Client,
+    node: &str,
+    reg: &ClassRegistration,
+    approve: bool,
+) -> anyhow::Result<u32> {
+    let request = RegisterLaunchesRequest {
+        node: node.to_string(),
+        inputs: reg.inputs.clone(),
+        launches: reg.launches.clone(),
+    };
+    let class = reg
+        .inputs
+        .as_ref()
+        .map(|i| i.runtime_class.clone())
+        .unwrap_or_default();
+    let refused = |s: &tonic::Status| {
+        let mut e = format!(
+            "key broker RegisterLaunches for {class}: {:?}: {}",
+            s.code(),
+            s.message()
+        );
+        let hints = approve_hints(s.details(), reg);
+        if !hints.is_empty() {
+            e.push_str("\nan operator approves them with (or run provision --approve):");
+            for h in hints {
+                e.push_str("\n  ");
+                e.push_str(&h);
+            }
+        }
+        anyhow::anyhow!(e)
+    };
+    match client.register_launches(request.clone()).await {
+        Ok(r) => return Ok(r.into_inner().count),
+        Err(s) if approve && !unapproved(s.details()).is_empty() => {
+            for item in unapproved(s.details()) {
+                let a = approval_for(&item.kind, &item.id, reg)?;
+                client
+                    .approve(a)
+                    .await
+                    .map_err(|s| rpc(&format!("Approve {} {}", item.kind, item.id), &s))?;
+            }
+        }
+        Err(s) => return Err(refused(&s)),
+    }
+    client
+        .register_launches(request)
+        .await
+        .map(|r| r.into_inner().count)
+        .map_err(|s| refused(&s))
+}
+
+/// The approval of one input the broker named, from this node's files. A
+/// file that no longer hashes to what was derived is refused: it changed
+/// under the run, and approving its new content would approve something
+/// nobody derived.
+fn approval_for(kind: &str, id: &str, reg: &ClassRegistration) -> anyhow::Result<ApproveRequest> {
+    use sha2::Digest as _;
+    let file = || {
+        reg.files
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, p)| p.clone())
+            .with_context(|| format!("the broker names {kind} {id}, which this node did not send"))
+    };
+    let read_checked = |path: &Path| -> anyhow::Result<Vec<u8>> {
+        let data =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let got = hex::encode(sha2::Sha256::digest(&data));
+        if got != id {
+            bail!(
+                "{} changed while provisioning (SHA-256 {got}, derived from {id}); run again",
+                path.display()
+            );
+        }
+        Ok(data)
+    };
+    let inputs = reg.inputs.clone().unwrap_or_default();
+    let note = "approved by host-agent provision --approve".to_string();
+    Ok(match kind {
+        "firmware" => ApproveRequest {
+            kind: kind.into(),
+            data: read_checked(&file()?)?,
+            note,
+            ..ApproveRequest::default()
+        },
+        "kata-config" => {
+            let min = inputs.pod_cpus.iter().copied().min().unwrap_or(0);
+            let max = inputs.pod_cpus.iter().copied().max().unwrap_or(0);
+            ApproveRequest {
+                kind: kind.into(),
+                data: read_checked(&file()?)?,
+                runtime_class: inputs.runtime_class.clone(),
+                kata_versions: vec![inputs.kata_version.clone()],
+                min_pod_cpus: min,
+                max_pod_cpus: max.max(1),
+                annotations: inputs.annotations.clone(),
+                note,
+                ..ApproveRequest::default()
+            }
+        }
+        // By hash: the broker never needs the kernel or initrd itself.
+        "kernel" | "initrd" | "host-cpu" | "host-kernel" => ApproveRequest {
+            kind: kind.into(),
+            id: id.into(),
+            note,
+            ..ApproveRequest::default()
+        },
+        other => bail!("the broker names an input of kind {other:?} this agent cannot approve"),
+    })
 }
 
 /// What a run did, as printed.
@@ -459,17 +575,9 @@ async fn provision(a: &ProvisionArgs, config: &AgentConfig) -> anyhow::Result<Ou
             return Ok(out);
         }
     }
-    for (class, set) in &digests {
-        let reply = client
-            .replace_digests(ReplaceDigestsRequest {
-                node: node.clone(),
-                runtime_class: class.clone(),
-                digests: set.clone(),
-            })
-            .await
-            .map_err(|s| rpc("ReplaceDigests", &s))?
-            .into_inner();
-        out.registered.insert(class.clone(), reply.count);
+    for (class, reg) in &digests {
+        let count = register_class(&mut client, &node, reg, a.approve).await?;
+        out.registered.insert(class.clone(), count);
         record.classes.push(class.clone());
     }
     let policy = policy_json(a.signature_policy, &a.images);

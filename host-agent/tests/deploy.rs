@@ -366,17 +366,35 @@ fn daemonset_mounts_what_its_configuration_names() {
     assert!(a.config.drift.enabled);
     assert_eq!(a.config.drift.proc_root, Path::new("/proc"));
 
-    // The broker over TCP, its token from a Secret that is not checked in.
-    let KbsTarget::Tcp { token_file, .. } = a.config.kbs_target() else {
+    // The broker over TCP and TLS. The token is the node's own, read-only
+    // from the host (a Secret would give every node the same one); the CA
+    // that verifies the broker comes from a ConfigMap made from the broker's
+    // CA certificate (not checked in).
+    let KbsTarget::Tcp {
+        endpoint,
+        token_file,
+        ca_file,
+    } = a.config.kbs_target()
+    else {
         panic!("the DaemonSet reaches the broker over TCP");
     };
-    let (kind, secret, _) = a.file_source(&token_file);
-    assert_eq!(kind, "Secret");
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    a.assert_host_path(token_file.parent().unwrap(), true);
+    let (_, token_volume) = a.mount_of(&token_file);
+    assert_eq!(
+        token_volume["hostPath"]["type"].as_str(),
+        Some("Directory"),
+        "the pod waits for the node's token rather than making an empty directory"
+    );
+    assert!(docs.iter().all(|d| d.kind() != "Secret"));
+    let ca_file = ca_file.expect("an https endpoint names its CA file");
+    let (kind, ca_map, _) = a.file_source(&ca_file);
+    assert_eq!(kind, "ConfigMap");
     assert!(docs
         .iter()
-        .all(|d| d.name() != secret || d.kind() != "Secret"));
+        .all(|d| d.name() != ca_map || d.kind() != "ConfigMap"));
     // The configuration itself stays read-only for the agent.
-    let (config_mount, _) = a.mount_of(&token_file);
+    let (config_mount, _) = a.mount_of(&ca_file);
     assert_eq!(config_mount["readOnly"].as_bool(), Some(true));
 }
 

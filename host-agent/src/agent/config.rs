@@ -71,12 +71,19 @@ pub struct KbsConfig {
     /// `admin_endpoint` is set.
     #[serde(default = "default_admin_socket")]
     pub admin_socket: PathBuf,
-    /// The TCP admin listener, `http://HOST:PORT`; needs `admin_token_file`.
+    /// The TCP admin listener: `https://HOST:PORT` (TLS; needs
+    /// `admin_ca_file`) or `http://HOST:PORT` (in clear, which the broker
+    /// serves on its own loopback only); needs `admin_token_file`.
     #[serde(default)]
     pub admin_endpoint: Option<String>,
     /// File holding the bearer token of the TCP admin listener.
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
+    /// PEM file of the CA certificate that issued the broker's admin TLS
+    /// certificate; needed with an `https://` `admin_endpoint`, refused with an
+    /// `http://` one. Only this CA is trusted, never the system's roots.
+    #[serde(default)]
+    pub admin_ca_file: Option<PathBuf>,
     /// Timeout of each call, in seconds.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
@@ -208,6 +215,7 @@ impl Default for KbsConfig {
             admin_socket: default_admin_socket(),
             admin_endpoint: None,
             admin_token_file: None,
+            admin_ca_file: None,
             timeout_seconds: default_timeout(),
             retry_max_seconds: default_retry_max(),
         }
@@ -287,10 +295,12 @@ pub enum KbsTarget {
     Socket(PathBuf),
     /// The TCP admin listener with a token file.
     Tcp {
-        /// `http://HOST:PORT`.
+        /// `http://HOST:PORT` or `https://HOST:PORT`.
         endpoint: String,
         /// The bearer token's file.
         token_file: PathBuf,
+        /// The CA certificate file that verifies an `https://` endpoint.
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -376,12 +386,36 @@ impl AgentConfig {
             _ => {}
         }
         if let Some(e) = &self.kbs.admin_endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
+            let https = e.starts_with("https://");
+            if !(https || e.starts_with("http://")) {
                 return Err(invalid(
                     "kbs.admin_endpoint",
-                    format!("{e:?} is not http://HOST:PORT"),
+                    format!("{e:?} is not https://HOST:PORT or http://HOST:PORT"),
                 ));
             }
+            match (https, &self.kbs.admin_ca_file) {
+                (true, None) => {
+                    return Err(invalid(
+                        "kbs.admin_ca_file",
+                        format!(
+                            "needed with the https endpoint {e:?}: the CA certificate the \
+                             broker's certificate is verified against"
+                        ),
+                    ))
+                }
+                (false, Some(_)) => {
+                    return Err(invalid(
+                        "kbs.admin_endpoint",
+                        format!("{e:?} must be https://HOST:PORT to use kbs.admin_ca_file"),
+                    ))
+                }
+                _ => {}
+            }
+        } else if self.kbs.admin_ca_file.is_some() {
+            return Err(invalid(
+                "kbs.admin_ca_file",
+                "used only with an https kbs.admin_endpoint".into(),
+            ));
         }
         if self.kbs.timeout_seconds == 0 {
             return Err(invalid("kbs.timeout_seconds", "at least 1 second".into()));
@@ -480,6 +514,7 @@ impl AgentConfig {
             (Some(endpoint), Some(token_file)) => KbsTarget::Tcp {
                 endpoint: endpoint.clone(),
                 token_file: token_file.clone(),
+                ca_file: self.kbs.admin_ca_file.clone(),
             },
             _ => KbsTarget::Socket(self.kbs.admin_socket.clone()),
         }
@@ -654,9 +689,44 @@ host_cpu_signature = "0xa00f11"
         .unwrap();
         assert_eq!(c.node_name(), "sev-node-1");
         assert_eq!(c.listen().unwrap(), Listen::Off);
-        assert!(matches!(c.kbs_target(), KbsTarget::Tcp { .. }));
+        assert!(matches!(
+            c.kbs_target(),
+            KbsTarget::Tcp { ca_file: None, .. }
+        ));
         assert!(!c.mode_allowed(sev_core::SevMode::Snp));
         assert_eq!(c.host_cpu_signature(), Some(0xa00f11));
+    }
+
+    #[test]
+    fn an_https_endpoint_carries_its_ca_file() {
+        let c = parse(
+            r#"
+[kbs]
+admin_endpoint = "https://kbs.example:44445"
+admin_token_file = "/etc/host-agent/kbs-admin.token"
+admin_ca_file = "/etc/host-agent/kbs-admin-ca.pem"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.kbs_target(),
+            KbsTarget::Tcp {
+                endpoint: "https://kbs.example:44445".into(),
+                token_file: PathBuf::from("/etc/host-agent/kbs-admin.token"),
+                ca_file: Some(PathBuf::from("/etc/host-agent/kbs-admin-ca.pem")),
+            }
+        );
+        // The shipped example's TCP keys, uncommented, say the same.
+        let example = include_str!("../../../systemd/host-agent.toml")
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(k) if k.starts_with("admin_") && k.contains(" = ") => k,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let e = parse(&example).unwrap();
+        assert_eq!(e.kbs_target(), c.kbs_target());
     }
 
     #[test]
@@ -670,6 +740,20 @@ host_cpu_signature = "0xa00f11"
             (
                 "[kbs]\nadmin_endpoint = \"http://x:1\"",
                 "kbs.admin_token_file",
+            ),
+            (
+                "[kbs]\nadmin_endpoint = \"https://x:1\"\nadmin_token_file = \"/t\"",
+                "kbs.admin_ca_file",
+            ),
+            (
+                "[kbs]\nadmin_endpoint = \"http://x:1\"\nadmin_token_file = \"/t\"\n\
+                 admin_ca_file = \"/ca.pem\"",
+                "kbs.admin_endpoint",
+            ),
+            ("[kbs]\nadmin_ca_file = \"/ca.pem\"", "kbs.admin_ca_file"),
+            (
+                "[kbs]\nadmin_endpoint = \"kbs.example:44445\"\nadmin_token_file = \"/t\"",
+                "kbs.admin_endpoint",
             ),
             ("[launches]\nmodes = [\"tdx\"]", "launches.modes"),
             (

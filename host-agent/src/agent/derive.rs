@@ -212,6 +212,11 @@ pub struct ClassLaunches {
     pub kernel_sha256: [u8; 32],
     /// SHA-256 of the initrd, if any.
     pub initrd_sha256: Option<[u8; 32]>,
+    /// SHA-256 of the firmware image.
+    pub firmware_sha256: [u8; 32],
+    /// SHA-256 of the configuration's text as read, the name the broker's
+    /// approval knows it by (zero until [`Derived::with_text`] sets it).
+    pub config_sha256: [u8; 32],
     /// The Kata release the launches were derived for, and where it came from.
     pub release: ResolvedRelease,
     /// What the digests do not cover (an unverified root image, annotations).
@@ -222,7 +227,7 @@ pub struct ClassLaunches {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Derived {
     /// Launches to register.
-    Launches(ClassLaunches),
+    Launches(Box<ClassLaunches>),
     /// The file is not an SEV launch this agent registers (a plain VM, another
     /// hypervisor, a mode not configured).
     Skipped {
@@ -274,6 +279,20 @@ pub enum DeriveError {
         /// Why.
         cause: String,
     },
+}
+
+impl Derived {
+    /// Records the SHA-256 of the configuration text the launches came from.
+    pub fn with_text(self, text: &str) -> Derived {
+        match self {
+            Derived::Launches(mut c) => {
+                use sha2::Digest as _;
+                c.config_sha256 = sha2::Sha256::digest(text.as_bytes()).into();
+                Derived::Launches(c)
+            }
+            skipped => skipped,
+        }
+    }
 }
 
 impl From<KataError> for DeriveError {
@@ -367,7 +386,7 @@ pub fn derive(
             path: path.to_path_buf(),
             cause,
         })?;
-    let derived = derive_parsed(&config, agent, host, cache, &release)?;
+    let derived = derive_parsed(&config, agent, host, cache, &release)?.with_text(text);
     Ok((config, derived))
 }
 
@@ -532,18 +551,20 @@ pub fn derive_parsed(
             }
         })
         .collect();
-    Ok(Derived::Launches(ClassLaunches {
+    Ok(Derived::Launches(Box::new(ClassLaunches {
         runtime_class: config.runtime_class.clone(),
         config: config.path.clone(),
         launches,
         kernel_sha256,
         initrd_sha256,
+        firmware_sha256: firmware.image().sha256(),
+        config_sha256: [0; 32],
         release: release.clone(),
         warnings: warnings(config, release)
             .into_iter()
             .chain(refused)
             .collect(),
-    }))
+    })))
 }
 
 /// Reads and derives; the error names the file when it cannot be read.

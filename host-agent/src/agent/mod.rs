@@ -13,6 +13,7 @@ pub mod config;
 pub mod derive;
 pub mod drift_check;
 pub mod http;
+pub mod inputs;
 pub mod metrics;
 pub mod registrar;
 pub mod status;
@@ -21,6 +22,7 @@ pub mod watch;
 use self::cache::ArtefactCache;
 use self::config::{AgentConfig, Listen};
 use self::derive::{artefact_paths, derive_parsed, ClassLaunches, Derived, HostFacts};
+use self::inputs::ClassRegistration;
 use self::metrics::Metrics;
 use self::registrar::{Desired, Registrar, Report};
 use self::status::{unix_now, AgentStatus, ClassState, ClassStatus, FileNote, LaunchView};
@@ -28,8 +30,6 @@ use self::watch::{Interest, Relevance, Watcher};
 use crate::systemd::Notifier;
 use anyhow::Context;
 use kata_launch::{runtime_class_from_file_name, KataConfig};
-use kbs_proto::kbsadmin::Digest;
-use sev_core::SevMode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -50,36 +50,6 @@ struct Tracked {
     /// not wanted): its digests are removed.
     skipped: bool,
     missing_since: Option<(Instant, u64)>,
-}
-
-/// The digests the broker gets for a class. Each says where it came from: the
-/// file, the pod shape, the Kata release, and for SNP the platform's TCB, which
-/// Trustee's reference values for the same launch need beside the digest.
-fn digests_of(c: &ClassLaunches, platform: Option<&str>) -> Vec<Digest> {
-    c.launches
-        .iter()
-        .map(|l| {
-            let mut config = format!(
-                "{} (pod CPUs {}; Kata {})",
-                c.config.display(),
-                l.pod_cpus,
-                c.release.release
-            );
-            if let Some(a) = &l.annotation {
-                config.push_str(&format!("; annotation {a}"));
-            }
-            if let (Some(tcb), SevMode::Snp) = (platform, l.sev_mode) {
-                config.push_str(&format!("; platform {tcb}"));
-            }
-            Digest {
-                mode: l.mode.to_string(),
-                digest: l.digest_bytes.clone(),
-                vcpus: l.vcpus,
-                vcpu_type: l.vcpu_sig.clone().unwrap_or_default(),
-                config,
-            }
-        })
-        .collect()
 }
 
 /// The daemon's state between passes.
@@ -249,7 +219,7 @@ impl Daemon {
                         info!(config = %file.display(), "{class}: configuration usable again");
                     }
                     tracked.skipped = false;
-                    tracked.last_good = Some(c);
+                    tracked.last_good = Some(*c);
                     tracked.derived_at = Some(unix_now());
                 }
                 Ok(Derived::Skipped { reason, .. }) => {
@@ -324,13 +294,16 @@ impl Daemon {
         let mut desired = Desired::new();
         for (class, t) in &self.classes {
             if t.skipped {
-                desired.insert(class.clone(), Vec::new());
+                desired.insert(class.clone(), ClassRegistration::removal());
             } else if let Some(c) = &t.last_good {
-                desired.insert(class.clone(), digests_of(c, self.platform.as_deref()));
+                desired.insert(
+                    class.clone(),
+                    inputs::registration_of(c, &self.host, self.platform.as_deref()),
+                );
             }
         }
         for class in &self.removed {
-            desired.insert(class.clone(), Vec::new());
+            desired.insert(class.clone(), ClassRegistration::removal());
         }
         out.changed = desired != self.desired;
         let previous = std::mem::replace(&mut self.desired, desired);
@@ -372,6 +345,7 @@ impl Daemon {
                     cause,
                 })?;
         derive_parsed(&config, &self.config, &self.host, &mut self.cache, &release)
+            .map(|d| d.with_text(&text))
     }
 
     /// The desired state and its generation.

@@ -8,18 +8,22 @@
 //! intermediate state is replayed.
 
 use super::config::{AgentConfig, KbsTarget};
+use super::inputs::{approve_hints, ClassRegistration};
 use super::metrics::Metrics;
 use super::status::{unix_now, AgentStatus, ClassState};
 use kbs_proto::admin_client::{self, Client};
-use kbs_proto::kbsadmin::{Digest, ListDigestsRequest, ReplaceDigestsRequest};
+use kbs_proto::kbsadmin::{
+    Digest, ListDigestsRequest, RegisterLaunchesRequest, ReplaceDigestsRequest,
+};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
-/// The digest sets the broker should hold, per runtime class.
-pub type Desired = BTreeMap<String, Vec<Digest>>;
+/// What the broker should hold, per runtime class (an empty registration
+/// removes the class).
+pub type Desired = BTreeMap<String, ClassRegistration>;
 
 /// What the registrar reports back to the daemon's loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,8 +96,11 @@ impl Registrar {
             KbsTarget::Tcp {
                 endpoint,
                 token_file,
+                ca_file,
             } => match admin_client::read_token(&token_file) {
-                Ok(token) => admin_client::connect_tcp(&endpoint, &token, timeout).await,
+                Ok(token) => {
+                    admin_client::connect_tcp(&endpoint, &token, ca_file.as_deref(), timeout).await
+                }
                 Err(e) => Err(e),
             },
         };
@@ -145,28 +152,61 @@ impl Registrar {
         &self,
         client: &mut Client,
         class: &str,
-        digests: &[Digest],
+        reg: &ClassRegistration,
     ) -> Result<u32, Failure> {
-        let span = tracing::info_span!("register", runtime_class = class, digests = digests.len());
+        let span = tracing::info_span!(
+            "register",
+            runtime_class = class,
+            digests = reg.digests.len()
+        );
         async {
-            let reply = client
-                .replace_digests(ReplaceDigestsRequest {
-                    node: self.node.clone(),
-                    runtime_class: class.to_string(),
-                    digests: digests.to_vec(),
-                })
-                .await
-                .map_err(|s| status_failure("ReplaceDigests", &s))?
-                .into_inner();
-            if digests.is_empty() {
+            let count = match &reg.inputs {
+                Some(inputs) if !reg.is_empty() => {
+                    let asked = client
+                        .register_launches(RegisterLaunchesRequest {
+                            node: self.node.clone(),
+                            inputs: Some(inputs.clone()),
+                            launches: reg.launches.clone(),
+                        })
+                        .await;
+                    match asked {
+                        Ok(reply) => reply.into_inner().count,
+                        // A broker from before registration by inputs.
+                        Err(s) if s.code() == tonic::Code::Unimplemented => {
+                            self.replace_digests(client, class, &reg.digests).await?
+                        }
+                        Err(s) => return Err(refusal(&s, reg)),
+                    }
+                }
+                _ => self.replace_digests(client, class, &reg.digests).await?,
+            };
+            if reg.is_empty() {
                 info!("removed the digests of {class} from the key broker");
             } else {
-                info!(count = reply.count, "registered the digests of {class}");
+                info!(count, "registered the digests of {class}");
             }
-            Ok(reply.count)
+            Ok(count)
         }
         .instrument(span)
         .await
+    }
+
+    async fn replace_digests(
+        &self,
+        client: &mut Client,
+        class: &str,
+        digests: &[Digest],
+    ) -> Result<u32, Failure> {
+        Ok(client
+            .replace_digests(ReplaceDigestsRequest {
+                node: self.node.clone(),
+                runtime_class: class.to_string(),
+                digests: digests.to_vec(),
+            })
+            .await
+            .map_err(|s| status_failure("ReplaceDigests", &s))?
+            .into_inner()
+            .count)
     }
 
     fn mark(&self, class: &str, result: Result<u32, &str>) {
@@ -281,7 +321,8 @@ impl Registrar {
                 }
                 // What the broker already holds from an earlier run counts as
                 // registered: a restart with nothing changed makes no calls.
-                for (class, set) in want {
+                for (class, reg) in want {
+                    let set = &reg.digests;
                     if !set.is_empty()
                         && learnt.get(class).map(|h| canonical(h)) == Some(canonical(set))
                     {
@@ -292,27 +333,37 @@ impl Registrar {
                 held.insert(learnt)
             }
         };
+        // A class the broker refuses does not hold up the others; the pass
+        // still fails, so that it is retried (with backoff) until an operator
+        // approves what it needs.
+        let mut refused = None;
         for class in differs(want, h) {
-            let Some(set) = want.get(&class) else {
+            let Some(reg) = want.get(&class) else {
                 continue;
             };
-            match self.replace(c, &class, set).await {
+            match self.replace(c, &class, reg).await {
                 Ok(count) => {
                     self.metrics.registered(&class);
                     self.mark(&class, Ok(count));
-                    if set.is_empty() {
+                    if reg.is_empty() {
                         h.remove(&class);
                     } else {
-                        h.insert(class.clone(), set.clone());
+                        h.insert(class.clone(), reg.digests.clone());
                     }
                 }
                 Err(f) => {
                     self.mark(&class, Err(&f.message));
-                    return Err(f);
+                    if f.reconnect {
+                        return Err(f);
+                    }
+                    refused.get_or_insert(f);
                 }
             }
         }
-        Ok(())
+        match refused {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
     }
 }
 
@@ -320,9 +371,9 @@ impl Registrar {
 /// class the broker does not hold is no difference.
 fn differs(want: &Desired, held: &BTreeMap<String, Vec<Digest>>) -> Vec<String> {
     want.iter()
-        .filter(|(class, set)| match held.get(*class) {
-            Some(h) => canonical(h) != canonical(set),
-            None => !set.is_empty(),
+        .filter(|(class, reg)| match held.get(*class) {
+            Some(h) => canonical(h) != canonical(&reg.digests),
+            None => !reg.is_empty(),
         })
         .map(|(c, _)| c.clone())
         .collect()
@@ -339,6 +390,21 @@ fn status_failure(rpc: &str, s: &tonic::Status) -> Failure {
         message: format!("key broker {rpc}: {:?}: {}", s.code(), s.message()),
         reconnect,
     }
+}
+
+/// A refused registration: the broker's message and, for unapproved inputs,
+/// the commands that would approve them.
+fn refusal(s: &tonic::Status, reg: &ClassRegistration) -> Failure {
+    let mut f = status_failure("RegisterLaunches", s);
+    let hints = approve_hints(s.details(), reg);
+    if !hints.is_empty() {
+        f.message.push_str("; an operator approves them with:");
+        for h in hints {
+            f.message.push_str("\n  ");
+            f.message.push_str(&h);
+        }
+    }
+    f
 }
 
 /// Up to a quarter more, so that the nodes of a fleet do not retry in lockstep.

@@ -13,6 +13,7 @@
 mod provision;
 mod rig;
 mod snp;
+mod tls;
 
 use host_agent::agent::status::ClassState;
 use rig::{Rig, CLASS};

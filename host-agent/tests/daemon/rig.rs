@@ -112,6 +112,11 @@ pub struct Rig {
     pub sample: sample_artefacts::Sample,
     pub platform: SimPlatform,
     pub kbs: Option<KbsProcess>,
+    /// Arguments the kbs is started with beyond the rig's own.
+    kbs_args: Vec<std::ffi::OsString>,
+    /// The kbs's --registration: "open" unless a test asks for "approved",
+    /// since most tests edit configurations no operator approved.
+    registration: &'static str,
     ark: PathBuf,
     pub socket: PathBuf,
     pub agent_config: PathBuf,
@@ -170,6 +175,8 @@ impl Rig {
             sample,
             platform,
             kbs: None,
+            kbs_args: Vec::new(),
+            registration: "open",
             ark,
             socket,
             agent_config,
@@ -184,8 +191,84 @@ impl Rig {
 
     pub fn start_kbs(&mut self) {
         let bin = sev_sim::kbs_process::kbs_beside_current_exe().unwrap();
-        self.kbs =
-            Some(KbsProcess::start(&bin, &self.data_dir(), &self.socket, &self.ark).unwrap());
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--registration".into(), self.registration.into()];
+        args.extend(self.kbs_args.iter().cloned());
+        self.kbs = Some(
+            KbsProcess::start_with(&bin, &self.data_dir(), &self.socket, &self.ark, &args).unwrap(),
+        );
+    }
+
+    /// Restarts the kbs (same data and socket) under approved registration:
+    /// nodes register only launches whose inputs an operator approved.
+    pub fn require_approval(&mut self) {
+        self.stop_kbs();
+        self.registration = "approved";
+        self.start_kbs();
+    }
+
+    /// Runs `kbs admin ARGS` against the rig's kbs as an operator (over its
+    /// socket, as this uid), returning standard output; panics on failure.
+    pub fn kbs_admin(&self, args: &[&std::ffi::OsStr]) -> String {
+        let out = self.kbs_admin_output(args);
+        assert!(
+            out.status.success(),
+            "kbs admin {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// As [`Rig::kbs_admin`], returning the whole output whatever the status.
+    pub fn kbs_admin_output(&self, args: &[&std::ffi::OsStr]) -> std::process::Output {
+        let bin = sev_sim::kbs_process::kbs_beside_current_exe().unwrap();
+        Command::new(bin)
+            .arg("admin")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Restarts the kbs (same data and socket) with `args` beyond the rig's
+    /// own, now and at every later start.
+    pub fn restart_kbs_with(&mut self, args: Vec<std::ffi::OsString>) {
+        self.stop_kbs();
+        self.kbs_args = args;
+        self.start_kbs();
+    }
+
+    /// Points the agent's configuration at the broker's TCP admin listener
+    /// instead of its socket.
+    pub fn use_tcp_admin(&self, endpoint: &str, token_file: &Path, ca_file: Option<&Path>) {
+        let text = std::fs::read_to_string(&self.agent_config).unwrap();
+        let mut out = String::new();
+        for line in text.lines() {
+            if [
+                "admin_socket",
+                "admin_endpoint",
+                "admin_token_file",
+                "admin_ca_file",
+            ]
+            .iter()
+            .any(|k| line.starts_with(k))
+            {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+            if line == "[kbs]" {
+                out.push_str(&format!(
+                    "admin_endpoint = \"{endpoint}\"\nadmin_token_file = \"{}\"\n",
+                    token_file.display()
+                ));
+                if let Some(ca) = ca_file {
+                    out.push_str(&format!("admin_ca_file = \"{}\"\n", ca.display()));
+                }
+            }
+        }
+        std::fs::write(&self.agent_config, out).unwrap();
     }
 
     pub fn stop_kbs(&mut self) {

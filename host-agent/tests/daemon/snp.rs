@@ -213,3 +213,101 @@ async fn an_snp_configuration_of_kata_4_1_is_followed_live() {
     }
     let _ = NODE;
 }
+
+/// The `kbs admin ...` arguments of the approve commands a refusal names, one
+/// per line after the message (`  kbs admin approve KIND ...  # KIND ID`).
+fn approve_commands(error: &str) -> Vec<Vec<String>> {
+    error
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("kbs admin "))
+        .map(|l| {
+            let command = l.split("  #").next().unwrap_or(l);
+            command.split_whitespace().map(str::to_string).collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_approved_registration_an_snp_node_registers_once_an_operator_approves() {
+    let root = tempfile::tempdir().unwrap();
+    let glob = root
+        .path()
+        .join("opt/kata/share/defaults/kata-containers/configuration-*.toml");
+    let mut rig = Rig::following(&glob, "[launches.snp]\nhost_kernel = \"6.12\"\n");
+    rig.require_approval();
+    let tree = kata_4_1_tree(root.path(), &rig.sample);
+    let agent = rig.start_agent();
+
+    // Nothing approved: refused, nothing registered, and the status names the
+    // inputs with the commands that would approve them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let error = loop {
+        let s = agent.status().await;
+        if let Some(e) = s
+            .classes
+            .get(SNP_CLASS)
+            .and_then(|c| c.registration_error.clone())
+        {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refusal: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(error.contains("not approved"), "{error}");
+    let config = tree.config.display().to_string();
+    let firmware = common::real_firmware().display().to_string();
+    let kernel = tree.kernel.display().to_string();
+    for want in [
+        format!(
+            "kbs admin approve kata-config {config} --runtime-class {SNP_CLASS} --kata-version 4.1.0"
+        ),
+        format!("kbs admin approve firmware {firmware}"),
+        format!("kbs admin approve kernel {kernel}"),
+    ] {
+        assert!(error.contains(&want), "{want}: {error}");
+    }
+    assert!(rig.registered_for(SNP_CLASS).await.is_empty());
+
+    // The operator runs exactly those commands; the agent, still running,
+    // registers on its next retry, and the broker holds its own derivation:
+    // the agent's digests, which are sev-snp-measure's.
+    let commands = approve_commands(&error);
+    assert!(commands.len() >= 3, "{error}");
+    for c in &commands {
+        let args: Vec<&std::ffi::OsStr> = c.iter().map(std::ffi::OsStr::new).collect();
+        rig.kbs_admin(&args);
+    }
+    agent.wait_notify("READY=1", Duration::from_secs(60));
+    let (_, launches) = settled(&rig, &agent, "the approved registration", |l| l.len() == 2).await;
+    let listed: serde_json::Value = serde_json::from_str(&rig.kbs_admin(&[
+        "digests".as_ref(),
+        "list".as_ref(),
+        "--json".as_ref(),
+    ]))
+    .unwrap();
+    let origins: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["origin"].as_str().unwrap())
+        .collect();
+    assert!(
+        !origins.is_empty() && origins.iter().all(|o| *o == "derived"),
+        "{listed:#}"
+    );
+    assert_eq!(launches.len(), 2);
+
+    // Revoking the firmware takes the digests derived with it away.
+    let approvals: serde_json::Value =
+        serde_json::from_str(&rig.kbs_admin(&["approvals".as_ref(), "--json".as_ref()])).unwrap();
+    let fw = approvals
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "firmware")
+        .and_then(|a| a["id"].as_str())
+        .unwrap()
+        .to_string();
+    rig.kbs_admin(&["revoke".as_ref(), "firmware".as_ref(), fw.as_ref()]);
+    assert!(rig.registered_for(SNP_CLASS).await.is_empty());
+}
