@@ -11,8 +11,8 @@
     clippy::panic
 )]
 
-use host_agent::agent::config::AgentConfig;
 use host_agent::agent::cache::ArtefactCache;
+use host_agent::agent::config::AgentConfig;
 use host_agent::agent::derive::{derive_file, Derived, HostFacts};
 use host_agent::agent::inputs::{registration_of, ClassRegistration};
 use kbs::admin_cli::{connect_tcp, Client};
