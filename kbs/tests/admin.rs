@@ -757,6 +757,20 @@ fn the_socket_refuses_uids_that_are_not_allowed_by_peer_credentials() {
         String::from_utf8_lossy(&out.stderr)
     );
     drop(kbs);
+
+    // Mapped to a node: admitted, but as that node, which lists no inventory.
+    let kbs = Kbs::start_at(
+        &dir.path().join("data"),
+        &socket,
+        &["--admin-uid".into(), "65534:node=node-7".into()],
+    );
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = admin_as_nobody(&socket).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("(PermissionDenied)"), "{stderr}");
+    assert!(stderr.contains("node \"node-7\""), "{stderr}");
+    drop(kbs);
 }
 
 #[tokio::test]
