@@ -19,6 +19,7 @@ use kbs_proto::kbsadmin::{
 };
 use kbs_proto::keybroker::key_broker_service_client::KeyBrokerServiceClient;
 use kbs_proto::keybroker::BundleRequest;
+use sev_sim::tls_files::TlsFiles;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -953,47 +954,9 @@ fn sigterm_stops_every_listener_and_removes_the_socket() {
     }
 }
 
-/// PEM files made afresh for a test (none is checked in): a CA, a server
-/// certificate it issued for `localhost` and 127.0.0.1 with its key, and a
-/// second CA that issued nothing.
-struct TlsFiles {
-    ca: PathBuf,
-    other_ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
+/// Fresh TLS material for one test, in `dir`.
 fn tls_files(dir: &Path) -> TlsFiles {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let ca = |name: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        p.distinguished_name.push(DnType::CommonName, name);
-        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-    };
-    let issuer = ca("kbs test CA");
-    let other = ca("kbs test CA that signed nothing");
-    let mut p =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "kbs admin");
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    let files = TlsFiles {
-        ca: dir.join("ca.pem"),
-        other_ca: dir.join("other-ca.pem"),
-        cert: dir.join("admin-cert.pem"),
-        key: dir.join("admin-key.pem"),
-    };
-    std::fs::write(&files.ca, issuer.pem()).unwrap();
-    std::fs::write(&files.other_ca, other.pem()).unwrap();
-    std::fs::write(&files.cert, cert.pem()).unwrap();
-    std::fs::write(&files.key, key.serialize_pem()).unwrap();
-    std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    files
+    TlsFiles::write(dir).unwrap()
 }
 
 /// The token file and the TLS certificate and key of the admin listener.
@@ -1167,12 +1130,10 @@ fn admin_tls_files_that_cannot_be_used_stop_the_start_and_are_named() {
     let missing = dir.path().join("no-such-key.pem");
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not PEM at all\n").unwrap();
-    let other_key = dir.path().join("other-key.pem");
-    std::fs::write(
-        &other_key,
-        rcgen::KeyPair::generate().unwrap().serialize_pem(),
-    )
-    .unwrap();
+    // The key of another certificate.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let other_key = tls_files(&elsewhere).key;
     let cases: [(&str, &Path, &Path, String); 5] = [
         (
             "missing key",

@@ -40,6 +40,7 @@ mod roots;
 mod sevcert;
 pub mod shim;
 pub mod snp_platform;
+pub mod tls_files;
 
 pub use error::SimError;
 pub use measure::{launch_digest_sev, launch_digest_sev_es, CpuType};

@@ -3,53 +3,17 @@
 //! agent registers only when it trusts that CA.
 
 use crate::rig::Rig;
+use sev_sim::tls_files::TlsFiles;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "host-agent-tls-test-token-0123456789abcdefghij";
 
-/// A CA, a certificate it issued for `localhost` and 127.0.0.1 with its key,
-/// and a second CA that issued nothing, as PEM files.
-struct TlsFiles {
-    ca: PathBuf,
-    other_ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
+/// Fresh TLS material for one test, in `dir`.
 fn tls_files(dir: &Path) -> TlsFiles {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let ca = |name: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        p.distinguished_name.push(DnType::CommonName, name);
-        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-    };
-    let issuer = ca("broker test CA");
-    let other = ca("broker test CA that signed nothing");
-    let mut p =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "kbs admin");
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    let files = TlsFiles {
-        ca: dir.join("ca.pem"),
-        other_ca: dir.join("other-ca.pem"),
-        cert: dir.join("admin-cert.pem"),
-        key: dir.join("admin-key.pem"),
-    };
-    std::fs::write(&files.ca, issuer.pem()).unwrap();
-    std::fs::write(&files.other_ca, other.pem()).unwrap();
-    std::fs::write(&files.cert, cert.pem()).unwrap();
-    std::fs::write(&files.key, key.serialize_pem()).unwrap();
-    std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    files
+    TlsFiles::write(dir).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
