@@ -464,24 +464,28 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
         run_tool(&bins.kbs, &all)
     };
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    for args in [
-        vec!["approve", "firmware", &path(&sample.firmware)],
-        vec!["approve", "kernel", &path(&sample.kernel)],
-        vec!["approve", "initrd", &path(&sample.initrd)],
-        vec![
+    // The sample is CoCo 0.8's SEV shape; pods get 0 to 2 CPUs.
+    let approve_config = |file: &Path| -> anyhow::Result<String> {
+        kbs_admin(&[
             "approve",
             "kata-config",
-            &path(&sample.config),
+            &path(file),
             "--runtime-class",
             CLASS,
             "--kata-version",
             "CC-0.8.0",
             "--pod-cpus",
             "0-2",
-        ],
+        ])
+    };
+    for (kind, file) in [
+        ("firmware", &sample.firmware),
+        ("kernel", &sample.kernel),
+        ("initrd", &sample.initrd),
     ] {
-        show(&kbs_admin(&args)?);
+        show(&kbs_admin(&["approve", kind, &path(file)])?);
     }
+    show(&approve_config(&sample.config)?);
     let token = kbs_admin(&["token", "create", "--node", NODE])?;
     let token_file = dir.join("node.token");
     write_private(&token_file, token.trim().as_bytes())?;
@@ -622,17 +626,7 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
     let before = registered(&mut admin).await?;
     let old_launch = launch;
     let staged = stage_kernel_params_edit(&sample.config)?;
-    show(&kbs_admin(&[
-        "approve",
-        "kata-config",
-        &path(&staged),
-        "--runtime-class",
-        CLASS,
-        "--kata-version",
-        "CC-0.8.0",
-        "--pod-cpus",
-        "0-2",
-    ])?);
+    show(&approve_config(&staged)?);
     std::fs::rename(&staged, &sample.config)?;
     let (after, took) = wait_change(&mut admin, &before, Duration::from_secs(30)).await?;
     println!(
