@@ -37,8 +37,8 @@ pub struct AdminArgs {
     /// https://HOST:PORT (TLS; needs --ca-file).
     #[arg(long, global = true, value_name = "URL", requires = "token_file")]
     pub endpoint: Option<String>,
-    /// File holding the bearer token of the TCP admin listener (the file the
-    /// kbs was given with --admin-token-file).
+    /// File holding a bearer token of the TCP admin listener: the kbs's
+    /// --admin-token-file, or a token `kbs admin token create` printed.
     #[arg(long, global = true, value_name = "FILE", requires = "endpoint")]
     pub token_file: Option<PathBuf>,
     /// PEM file of the CA certificate that issued the kbs's --admin-tls-cert,
