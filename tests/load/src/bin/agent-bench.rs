@@ -7,11 +7,17 @@
 //! then times edits: each is written to a temporary file, renamed over the
 //! original, and the broker's digests for the node are polled over the admin
 //! socket until they change.
+//!
+//! The broker runs with approved registration (its default), so each
+//! registration includes the broker's own derivation of the launches. As an
+//! operator would, the bench approves every edited configuration and every
+//! replaced initrd before renaming it into place; only the rename to
+//! registered is timed.
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use kbs_proto::admin_client;
-use kbs_proto::kbsadmin::ListDigestsRequest;
+use kbs_proto::kbsadmin::{ApproveRequest, ListDigestsRequest};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -48,6 +54,38 @@ struct Args {
     /// The largest pod CPU count to register launches for (0 up to it).
     #[arg(long, default_value_t = 1)]
     max_pod_cpus: u32,
+    /// The broker's --registration: "approved" (it derives every launch
+    /// itself) or "open" (it takes the agent's digests).
+    #[arg(long, default_value = "approved")]
+    registration: String,
+}
+
+/// Approves one input over the admin socket, as an operator.
+async fn approve(client: &mut admin_client::Client, request: ApproveRequest) -> anyhow::Result<()> {
+    let what = format!("{} {}", request.kind, request.id);
+    client
+        .approve(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("approving {what}: {}", s.message()))?;
+    Ok(())
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// The approval of a Kata configuration's text for the bench's class.
+fn config_approval(text: &str, args: &Args) -> ApproveRequest {
+    ApproveRequest {
+        kind: "kata-config".into(),
+        data: text.as_bytes().to_vec(),
+        runtime_class: CLASS.get().copied().unwrap_or("kata-qemu-sev").into(),
+        kata_versions: vec![if args.snp { "4.1.0" } else { "CC-0.8.0" }.into()],
+        min_pod_cpus: 0,
+        max_pod_cpus: args.max_pod_cpus.max(1),
+        ..ApproveRequest::default()
+    }
 }
 
 struct Killed(Child);
@@ -225,13 +263,51 @@ async fn main() -> anyhow::Result<()> {
     let ark = dir.path().join("ark.cert");
     std::fs::write(&ark, roots.ark_cert())?;
     let socket = dir.path().join("admin.sock");
-    let _kbs = sev_sim::kbs_process::KbsProcess::start(
+    let _kbs = sev_sim::kbs_process::KbsProcess::start_with(
         &args.kbs_bin,
         &dir.path().join("kbs-data"),
         &socket,
         &ark,
+        &["--registration".into(), args.registration.clone().into()],
     )
     .with_context(|| format!("cannot start {}", args.kbs_bin.display()))?;
+    let mut operator = admin_client::connect_unix(&socket, Duration::from_secs(10)).await?;
+    let approved = args.registration == "approved";
+    if approved {
+        approve(
+            &mut operator,
+            ApproveRequest {
+                kind: "firmware".into(),
+                data: std::fs::read(&sample.firmware)?,
+                ..ApproveRequest::default()
+            },
+        )
+        .await?;
+        for (kind, file) in [("kernel", &sample.kernel), ("initrd", &sample.initrd)] {
+            approve(
+                &mut operator,
+                ApproveRequest {
+                    kind: kind.into(),
+                    id: sha256_hex(&std::fs::read(file)?),
+                    ..ApproveRequest::default()
+                },
+            )
+            .await?;
+        }
+        let text = std::fs::read_to_string(&sample.config)?;
+        approve(&mut operator, config_approval(&text, &args)).await?;
+        if args.snp {
+            approve(
+                &mut operator,
+                ApproveRequest {
+                    kind: "host-kernel".into(),
+                    id: "6.12".into(),
+                    ..ApproveRequest::default()
+                },
+            )
+            .await?;
+        }
+    }
 
     let config = dir.path().join("agent.toml");
     std::fs::write(
@@ -299,6 +375,9 @@ async fn main() -> anyhow::Result<()> {
             &format!("agent.config_file=/etc/agent-config.toml bench.edit={i}"),
         );
         write_synced(&tmp, text.as_bytes())?;
+        if approved {
+            approve(&mut operator, config_approval(&text, &args)).await?;
+        }
         let (ms, now) = time_change(&mut client, &tmp, &sample.config, &current).await?;
         if std::env::var_os("BENCH_TRACE").is_some() {
             eprintln!(
@@ -322,6 +401,17 @@ async fn main() -> anyhow::Result<()> {
             *b ^= 0xa5;
         }
         write_synced(&tmp_initrd, &data)?;
+        if approved {
+            approve(
+                &mut operator,
+                ApproveRequest {
+                    kind: "initrd".into(),
+                    id: sha256_hex(&data),
+                    ..ApproveRequest::default()
+                },
+            )
+            .await?;
+        }
         let h = Instant::now();
         host_agent::artefacts::sha256_file(
             host_agent::artefacts::ArtefactKind::Initrd,
@@ -343,12 +433,13 @@ async fn main() -> anyhow::Result<()> {
     let idle_switches = wakeups(&before, &context_switches(pid));
 
     println!(
-        "machine: {} cores; initrd {} MiB; release build; {} class, pod CPU counts 0 to {} ({} digests a registration)",
+        "machine: {} cores; initrd {} MiB; release build; {} class, pod CPU counts 0 to {} ({} digests a registration); registration {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.initrd_mib,
         CLASS.get().copied().unwrap_or("kata-qemu-sev"),
         args.max_pod_cpus,
-        current.len()
+        current.len(),
+        args.registration
     );
     println!("start to READY (first full registration): {startup:.1} ms");
     summary("kernel_params edit", edits);
