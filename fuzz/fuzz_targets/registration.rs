@@ -28,7 +28,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("temporary directory");
     let sample = sample_artefacts::write_sample(&dir.path().join("kata")).expect("sample");
-    let store = Store::open(&dir.path().join("db")).expect("store");
+    let store = Store::open(dir.path()).expect("store");
     let host = HostFacts {
         host_sig: Some(sev_core::VcpuSignature(0x00a0_0f11)),
         fips: false,
@@ -83,9 +83,12 @@ fn fixture() -> Fixture {
         let (row, data) = prepare_approval(&request, &operator).expect("approvable");
         store.approve(&row, data.as_deref()).expect("stored");
     }
+    let images = FirmwareImages::default();
+    // Unmutated, it registers: mutations start from an accepted request.
+    derive(&store, &images, &inputs, &reg.launches).expect("the sample registration is accepted");
     Fixture {
         store,
-        images: FirmwareImages::default(),
+        images,
         valid: RegisterLaunchesRequest {
             node: "node-1".into(),
             inputs: reg.inputs,
