@@ -88,6 +88,9 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:44444")]
     pub listen: SocketAddr,
     /// Directory of the broker's database (created, mode 0700, if missing).
+    /// It must belong to the kbs's user and not be writable by others; its
+    /// database files are made 0600. One kbs at a time: a second one on the
+    /// same directory is refused (lock file kbs.lock).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/kbs")]
     pub data_dir: PathBuf,
     /// INSECURE, for test rigs and the simulator: also trust this root key (an ARK
@@ -182,27 +185,22 @@ fn parse_api(text: &str) -> Result<(u8, u8), String> {
     Ok((num(a)?, num(b)?))
 }
 
-fn prepare_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    if !meta.is_dir() {
-        bail!("data directory {} is not a directory", dir.display());
+/// Checks and locks the data directory, logging what it narrowed.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<crate::data_dir::DataDirLock> {
+    let p = crate::data_dir::prepare(dir, crate::admin::own_uid())?;
+    for n in &p.narrowed {
+        warn!(file = %n.path.display(), was = format!("{:04o}", n.was), "database file was readable by other users; now 0600");
     }
-    if meta.permissions().mode() & 0o077 != 0 {
-        warn!(dir = %dir.display(), "data directory is accessible to other users; it holds session keys and secrets");
+    if p.listable {
+        warn!(dir = %dir.display(), "data directory can be listed by other users (its files are 0600); chmod 0700 is best");
     }
-    Ok(())
+    Ok(p.lock)
 }
 
 /// Builds the broker from the arguments: everything that can fail on bad
 /// configuration fails here, before any port is bound.
-pub fn broker(args: &Args) -> anyhow::Result<Broker> {
-    prepare_data_dir(&args.data_dir)?;
+pub fn broker(args: &Args) -> anyhow::Result<(Broker, crate::data_dir::DataDirLock)> {
+    let lock = prepare_data_dir(&args.data_dir)?;
     let store = Store::open(&args.data_dir)?;
     let mut trust = TrustAnchors::amd();
     for path in &args.insecure_trust_anchor {
@@ -221,7 +219,7 @@ pub fn broker(args: &Args) -> anyhow::Result<Broker> {
         registration: args.registration,
         ..BrokerPolicy::default()
     };
-    Ok(Broker::new(store, trust, policy))
+    Ok((Broker::new(store, trust, policy), lock))
 }
 
 /// A future that completes on SIGINT or SIGTERM. The handlers are installed
@@ -379,6 +377,8 @@ pub fn load_admin_tls(cert: &Path, key: &Path) -> Result<ServerTlsConfig, AdminT
 /// Everything checked before any port is bound.
 struct Prepared {
     broker: Arc<Broker>,
+    /// Held while the kbs serves: a second kbs on the directory is refused.
+    _lock: crate::data_dir::DataDirLock,
     token: Option<AdminToken>,
     /// Where the TCP admin listener binds, when it is on.
     admin_listen: Option<SocketAddr>,
@@ -418,7 +418,8 @@ fn prepare(args: &Args) -> anyhow::Result<Prepared> {
     } else if tls.is_some() {
         warn!("--admin-tls-cert without --admin-listen or --admin-token-file: the TCP admin listener is off");
     }
-    let broker = Arc::new(broker(args)?);
+    let (broker, lock) = broker(args)?;
+    let broker = Arc::new(broker);
     match args.registration {
         RegistrationMode::Open => warn!(
             "--registration open: any node credential registers whatever digests it sends \
@@ -442,6 +443,7 @@ fn prepare(args: &Args) -> anyhow::Result<Prepared> {
     let own = crate::admin::own_uid();
     Ok(Prepared {
         broker,
+        _lock: lock,
         token,
         admin_listen,
         tls,
@@ -472,6 +474,7 @@ async fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::Tc
 pub async fn serve(args: Args) -> anyhow::Result<()> {
     let Prepared {
         broker,
+        _lock,
         token,
         admin_listen,
         tls,

@@ -11,6 +11,7 @@ pub mod approve_cli;
 pub mod broker;
 pub mod cli;
 pub mod credentials;
+pub mod data_dir;
 pub mod grpc;
 pub mod metrics;
 pub mod registration;

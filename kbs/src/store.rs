@@ -24,6 +24,14 @@ pub enum StoreError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// The database file cannot be created.
+    #[error("database {path}: cannot create: {source}")]
+    Create {
+        /// The database file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
     /// A value stored by an earlier version cannot be read back.
     #[error("database {path}: corrupt value in {what}")]
     Corrupt {
@@ -304,6 +312,21 @@ impl Store {
             path: path.clone(),
             source,
         };
+        // Created 0600 before SQLite opens it: SQLite gives the WAL and shared
+        // memory files the database file's mode, and these hold every secret.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| StoreError::Create {
+                    path: path.clone(),
+                    source: e,
+                })?;
+        }
         let conn = Connection::open(&path).map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;

@@ -1002,6 +1002,51 @@ fn refused_start(dir: &Path, admin_listen: &str, args: &[String]) -> String {
     stderr
 }
 
+#[test]
+fn a_data_directory_is_private_to_one_kbs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let kbs = Kbs::start(dir.path(), &[]);
+    // The database and its WAL are the kbs's alone.
+    for name in ["kbs.sqlite3", "kbs.sqlite3-wal"] {
+        let mode = std::fs::metadata(data.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    // A second kbs on the same directory is refused, naming the first.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let mut child = command(&data, &other.join("admin.sock"), &[])
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains(&format!("in use by another kbs (pid {})", kbs.child.id())),
+        "{stderr}"
+    );
+    drop(kbs);
+
+    // A directory others can write is refused; database files others can
+    // read are narrowed at start.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let stderr = refused_start(dir.path(), "", &[]);
+    assert!(stderr.contains("writable by other users"), "{stderr}");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = data.join("kbs.sqlite3");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let kbs = Kbs::start(dir.path(), &[]);
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    drop(kbs);
+}
+
 #[tokio::test]
 async fn the_tcp_admin_listener_serves_tls_to_clients_that_trust_its_ca() {
     let dir = tempfile::tempdir().unwrap();
