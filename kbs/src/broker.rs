@@ -522,7 +522,15 @@ impl Broker {
             ));
         }
         let f = req.firmware;
-        if (f.api_major, f.api_minor) < self.policy.min_api || f.build < self.policy.min_build {
+        // One version, compared as a whole: 1.55 build 1 is newer than 1.51
+        // build 3.
+        if (f.api_major, f.api_minor, f.build)
+            < (
+                self.policy.min_api.0,
+                self.policy.min_api.1,
+                self.policy.min_build,
+            )
+        {
             refuse("firmware older than the minimum");
             return Err(refused(
                 RefusalReason::OldFirmware,

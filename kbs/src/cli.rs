@@ -105,7 +105,9 @@ pub struct Args {
     /// Oldest SEV firmware API version accepted, MAJOR.MINOR.
     #[arg(long, value_name = "MAJOR.MINOR", default_value = "0.0", value_parser = parse_api)]
     pub min_fw_api: (u8, u8),
-    /// Oldest SEV firmware build accepted.
+    /// With --min-fw-api, the build of the oldest SEV firmware accepted:
+    /// MAJOR.MINOR build N, compared as one version (1.55 build 1 is newer
+    /// than 1.51 build 30).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub min_fw_build: u8,
     /// Seconds a launch id stays usable after GetBundle.

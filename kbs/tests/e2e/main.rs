@@ -431,6 +431,26 @@ async fn old_firmware_is_refused() {
 }
 
 #[tokio::test]
+async fn the_firmware_minimum_is_one_version() {
+    // The simulated platform runs 1.55 build 21: newer than 1.51 build 30,
+    // older than 1.55 build 22.
+    let rig = Rig::start(&["--min-fw-api", "1.51", "--min-fw-build", "30"]);
+    rig.offline_launch(POLICY, &rig.digest, &rig.digest)
+        .await
+        .unwrap();
+    let rig = Rig::start(&["--min-fw-api", "1.55", "--min-fw-build", "22"]);
+    let e = rig
+        .offline_launch(POLICY, &rig.digest, &rig.digest)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().contains("older than the minimum 1.55 build 22"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_launch_id_is_single_use_and_expires() {
     let rig = Rig::start(&["--session-ttl", "1"]);
     let (id, mut launch) = rig.bundle(&rig.platform, POLICY).await.unwrap();
