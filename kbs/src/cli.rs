@@ -168,6 +168,33 @@ pub struct Args {
     /// registers (`kbs admin digests replace`) count in both modes.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = RegistrationMode::Approved)]
     pub registration: RegistrationMode,
+    /// Largest request the keybroker port decodes, in bytes: above the 64 KiB
+    /// the largest field may hold (a guest report's body), so that field's own
+    /// check names it; anything larger is refused before it is buffered whole.
+    #[arg(long, value_name = "BYTES", default_value_t = 128 * 1024, value_parser = clap::value_parser!(u32).range(4096..=4 * 1024 * 1024))]
+    pub max_message_bytes: u32,
+    /// Concurrent HTTP/2 streams (calls in flight) per keybroker connection.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_streams_per_connection: u32,
+    /// Keybroker connections open at once, from everyone; more are closed at
+    /// accept. Keep the process's file limit (LimitNOFILE) well above it.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Keybroker connections open at once from one source address (a node's
+    /// shims and guests share its address).
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_source: u32,
+    /// Seconds a new keybroker connection has to send its first bytes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub handshake_timeout: u64,
+    /// Seconds a keybroker connection may stay without sending anything
+    /// before it is closed (clients reconnect when they next call).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout: u64,
+    /// Seconds one keybroker call may take before it fails with
+    /// DEADLINE_EXCEEDED.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout: u64,
     /// Address serving Prometheus metrics at GET /metrics, or "none".
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_listen: OrNone<SocketAddr>,
@@ -537,20 +564,38 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         .set_serving::<KeyBrokerServiceServer<KeyBroker>>()
         .await;
     health.set_serving::<GuestStatusServer<KeyBroker>>().await;
+    let max_message = usize::try_from(args.max_message_bytes).unwrap_or(128 * 1024);
+    let limits = crate::connections::ConnectionLimits {
+        max_total: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        max_per_source: usize::try_from(args.max_connections_per_source).unwrap_or(usize::MAX),
+        handshake: Duration::from_secs(args.handshake_timeout),
+        idle: Duration::from_secs(args.idle_timeout),
+    };
+    // What one connection can make the kbs hold is bounded: its streams, each
+    // at most one message, within flow-control windows it cannot raise.
     let keybroker = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(args.max_streams_per_connection))
+        .initial_stream_window_size(Some(args.max_message_bytes.saturating_add(1024)))
+        .initial_connection_window_size(Some(4 * args.max_message_bytes.saturating_add(1024)))
+        .http2_max_header_list_size(Some(16 * 1024))
+        .timeout(Duration::from_secs(args.request_timeout))
         .add_service(health_service)
-        .add_service(KeyBrokerServiceServer::new(KeyBroker::with_metrics(
-            Arc::clone(&broker),
-            Arc::clone(&metrics),
-        )))
-        .add_service(GuestStatusServer::new(KeyBroker::with_metrics(
-            Arc::clone(&broker),
-            Arc::clone(&metrics),
-        )))
-        // Without TCP_NODELAY a response split over several writes waits for the
-        // client's delayed ACK: about 40 ms on every call of a new connection.
+        .add_service(
+            KeyBrokerServiceServer::new(KeyBroker::with_metrics(
+                Arc::clone(&broker),
+                Arc::clone(&metrics),
+            ))
+            .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            GuestStatusServer::new(KeyBroker::with_metrics(
+                Arc::clone(&broker),
+                Arc::clone(&metrics),
+            ))
+            .max_decoding_message_size(max_message),
+        )
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            crate::connections::incoming(listener, limits, Arc::clone(&metrics), stopped()),
             stopped(),
         );
     servers.spawn(async move { keybroker.await.context("keybroker listener") });

@@ -10,6 +10,7 @@ pub mod admin_cli;
 pub mod approve_cli;
 pub mod broker;
 pub mod cli;
+pub mod connections;
 pub mod credentials;
 pub mod data_dir;
 pub mod grpc;

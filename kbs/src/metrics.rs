@@ -77,6 +77,11 @@ struct Listener {
     listener: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
 type HistogramFamily = Family<Rpc, Histogram, fn() -> Histogram>;
 
 /// The broker's metrics.
@@ -89,6 +94,8 @@ pub struct Metrics {
     admin_duration: HistogramFamily,
     admin_auth_failures: Family<Listener, Counter>,
     guest_reports: Family<Outcome, Counter>,
+    connections_closed: Family<Reason, Counter>,
+    accept_errors: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -118,6 +125,11 @@ impl Metrics {
         let admin_duration: HistogramFamily = Family::new_with_constructor(histogram);
         let admin_auth_failures = Family::<Listener, Counter>::default();
         let guest_reports = Family::<Outcome, Counter>::default();
+        let connections_closed = Family::<Reason, Counter>::default();
+        let accept_errors = Counter::default();
+        for reason in ["total_cap", "source_cap", "timeout"] {
+            drop(connections_closed.get_or_create(&Reason { reason }));
+        }
         // Every outcome from the start, so that a rate over zero reads as zero.
         for o in GuestReportOutcome::ALL {
             drop(guest_reports.get_or_create(&Outcome { outcome: o.label() }));
@@ -157,7 +169,20 @@ impl Metrics {
             "Guest reports on the secret delivery path (kbsstatus.GuestStatus/Report), by outcome",
             guest_reports.clone(),
         );
+        registry.register(
+            "connections_closed",
+            "Keybroker connections closed by the connection limits, by reason (total_cap, \
+             source_cap: refused at accept; timeout: nothing sent in time)",
+            connections_closed.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Keybroker accept() failures (e.g. out of file descriptors)",
+            accept_errors.clone(),
+        );
         Metrics {
+            connections_closed,
+            accept_errors,
             registry,
             requests,
             refusals,
@@ -225,6 +250,18 @@ impl Metrics {
         self.admin_auth_failures
             .get_or_create(&Listener { listener })
             .inc();
+    }
+
+    /// Counts a keybroker connection closed by the limits, by reason.
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    /// Counts a failed accept on the keybroker port.
+    pub fn accept_error(&self) {
+        self.accept_errors.inc();
     }
 
     /// The metrics in Prometheus text format.
