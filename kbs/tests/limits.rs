@@ -21,18 +21,25 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 fn start(dir: &Path, extra: &[&str]) -> KbsProcess {
+    start_with_platform(dir, extra).0
+}
+
+/// The kbs, and a simulated platform under the AMD root it trusts.
+fn start_with_platform(dir: &Path, extra: &[&str]) -> (KbsProcess, sev_sim::SimPlatform) {
     let roots = sev_sim::FakeAmdRoots::generate().unwrap();
+    let platform = sev_sim::SimPlatform::new(&roots).unwrap();
     let ark = dir.join("ark.cert");
     std::fs::write(&ark, roots.ark_cert()).unwrap();
     let args: Vec<OsString> = extra.iter().map(OsString::from).collect();
-    KbsProcess::start_with(
+    let kbs = KbsProcess::start_with(
         Path::new(env!("CARGO_BIN_EXE_kbs")),
         &dir.join("data"),
         &dir.join("admin.sock"),
         &ark,
         &args,
     )
-    .unwrap()
+    .unwrap();
+    (kbs, platform)
 }
 
 /// A gRPC health check of the keybroker service from source address `from`.
@@ -152,4 +159,125 @@ async fn a_request_over_the_message_limit_is_refused_before_it_is_buffered() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
     assert!(e.message().contains("8192"), "{e:?}");
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Opens an HTTP/2 connection from `from` and starts `streams` GetBundle
+/// calls whose gRPC frames announce 4 MiB and then send as much as flow
+/// control lets through, never finishing. Returns what must stay alive.
+async fn unfinished_streams(
+    addr: SocketAddr,
+    from: std::net::IpAddr,
+    streams: usize,
+) -> Vec<Box<dyn std::any::Any + Send>> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let Ok(tcp) = socket.connect(addr).await else {
+        return Vec::new();
+    };
+    let Ok((client, conn)) = h2::client::handshake(tcp).await else {
+        return Vec::new();
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut keep: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    let Ok(Ok(mut client)) = tokio::time::timeout(Duration::from_secs(1), client.ready()).await
+    else {
+        return keep;
+    };
+    for _ in 0..streams {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{addr}/keybroker.KeyBrokerService/GetBundle"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let Ok((response, mut send)) = client.send_request(request, false) else {
+            break;
+        };
+        // A gRPC frame header announcing 4 MiB, then filler.
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(4u32 << 20).to_be_bytes());
+        frame.extend(std::iter::repeat_n(b'A', 256 * 1024));
+        send.reserve_capacity(frame.len());
+        let _ = send.send_data(bytes::Bytes::from(frame), false);
+        keep.push(Box::new(send));
+        keep.push(Box::new(response));
+        // The server's stream cap holds the next one back: stop there.
+        match tokio::time::timeout(Duration::from_millis(200), client.clone().ready()).await {
+            Ok(Ok(c)) => client = c,
+            _ => break,
+        }
+    }
+    keep.push(Box::new(client));
+    keep
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unfinished_streams_keeps_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kbs, platform) = start_with_platform(dir.path(), &["--max-connections-per-source", "32"]);
+    let addr: SocketAddr = kbs.addr.parse().unwrap();
+    // A launch digest the operator vouches for, so that a genuine launch can
+    // go all the way to its secrets.
+    let digest = [7u8; 32];
+    let mut admin = kbs::admin_cli::connect_unix(&kbs.socket, Duration::from_secs(5))
+        .await
+        .unwrap();
+    admin
+        .replace_digests(kbs_proto::kbsadmin::ReplaceDigestsRequest {
+            node: "node-1".into(),
+            runtime_class: "kata-qemu-sev".into(),
+            digests: vec![kbs_proto::kbsadmin::Digest {
+                mode: "sev".into(),
+                digest: digest.to_vec(),
+                vcpus: 1,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let before = rss_kib(kbs.pid());
+
+    // 48 connections from 127.0.0.3 (the per-source cap is 32 here), each
+    // with up to 64 unfinished streams (the per-connection cap is 16)
+    // announcing 4 MiB messages.
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..48 {
+        flood.spawn(unfinished_streams(addr, "127.0.0.3".parse().unwrap(), 64));
+    }
+    let mut held = Vec::new();
+    while let Some(h) = flood.join_next().await {
+        held.push(h.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = rss_kib(kbs.pid());
+    // A genuine launch from another address gets its secrets during the flood.
+    let launch = sev_sim::shim::ShimLaunch::online(kbs.uri(), 0x1, digest);
+    let outcome = sev_sim::shim::pre_attest(&platform, &launch).await.unwrap();
+    assert!(!outcome.secret_table.is_empty());
+    eprintln!(
+        "kbs resident memory: {before} KiB before, {during} KiB during 48 connections x 64 unfinished 4 MiB streams"
+    );
+    // Each admitted connection can make the kbs hold at most its flow-control
+    // window (4 x 129 KiB): about 16 MiB for 32, whatever they announce.
+    assert!(
+        during < before + 48 * 1024,
+        "{before} KiB before, {during} KiB during the flood"
+    );
+    drop(held);
 }
