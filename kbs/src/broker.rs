@@ -42,6 +42,8 @@ pub struct BrokerPolicy {
     /// Who may register digests; under approved registration a node's own
     /// digests (origin `node`) are not honoured.
     pub registration: crate::registration::RegistrationMode,
+    /// Largest GetOnlineSecret response (before encryption), in bytes.
+    pub max_online_response: usize,
 }
 
 impl Default for BrokerPolicy {
@@ -53,6 +55,7 @@ impl Default for BrokerPolicy {
             min_api: (0, 0),
             min_build: 0,
             registration: crate::registration::RegistrationMode::Approved,
+            max_online_response: 8 << 20,
         }
     }
 }
@@ -88,6 +91,17 @@ pub enum BrokerError {
     /// A requested secret cannot be served; deliberately unspecific.
     #[error("the requested secrets are not available to this launch")]
     SecretsUnavailable,
+    /// What was asked for would make a response over its limit; found out
+    /// from the stored sizes, before any value is read.
+    #[error("the requested secrets come to at least {size} bytes, over the limit of {limit} bytes ({what})")]
+    TooLarge {
+        /// Which limit.
+        what: &'static str,
+        /// The response's size, as bounded from the stored sizes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A guest report for a launch without a report key, or whose MAC does
     /// not verify under it; the two are not told apart.
     #[error("report refused: no report key for this launch, or the MAC does not verify")]
@@ -130,6 +144,8 @@ pub enum RefusalReason {
     OldFirmware,
     /// The requested secrets cannot be served.
     SecretsUnavailable,
+    /// The response would be over its size limit.
+    TooLarge,
     /// A guest report without a known launch or with a wrong MAC.
     ReportNotVerified,
     /// A second report for the same launch.
@@ -140,7 +156,7 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [RefusalReason; 13] = [
+    pub const ALL: [RefusalReason; 14] = [
         RefusalReason::InvalidArgument,
         RefusalReason::UntrustedChain,
         RefusalReason::UnknownLaunch,
@@ -151,6 +167,7 @@ impl RefusalReason {
         RefusalReason::DebugPolicy,
         RefusalReason::OldFirmware,
         RefusalReason::SecretsUnavailable,
+        RefusalReason::TooLarge,
         RefusalReason::ReportNotVerified,
         RefusalReason::ReportReplayed,
         RefusalReason::Internal,
@@ -169,6 +186,7 @@ impl RefusalReason {
             RefusalReason::DebugPolicy => "debug_policy",
             RefusalReason::OldFirmware => "old_firmware",
             RefusalReason::SecretsUnavailable => "secrets_unavailable",
+            RefusalReason::TooLarge => "too_large",
             RefusalReason::ReportNotVerified => "report_not_verified",
             RefusalReason::ReportReplayed => "report_replayed",
             RefusalReason::Internal => "internal",
@@ -187,6 +205,7 @@ impl BrokerError {
             BrokerError::UnknownLaunch(_) => RefusalReason::UnknownLaunch,
             BrokerError::UnknownClient => RefusalReason::UnknownClient,
             BrokerError::SecretsUnavailable => RefusalReason::SecretsUnavailable,
+            BrokerError::TooLarge { .. } => RefusalReason::TooLarge,
             BrokerError::ReportNotVerified => RefusalReason::ReportNotVerified,
             BrokerError::AlreadyReported => RefusalReason::ReportReplayed,
             BrokerError::Internal(_) => RefusalReason::Internal,
@@ -540,6 +559,24 @@ impl Broker {
                 ),
             ));
         }
+        // Bounded from the stored sizes before any value is read: a keyset
+        // or resource too large for the guest's secret area is refused
+        // without being loaded.
+        let bound = match self.table_bound(&req.requests) {
+            Ok(b) => b,
+            Err(e) => {
+                refuse("requested secrets not available");
+                return Err(e);
+            }
+        };
+        if bound > MAX_TABLE_LEN {
+            refuse("requested secrets too large for the secret area");
+            return Err(BrokerError::TooLarge {
+                what: "the guest's secret area",
+                size: bound,
+                limit: MAX_TABLE_LEN,
+            });
+        }
         let table = match self.secret_table(&req.requests, &req.launch_id) {
             Ok(t) => t,
             Err(e) => {
@@ -668,6 +705,58 @@ impl Broker {
         }
     }
 
+    /// An upper bound of the secret table a GetSecret would build, from the
+    /// stored sizes.
+    fn table_bound(&self, requests: &[SecretRequest]) -> Result<usize, BrokerError> {
+        // The table's header and GUID, each entry's GUID and length, and the
+        // broker's report key entry.
+        let mut bound: usize = 40 + 128;
+        for r in requests {
+            bound = bound
+                .saturating_add(20)
+                .saturating_add(self.payload_bound(r)?);
+        }
+        Ok(bound)
+    }
+
+    /// An upper bound of what [`Broker::payload`] would make of `r`, from the
+    /// stored sizes, reading no value.
+    fn payload_bound(&self, r: &SecretRequest) -> Result<usize, BrokerError> {
+        let missing = || BrokerError::SecretsUnavailable;
+        let b64_len = |n: usize| n.div_ceil(3).saturating_mul(4);
+        // JSON may escape every character of an id (\u00XX).
+        let json_id = |id: &str| id.len().saturating_mul(6).saturating_add(2);
+        Ok(match r.kind {
+            SecretKind::Bundle => {
+                let ids = self.store.keyset(&r.id)?.ok_or_else(missing)?;
+                let mut n: usize = 2;
+                for id in ids {
+                    let size = self.store.secret_size(&id)?.ok_or_else(missing)?;
+                    n = n
+                        .saturating_add(json_id(&id))
+                        .saturating_add(b64_len(size))
+                        .saturating_add(4);
+                }
+                n
+            }
+            SecretKind::Key | SecretKind::Resource => {
+                let size = if r.kind == SecretKind::Key {
+                    self.store.secret_size(&r.id)?
+                } else {
+                    self.store.resource_size(&r.id)?
+                }
+                .ok_or_else(missing)?;
+                match r.format {
+                    Format::Binary => size,
+                    Format::Json => b64_len(size)
+                        .saturating_add(json_id(&r.id))
+                        .saturating_add(32),
+                }
+            }
+            SecretKind::Connection => 128,
+        })
+    }
+
     fn payload(&self, r: &SecretRequest, launch_id: Option<&str>) -> Result<Vec<u8>, BrokerError> {
         let missing = || BrokerError::SecretsUnavailable;
         Ok(match r.kind {
@@ -739,6 +828,31 @@ impl Broker {
                 "SecretRequests",
                 format!("at most {MAX_ENTRIES} entries"),
             ));
+        }
+        let mut bound: usize = 8;
+        for r in requests {
+            if r.kind == SecretKind::Connection {
+                return Err(invalid(
+                    "SecretRequests.SecretType",
+                    "connection is not served online",
+                ));
+            }
+            // Each entry: two length prefixes, the GUID, the payload.
+            match self.payload_bound(r) {
+                Ok(n) => bound = bound.saturating_add(16 + 36).saturating_add(n),
+                Err(e) => {
+                    refuse("requested secrets not available");
+                    return Err(e);
+                }
+            }
+        }
+        if bound > self.policy.max_online_response {
+            refuse("requested secrets over the online response limit");
+            return Err(BrokerError::TooLarge {
+                what: "--max-online-response-bytes",
+                size: bound,
+                limit: self.policy.max_online_response,
+            });
         }
         let mut entries = Vec::with_capacity(requests.len());
         for r in requests {

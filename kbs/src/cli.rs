@@ -195,6 +195,11 @@ pub struct Args {
     /// DEADLINE_EXCEEDED.
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout: u64,
+    /// Largest GetOnlineSecret response, in bytes: a request whose secrets and
+    /// resources come to more (as bounded from their stored sizes, before any
+    /// is read) is refused with an error naming this limit.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(65_536..=268_435_456))]
+    pub max_online_response_bytes: u32,
     /// Address serving Prometheus metrics at GET /metrics, or "none".
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_listen: OrNone<SocketAddr>,
@@ -246,6 +251,7 @@ pub fn broker(args: &Args) -> anyhow::Result<(Broker, crate::data_dir::DataDirLo
         min_api: args.min_fw_api,
         min_build: args.min_fw_build,
         registration: args.registration,
+        max_online_response: usize::try_from(args.max_online_response_bytes).unwrap_or(8 << 20),
         ..BrokerPolicy::default()
     };
     Ok((Broker::new(store, trust, policy), lock))

@@ -106,7 +106,9 @@ pub fn status(e: &BrokerError) -> Status {
         BrokerError::Untrusted(_) | BrokerError::Refused { .. } => {
             Status::permission_denied(e.to_string())
         }
-        BrokerError::SecretsUnavailable => Status::failed_precondition(e.to_string()),
+        BrokerError::SecretsUnavailable | BrokerError::TooLarge { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         BrokerError::ReportNotVerified => Status::permission_denied(e.to_string()),
         BrokerError::AlreadyReported => Status::already_exists(e.to_string()),
         BrokerError::Internal(inner) => {

@@ -590,6 +590,22 @@ impl Store {
         })
     }
 
+    /// A secret's size in bytes, without reading it.
+    pub fn secret_size(&self, id: &str) -> Result<Option<usize>, StoreError> {
+        self.size_of("SELECT length(payload) FROM secrets WHERE id = ?1", id)
+    }
+
+    /// A resource's size in bytes, without reading it.
+    pub fn resource_size(&self, id: &str) -> Result<Option<usize>, StoreError> {
+        self.size_of("SELECT length(data) FROM resources WHERE id = ?1", id)
+    }
+
+    fn size_of(&self, sql: &str, id: &str) -> Result<Option<usize>, StoreError> {
+        let n: Option<i64> =
+            self.with(|c| c.query_row(sql, params![id], |r| r.get(0)).optional())?;
+        Ok(n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+    }
+
     /// Deletes a secret; whether it existed.
     pub fn delete_secret(&self, id: &str) -> Result<bool, StoreError> {
         self.with(|c| {

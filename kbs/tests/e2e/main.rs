@@ -345,6 +345,83 @@ async fn the_online_connection_serves_resources() {
 }
 
 #[tokio::test]
+async fn responses_over_their_limit_are_refused_before_values_are_read() {
+    let rig = Rig::start(&["--max-online-response-bytes", "65536"]);
+    {
+        let store = rig.store();
+        store.set_resource("big", &vec![7u8; 100 * 1024]).unwrap();
+        store.set_resource("small", &[7u8; 1024]).unwrap();
+        store.set_secret("large-key", &[1u8; 5000]).unwrap();
+        store
+            .set_keyset("KEYSET-BIG", &["large-key".into()])
+            .unwrap();
+    }
+    // Online: over --max-online-response-bytes, by one resource or by many.
+    let table = rig.online_launch().await;
+    let entries = sev_sim::efi_secret::parse_table(&table).unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&entries[0].1).unwrap();
+    let client_id = c["client_id"].as_str().unwrap().to_string();
+    let resource = |id: &str| RequestDetails {
+        guid: "0b1c2d3e-4f50-4617-8899-aabbccddeeff".into(),
+        format: "binary".into(),
+        secret_type: "resource".into(),
+        id: id.into(),
+    };
+    for requests in [vec![resource("big")], vec![resource("small"); 64]] {
+        let e = rig
+            .client()
+            .await
+            .get_online_secret(OnlineSecretRequest {
+                client_id: client_id.clone(),
+                secret_requests: requests,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message()
+                .contains("limit of 65536 bytes (--max-online-response-bytes)"),
+            "{e:?}"
+        );
+    }
+    // Under the limit, served.
+    rig.client()
+        .await
+        .get_online_secret(OnlineSecretRequest {
+            client_id,
+            secret_requests: vec![resource("small"); 8],
+        })
+        .await
+        .unwrap();
+
+    // GetSecret: a keyset too large for the guest's 4 KiB secret area.
+    let (id, mut launch) = rig.bundle(&rig.platform, POLICY).await.unwrap();
+    let m = launch.measure(&rig.digest);
+    let e = rig
+        .client()
+        .await
+        .get_secret(rig.secret_request(
+            &id,
+            &m,
+            POLICY,
+            &rig.digest,
+            vec![bundle_request("KEYSET-BIG")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message()
+            .contains("limit of 4096 bytes (the guest's secret area)"),
+        "{e:?}"
+    );
+    assert_eq!(
+        last_refusal(&rig.store()),
+        "requested secrets too large for the secret area"
+    );
+}
+
+#[tokio::test]
 async fn refusals_carry_the_right_code_and_are_recorded() {
     let rig = Rig::start(&[]);
     // A digest nobody registered, honestly claimed.
