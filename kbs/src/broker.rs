@@ -590,16 +590,21 @@ impl Broker {
         };
         let (header, ciphertext) = package_secret(&keys, &req.measurement, random(), &table)
             .map_err(|_| BrokerError::SecretsUnavailable)?;
-        self.record(&NewRecord {
-            rpc: "GetSecret",
-            launch_id: &req.launch_id,
-            ok: true,
-            digest: &digest_hex,
-            policy: session.policy,
-            firmware: &fw,
-            description: &req.description,
-            ..Default::default()
-        });
+        // No secret leaves unrecorded: if the release cannot be written, the
+        // caller gets an internal error instead of the packet (the launch is
+        // used up either way).
+        self.store
+            .record(&NewRecord {
+                rpc: "GetSecret",
+                launch_id: &req.launch_id,
+                ok: true,
+                digest: &digest_hex,
+                policy: session.policy,
+                firmware: &fw,
+                description: &req.description,
+                ..Default::default()
+            })
+            .inspect_err(|e| warn!(error = %e, launch_id = %req.launch_id, "release not recorded; nothing released"))?;
         info!(launch_id = %req.launch_id, digest = %digest_hex, entries = req.requests.len(), "secrets released");
         Ok((header.encode(), ciphertext))
     }
@@ -876,12 +881,14 @@ impl Broker {
         let ciphertext = cipher
             .encrypt(&iv.into(), plaintext.as_slice())
             .map_err(|_| BrokerError::SecretsUnavailable)?;
-        self.record(&NewRecord {
-            rpc: "GetOnlineSecret",
-            launch_id: client_id,
-            ok: true,
-            ..Default::default()
-        });
+        self.store
+            .record(&NewRecord {
+                rpc: "GetOnlineSecret",
+                launch_id: client_id,
+                ok: true,
+                ..Default::default()
+            })
+            .inspect_err(|e| warn!(error = %e, "online release not recorded; nothing released"))?;
         Ok((ciphertext, iv))
     }
 }

@@ -421,6 +421,9 @@ struct Prepared {
     allowed: AllowedUids,
 }
 
+/// How often the database is checked for writes (the health status).
+const WRITE_PROBE_EVERY: Duration = Duration::from_secs(5);
+
 /// The TCP admin listener's address when no --admin-listen is given but a
 /// token file is.
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:44445";
@@ -570,6 +573,44 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         .set_serving::<KeyBrokerServiceServer<KeyBroker>>()
         .await;
     health.set_serving::<GuestStatusServer<KeyBroker>>().await;
+    // A release that cannot be recorded is refused, so while the database
+    // cannot be written the keybroker is not serving, and says so.
+    {
+        let broker = Arc::clone(&broker);
+        let health = health.clone();
+        let stop = stopped();
+        servers.spawn(async move {
+            let mut every = tokio::time::interval(WRITE_PROBE_EVERY);
+            let mut writable = true;
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = every.tick() => {}
+                }
+                let b = Arc::clone(&broker);
+                let probe = tokio::task::spawn_blocking(move || b.store().probe_write()).await;
+                let now = matches!(probe, Ok(Ok(())));
+                if now != writable {
+                    writable = now;
+                    if now {
+                        info!("the database can be written again: serving");
+                        health.set_serving::<KeyBrokerServiceServer<KeyBroker>>().await;
+                        health.set_serving::<GuestStatusServer<KeyBroker>>().await;
+                    } else {
+                        let why = match probe {
+                            Ok(Err(e)) => e.to_string(),
+                            Err(e) => e.to_string(),
+                            Ok(Ok(())) => String::new(),
+                        };
+                        error!(error = %why, "the database cannot be written: no release can be recorded; health NOT_SERVING");
+                        health.set_not_serving::<KeyBrokerServiceServer<KeyBroker>>().await;
+                        health.set_not_serving::<GuestStatusServer<KeyBroker>>().await;
+                    }
+                }
+            }
+        });
+    }
     let max_message = usize::try_from(args.max_message_bytes).unwrap_or(128 * 1024);
     let limits = crate::connections::ConnectionLimits {
         max_total: usize::try_from(args.max_connections).unwrap_or(usize::MAX),

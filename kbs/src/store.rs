@@ -200,6 +200,10 @@ CREATE TABLE IF NOT EXISTS connections (
     created_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS write_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL,
@@ -830,6 +834,21 @@ impl Store {
     pub fn record(&self, r: &NewRecord<'_>) -> Result<(), StoreError> {
         let t = now();
         self.with(|c| insert_record(c, t, r))
+    }
+
+    /// Writes one row, as every release must: whether the database can be
+    /// written now (a full disk, a read-only file system or a locked
+    /// database make it fail).
+    pub fn probe_write(&self) -> Result<(), StoreError> {
+        let t = now();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO write_probe (id, at) VALUES (1, ?1) \
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                params![t],
+            )
+            .map(drop)
+        })
     }
 
     /// The newest `limit` records after id `after`, oldest first.

@@ -421,6 +421,84 @@ async fn responses_over_their_limit_are_refused_before_values_are_read() {
     );
 }
 
+/// Makes the kbs's writes of `table` fail, as a full disk would, from a
+/// connection of the test's own (`false` lifts it).
+fn fail_writes(rig: &Rig, table: &str, on: bool) {
+    let db = rusqlite::Connection::open(rig.kbs.data_dir.join("kbs.sqlite3")).unwrap();
+    let sql = if on {
+        format!(
+            "CREATE TRIGGER full_{table}_i BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;\
+             CREATE TRIGGER full_{table}_u BEFORE UPDATE ON {table} BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;"
+        )
+    } else {
+        format!("DROP TRIGGER full_{table}_i; DROP TRIGGER full_{table}_u;")
+    };
+    db.execute_batch(&sql).unwrap();
+}
+
+async fn keybroker_health(rig: &Rig) -> i32 {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let channel = tonic::transport::Endpoint::from_shared(rig.kbs.uri())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "keybroker.KeyBrokerService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test]
+async fn nothing_is_released_unrecorded_and_health_says_so() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let rig = Rig::start(&[]);
+    // Records cannot be written: the launch gets an internal error, not its
+    // secrets, and the guest never sees a table.
+    fail_writes(&rig, "records", true);
+    let e = rig
+        .offline_launch(POLICY, &rig.digest, &rig.digest)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    fail_writes(&rig, "records", false);
+    rig.offline_launch(POLICY, &rig.digest, &rig.digest)
+        .await
+        .unwrap();
+    let records = rig.store().records(0, 100).unwrap();
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.rpc == "GetSecret" && r.outcome == "ok")
+            .count(),
+        1,
+        "only the release that went out is recorded: {records:?}"
+    );
+
+    // While the database cannot be written, health says NOT_SERVING.
+    assert_eq!(keybroker_health(&rig).await, ServingStatus::Serving as i32);
+    fail_writes(&rig, "write_probe", true);
+    health_becomes(&rig, ServingStatus::NotServing).await;
+    fail_writes(&rig, "write_probe", false);
+    health_becomes(&rig, ServingStatus::Serving).await;
+}
+
+async fn health_becomes(rig: &Rig, want: tonic_health::pb::health_check_response::ServingStatus) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while keybroker_health(rig).await != want as i32 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health never {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn refusals_carry_the_right_code_and_are_recorded() {
     let rig = Rig::start(&[]);
