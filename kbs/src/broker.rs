@@ -44,6 +44,9 @@ pub struct BrokerPolicy {
     pub registration: crate::registration::RegistrationMode,
     /// Largest GetOnlineSecret response (before encryption), in bytes.
     pub max_online_response: usize,
+    /// Refusals of one kind (RPC and reason) recorded one by one per minute;
+    /// the rest go into one summary record.
+    pub refusal_records_per_minute: u32,
 }
 
 impl Default for BrokerPolicy {
@@ -56,6 +59,7 @@ impl Default for BrokerPolicy {
             min_build: 0,
             registration: crate::registration::RegistrationMode::Approved,
             max_online_response: 8 << 20,
+            refusal_records_per_minute: 60,
         }
     }
 }
@@ -348,6 +352,7 @@ pub struct Broker {
     policy: BrokerPolicy,
     tokens: crate::credentials::TokenTable,
     firmware: crate::registration::FirmwareImages,
+    refusals: crate::refusal_log::RefusalLog,
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -367,10 +372,35 @@ impl Broker {
         Broker {
             store,
             trust,
-            policy,
             tokens: crate::credentials::TokenTable::default(),
             firmware: crate::registration::FirmwareImages::default(),
+            refusals: crate::refusal_log::RefusalLog::new(
+                policy.refusal_records_per_minute,
+                std::time::Duration::from_secs(60),
+            ),
+            policy,
         }
+    }
+
+    /// Writes the summaries of refusals that were not recorded one by one,
+    /// for the windows that have passed (all of them with `all`, at
+    /// shutdown); how many summaries were written.
+    pub fn flush_refusal_summaries(&self, all: bool) -> usize {
+        let summaries = self.refusals.flush(std::time::Instant::now(), all);
+        for s in &summaries {
+            let reason = format!(
+                "{} (and {} more like it in {} s, counted, not recorded one by one)",
+                s.reason, s.suppressed, s.seconds
+            );
+            if let Err(e) = self.store.record(&NewRecord {
+                rpc: &s.rpc,
+                reason: &reason,
+                ..Default::default()
+            }) {
+                warn!(error = %e, "cannot record a refusal summary");
+            }
+        }
+        summaries.len()
     }
 
     /// The approved firmware images, parsed.
@@ -393,7 +423,17 @@ impl Broker {
         &self.store
     }
 
+    /// Records a refusal, unless its kind has had its share this minute
+    /// (then it goes into the kind's summary).
     fn record(&self, r: &NewRecord<'_>) {
+        if !r.ok
+            && self
+                .refusals
+                .admit(r.rpc, r.reason, std::time::Instant::now())
+                == crate::refusal_log::Verdict::Suppress
+        {
+            return;
+        }
         if let Err(e) = self.store.record(r) {
             warn!(error = %e, "cannot record attestation outcome");
         }

@@ -200,6 +200,11 @@ pub struct Args {
     /// is read) is refused with an error naming this limit.
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(65_536..=268_435_456))]
     pub max_online_response_bytes: u32,
+    /// Refusals of one kind (RPC and reason) recorded one by one per minute;
+    /// past it they are counted in one summary record a minute, so that
+    /// refused calls cannot fill the disk. Metrics count every call.
+    #[arg(long, value_name = "N", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub refusal_records_per_minute: u32,
     /// Address serving Prometheus metrics at GET /metrics, or "none".
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_listen: OrNone<SocketAddr>,
@@ -252,6 +257,7 @@ pub fn broker(args: &Args) -> anyhow::Result<(Broker, crate::data_dir::DataDirLo
         min_build: args.min_fw_build,
         registration: args.registration,
         max_online_response: usize::try_from(args.max_online_response_bytes).unwrap_or(8 << 20),
+        refusal_records_per_minute: args.refusal_records_per_minute,
         ..BrokerPolicy::default()
     };
     Ok((Broker::new(store, trust, policy), lock))
@@ -538,10 +544,24 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         let stop = stopped();
         servers.spawn(async move {
             let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+            let mut minutely = tokio::time::interval(std::time::Duration::from_secs(60));
             tokio::pin!(stop);
             loop {
+                // The summaries of refusals not recorded one by one, each
+                // minute and at shutdown.
+                let flush = |all: bool| {
+                    let b = Arc::clone(&broker);
+                    tokio::task::spawn_blocking(move || b.flush_refusal_summaries(all))
+                };
                 tokio::select! {
-                    _ = &mut stop => return Ok(()),
+                    _ = &mut stop => {
+                        let _ = flush(true).await;
+                        return Ok(());
+                    }
+                    _ = minutely.tick() => {
+                        let _ = flush(false).await;
+                        continue;
+                    }
                     _ = hourly.tick() => {}
                 }
                 let b = Arc::clone(&broker);

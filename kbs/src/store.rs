@@ -42,6 +42,9 @@ pub enum StoreError {
     },
 }
 
+/// Rows deleted in one transaction of [`Store::purge`].
+const PURGE_BATCH: usize = 2000;
+
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
     SystemTime::now()
@@ -401,28 +404,42 @@ impl Store {
     /// their reports) older than `records_before` (Unix seconds).
     pub fn purge(&self, records_before: i64) -> Result<Purged, StoreError> {
         let t = now();
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let sessions = tx.execute(
-                "DELETE FROM sessions WHERE expires_at < ?1",
-                params![t.saturating_sub(86_400)],
-            )?;
-            let connections =
-                tx.execute("DELETE FROM connections WHERE expires_at < ?1", params![t])?;
-            let records =
-                tx.execute("DELETE FROM records WHERE at < ?1", params![records_before])?;
-            let reports = tx.execute(
-                "DELETE FROM launch_reports WHERE issued_at < ?1",
-                params![records_before],
-            )?;
-            tx.commit()?;
-            Ok(Purged {
-                sessions,
-                connections,
-                records,
-                reports,
-            })
-        })
+        let mut purged = Purged::default();
+        // In batches, each its own short transaction: between them requests
+        // take the database, so purging millions of old rows never stalls
+        // the keybroker for more than one batch.
+        let batch = |sql: &str, before: i64| -> Result<usize, StoreError> {
+            let mut total = 0;
+            loop {
+                let n = self.with(|c| c.execute(sql, params![before, PURGE_BATCH]))?;
+                total += n;
+                if n < PURGE_BATCH {
+                    return Ok(total);
+                }
+                std::thread::yield_now();
+            }
+        };
+        purged.sessions = batch(
+            "DELETE FROM sessions WHERE rowid IN \
+             (SELECT rowid FROM sessions WHERE expires_at < ?1 LIMIT ?2)",
+            t.saturating_sub(86_400),
+        )?;
+        purged.connections = batch(
+            "DELETE FROM connections WHERE rowid IN \
+             (SELECT rowid FROM connections WHERE expires_at < ?1 LIMIT ?2)",
+            t,
+        )?;
+        purged.records = batch(
+            "DELETE FROM records WHERE id IN \
+             (SELECT id FROM records WHERE at < ?1 ORDER BY id LIMIT ?2)",
+            records_before,
+        )?;
+        purged.reports = batch(
+            "DELETE FROM launch_reports WHERE rowid IN \
+             (SELECT rowid FROM launch_reports WHERE issued_at < ?1 LIMIT ?2)",
+            records_before,
+        )?;
+        Ok(purged)
     }
 
     /// Consumes the session of `launch_id`: whatever the outcome of the

@@ -81,6 +81,15 @@ impl Kbs {
         Kbs::start(&self.data_dir.clone(), &self.args.clone())
     }
 
+    /// Stops the process with SIGTERM (a clean shutdown) and waits for it.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("kbs exit")
+    }
+
     /// The lines logged so far.
     pub fn logged(&self) -> Vec<String> {
         self.log.try_iter().collect()

@@ -499,6 +499,52 @@ async fn health_becomes(rig: &Rig, want: tonic_health::pb::health_check_response
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_calls_adds_a_bounded_number_of_records() {
+    let mut rig = Rig::start(&["--refusal-records-per-minute", "50"]);
+    let before = rig.store().records(0, 100_000).unwrap().len();
+    // 20,000 GetOnlineSecret calls with client ids nobody issued, from 8
+    // clients at once.
+    let channel = tonic::transport::Endpoint::from_shared(rig.kbs.uri())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut c = KeyBrokerServiceClient::new(channel.clone());
+        calls.spawn(async move {
+            for _ in 0..2500 {
+                let e = c
+                    .get_online_secret(OnlineSecretRequest {
+                        client_id: uuid::Uuid::new_v4().to_string(),
+                        secret_requests: vec![],
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), Code::NotFound);
+            }
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        r.unwrap();
+    }
+    let during = rig.store().records(0, 100_000).unwrap();
+    assert_eq!(during.len() - before, 50, "one minute's share of that kind");
+    // At shutdown, one summary says how many more there were.
+    assert!(rig.kbs.terminate().success());
+    let after = rig.store().records(0, 100_000).unwrap();
+    assert_eq!(after.len() - before, 51);
+    let summary = after.last().unwrap();
+    assert_eq!(summary.rpc, "GetOnlineSecret");
+    assert!(
+        summary
+            .reason
+            .starts_with("client id unknown or expired (and 19950 more like it in "),
+        "{summary:?}"
+    );
+}
+
 #[tokio::test]
 async fn refusals_carry_the_right_code_and_are_recorded() {
     let rig = Rig::start(&[]);
