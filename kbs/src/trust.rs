@@ -28,14 +28,15 @@ const VERIFIED_CACHE_LIMIT: usize = 4096;
 #[derive(Debug)]
 pub struct TrustAnchors {
     anchors: Vec<Anchor>,
-    /// SHA-256 of a chain's exact bytes -> its verified platform. Verification
-    /// is a pure function of those bytes and the fixed anchors, so a hit is as
-    /// good as verifying again, and saves the RSA and ECDSA checks (most of
-    /// GetBundle's CPU). Failures are not remembered.
+    /// A chain's canonical key (see [`canonical_key`]) -> its verified
+    /// platform. Verification is a pure function of what the signatures cover
+    /// and the fixed anchors, so a hit is as good as verifying again, and
+    /// saves the RSA and ECDSA checks (most of GetBundle's CPU). Failures are
+    /// not remembered; at most [`VERIFIED_CACHE_LIMIT`] entries.
     verified: std::sync::Mutex<VerifiedChains>,
 }
 
-/// Verified platforms by the SHA-256 of their chain bytes.
+/// Verified platforms by the canonical key of their chains.
 type VerifiedChains = std::collections::HashMap<[u8; 32], VerifiedPlatform>;
 
 /// A chain that verified, and what the broker needs of it.
@@ -153,11 +154,12 @@ impl TrustAnchors {
 
     /// Decodes and verifies a platform chain.
     pub fn verify(&self, chain_bytes: &[u8]) -> Result<VerifiedPlatform, TrustError> {
-        let key = sha256(chain_bytes);
+        let chain = guarded(|| decode_chain(chain_bytes))?;
+        let key = canonical_key(&chain);
         if let Some(hit) = self.cache().get(&key) {
             return Ok(hit.clone());
         }
-        let verified = self.verify_uncached(chain_bytes)?;
+        let verified = guarded(|| self.verify_decoded(&chain))?;
         let mut cache = self.cache();
         if cache.len() >= VERIFIED_CACHE_LIMIT {
             cache.clear();
@@ -171,34 +173,64 @@ impl TrustAnchors {
         self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn verify_uncached(&self, chain_bytes: &[u8]) -> Result<VerifiedPlatform, TrustError> {
-        guarded(|| {
-            let mut reader = chain_bytes;
-            let chain =
-                Chain::decode(&mut reader, ()).map_err(|e| TrustError::Malformed(e.to_string()))?;
-            if !reader.is_empty() {
-                return Err(TrustError::Malformed(format!(
-                    "{} bytes after the ARK",
-                    reader.len()
-                )));
-            }
-            let anchor = self
-                .anchors
-                .iter()
-                .find(|a| a.ark == chain.ca.ark)
-                .ok_or(TrustError::UntrustedRoot)?;
-            let pdh = (&chain).verify().map_err(|_| TrustError::BadSignature)?;
-            let pdh =
-                ecdh_public_key(&encode(pdh)).map_err(|e| TrustError::BadPdh(e.to_string()))?;
-            let chip = crate::store::hex(&sha256(&encode(&chain.sev.cek)));
-            Ok(VerifiedPlatform {
-                pdh,
-                anchor: anchor.name.clone(),
-                insecure: anchor.insecure,
-                chip,
-            })
+    fn verify_decoded(&self, chain: &Chain) -> Result<VerifiedPlatform, TrustError> {
+        let anchor = self
+            .anchors
+            .iter()
+            .find(|a| a.ark == chain.ca.ark)
+            .ok_or(TrustError::UntrustedRoot)?;
+        let pdh = chain.verify().map_err(|_| TrustError::BadSignature)?;
+        let pdh = ecdh_public_key(&encode(pdh)).map_err(|e| TrustError::BadPdh(e.to_string()))?;
+        let chip = crate::store::hex(&sha256(&encode(&chain.sev.cek)));
+        Ok(VerifiedPlatform {
+            pdh,
+            anchor: anchor.name.clone(),
+            insecure: anchor.insecure,
+            chip,
         })
     }
+}
+
+/// A chain in `sevctl export --full` format, with nothing after the ARK.
+fn decode_chain(chain_bytes: &[u8]) -> Result<Chain, TrustError> {
+    let mut reader = chain_bytes;
+    let chain = Chain::decode(&mut reader, ()).map_err(|e| TrustError::Malformed(e.to_string()))?;
+    if !reader.is_empty() {
+        return Err(TrustError::Malformed(format!(
+            "{} bytes after the ARK",
+            reader.len()
+        )));
+    }
+    Ok(chain)
+}
+
+/// Bytes of an SEV-format certificate that its signatures cover: version,
+/// API version, usage, algorithm and public key, before the two signature
+/// slots.
+const SEV_CERT_BODY: usize = 0x414;
+
+/// The cache key of a chain: what its signatures cover. An SEV certificate
+/// has two signature slots and most use one; bytes in the other change the
+/// encoding but not what verifies, so keying on the exact bytes let a client
+/// miss the cache (and fill it) with endless variants of one chain. The
+/// certificate bodies decide the answer: a chain whose bodies verified once
+/// is the same platform whatever its unused slots hold. The AMD certificates
+/// have one signature each and are taken whole.
+fn canonical_key(chain: &Chain) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for cert in [
+        &chain.sev.pdh,
+        &chain.sev.pek,
+        &chain.sev.oca,
+        &chain.sev.cek,
+    ] {
+        let bytes = encode(cert);
+        h.update(bytes.get(..SEV_CERT_BODY).unwrap_or(&bytes));
+    }
+    h.update(encode(&chain.ca.ask));
+    h.update(encode(&chain.ca.ark));
+    h.finalize().into()
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -209,6 +241,32 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variants_of_one_chain_share_one_cache_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = sev_sim::FakeAmdRoots::generate().unwrap();
+        let platform = sev_sim::SimPlatform::new(&roots).unwrap();
+        let ark = dir.path().join("ark.cert");
+        std::fs::write(&ark, roots.ark_cert()).unwrap();
+        let mut t = TrustAnchors::amd();
+        t.add_insecure_anchor(&ark).unwrap();
+        let chain = platform.cert_chain();
+        let first = t.verify(&chain).unwrap();
+        // The PDH comes first; its second signature slot (0x61c to 0x824) is
+        // not the PEK's signature, so any bytes there still verify.
+        for i in 0..50u8 {
+            let mut variant = chain.clone();
+            variant[0x700] ^= i.wrapping_add(1);
+            assert_eq!(t.verify(&variant).unwrap(), first);
+        }
+        assert_eq!(t.cache().len(), 1);
+        // A changed body is another chain, and does not verify.
+        let mut forged = chain.clone();
+        forged[0x20] ^= 1;
+        assert!(t.verify(&forged).is_err());
+        assert_eq!(t.cache().len(), 1);
+    }
 
     #[test]
     fn amd_roots_load_and_garbage_is_refused() {
