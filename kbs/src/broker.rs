@@ -47,6 +47,8 @@ pub struct BrokerPolicy {
     /// Refusals of one kind (RPC and reason) recorded one by one per minute;
     /// the rest go into one summary record.
     pub refusal_records_per_minute: u32,
+    /// Bits guest policies must have and must not have.
+    pub require_policy: crate::policy_requirement::PolicyRequirement,
 }
 
 impl Default for BrokerPolicy {
@@ -60,6 +62,7 @@ impl Default for BrokerPolicy {
             registration: crate::registration::RegistrationMode::Approved,
             max_online_response: 8 << 20,
             refusal_records_per_minute: 60,
+            require_policy: crate::policy_requirement::PolicyRequirement::default(),
         }
     }
 }
@@ -144,6 +147,8 @@ pub enum RefusalReason {
     DigestNotRegistered,
     /// The guest policy allows debugging.
     DebugPolicy,
+    /// The guest policy does not meet --require-policy.
+    PolicyRequirement,
     /// The firmware is older than the minimum.
     OldFirmware,
     /// The requested secrets cannot be served.
@@ -160,7 +165,7 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [RefusalReason; 14] = [
+    pub const ALL: [RefusalReason; 15] = [
         RefusalReason::InvalidArgument,
         RefusalReason::UntrustedChain,
         RefusalReason::UnknownLaunch,
@@ -169,6 +174,7 @@ impl RefusalReason {
         RefusalReason::PolicyMismatch,
         RefusalReason::DigestNotRegistered,
         RefusalReason::DebugPolicy,
+        RefusalReason::PolicyRequirement,
         RefusalReason::OldFirmware,
         RefusalReason::SecretsUnavailable,
         RefusalReason::TooLarge,
@@ -188,6 +194,7 @@ impl RefusalReason {
             RefusalReason::PolicyMismatch => "policy_mismatch",
             RefusalReason::DigestNotRegistered => "digest_not_registered",
             RefusalReason::DebugPolicy => "debug_policy",
+            RefusalReason::PolicyRequirement => "policy_requirement",
             RefusalReason::OldFirmware => "old_firmware",
             RefusalReason::SecretsUnavailable => "secrets_unavailable",
             RefusalReason::TooLarge => "too_large",
@@ -579,6 +586,10 @@ impl Broker {
                 RefusalReason::DebugPolicy,
                 format!("Policy {gp} allows debugging the guest"),
             ));
+        }
+        if let Err(message) = self.policy.require_policy.check(gp) {
+            refuse("policy does not meet --require-policy");
+            return Err(refused(RefusalReason::PolicyRequirement, message));
         }
         let f = req.firmware;
         // One version, compared as a whole: 1.55 build 1 is newer than 1.51

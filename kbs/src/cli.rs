@@ -102,6 +102,12 @@ pub struct Args {
     /// readable by the host.
     #[arg(long)]
     pub allow_debug: bool,
+    /// Guest policy bits every launch must have, and with a leading ! those
+    /// it must not: e.g. NODBG,ES,NOSEND,!DOMAIN (bits NODBG, NOKS, ES,
+    /// NOSEND, DOMAIN, SEV). Without ES required, a host may launch a guest as
+    /// plain SEV wherever a sev digest of the same artefacts is registered.
+    #[arg(long, value_name = "BITS", default_value = "")]
+    pub require_policy: crate::policy_requirement::PolicyRequirement,
     /// Oldest SEV firmware API version accepted, MAJOR.MINOR.
     #[arg(long, value_name = "MAJOR.MINOR", default_value = "0.0", value_parser = parse_api)]
     pub min_fw_api: (u8, u8),
@@ -258,6 +264,7 @@ pub fn broker(args: &Args) -> anyhow::Result<(Broker, crate::data_dir::DataDirLo
         registration: args.registration,
         max_online_response: usize::try_from(args.max_online_response_bytes).unwrap_or(8 << 20),
         refusal_records_per_minute: args.refusal_records_per_minute,
+        require_policy: args.require_policy,
         ..BrokerPolicy::default()
     };
     Ok((Broker::new(store, trust, policy), lock))

@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod data_dir;
 pub mod grpc;
 pub mod metrics;
+pub mod policy_requirement;
 pub mod refusal_log;
 pub mod registration;
 pub mod report;

@@ -652,6 +652,34 @@ async fn the_firmware_minimum_is_one_version() {
 }
 
 #[tokio::test]
+async fn guest_policies_must_meet_the_requirement() {
+    // POLICY is NODBG and NOKS.
+    for (required, refusal) in [
+        ("NODBG,ES", Some("lacks ES")),
+        ("!NOKS", Some("has NOKS")),
+        ("NODBG,NOKS,!DOMAIN,!SEV", None),
+    ] {
+        let rig = Rig::start(&["--require-policy", required]);
+        let r = rig.offline_launch(POLICY, &rig.digest, &rig.digest).await;
+        match refusal {
+            None => {
+                r.unwrap();
+            }
+            Some(what) => {
+                let e = r.unwrap_err();
+                assert_eq!(e.code(), Code::PermissionDenied, "{required}: {e:?}");
+                assert!(e.message().contains(what), "{required}: {e:?}");
+                assert!(e.message().contains("--require-policy"), "{e:?}");
+                assert_eq!(
+                    last_refusal(&rig.store()),
+                    "policy does not meet --require-policy"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_launch_id_is_single_use_and_expires() {
     let rig = Rig::start(&["--session-ttl", "1"]);
     let (id, mut launch) = rig.bundle(&rig.platform, POLICY).await.unwrap();
