@@ -36,10 +36,6 @@ impl ClassRegistration {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The digests the broker gets for a class. Each says where it came from: the
 /// file, the pod shape, the Kata release, and for SNP the platform's TCB, which
 /// Trustee's reference values for the same launch need beside the digest.
@@ -106,10 +102,10 @@ pub fn registration_of(
     }
     let inputs = LaunchInputs {
         runtime_class: c.runtime_class.clone(),
-        kata_config_sha256: hex(&c.config_sha256),
-        firmware_sha256: hex(&c.firmware_sha256),
-        kernel_sha256: hex(&c.kernel_sha256),
-        initrd_sha256: c.initrd_sha256.map(|h| hex(&h)).unwrap_or_default(),
+        kata_config_sha256: hex::encode(c.config_sha256),
+        firmware_sha256: hex::encode(c.firmware_sha256),
+        kernel_sha256: hex::encode(c.kernel_sha256),
+        initrd_sha256: c.initrd_sha256.map(hex::encode).unwrap_or_default(),
         kata_version: c.release.release.to_string(),
         host_cpu_signature: host
             .host_sig
