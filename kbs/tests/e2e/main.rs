@@ -155,6 +155,25 @@ impl Rig {
         }
     }
 
+    /// A launch asking for `keyset`'s bundle, measured as registered.
+    async fn keyset_launch(
+        &self,
+        keyset: &str,
+    ) -> Result<tonic::Response<kbs_proto::keybroker::SecretResponse>, tonic::Status> {
+        let (id, mut launch) = self.bundle(&self.platform, POLICY).await?;
+        let m = launch.measure(&self.digest);
+        self.client()
+            .await
+            .get_secret(self.secret_request(
+                &id,
+                &m,
+                POLICY,
+                &self.digest,
+                vec![bundle_request(keyset)],
+            ))
+            .await
+    }
+
     async fn client(&self) -> KeyBrokerServiceClient<tonic::transport::Channel> {
         // A new connection per call, as the Kata shim makes.
         KeyBrokerServiceClient::connect(self.kbs.uri())
@@ -395,20 +414,7 @@ async fn responses_over_their_limit_are_refused_before_values_are_read() {
         .unwrap();
 
     // GetSecret: a keyset too large for the guest's 4 KiB secret area.
-    let (id, mut launch) = rig.bundle(&rig.platform, POLICY).await.unwrap();
-    let m = launch.measure(&rig.digest);
-    let e = rig
-        .client()
-        .await
-        .get_secret(rig.secret_request(
-            &id,
-            &m,
-            POLICY,
-            &rig.digest,
-            vec![bundle_request("KEYSET-BIG")],
-        ))
-        .await
-        .unwrap_err();
+    let e = rig.keyset_launch("KEYSET-BIG").await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(
         e.message()
@@ -588,20 +594,7 @@ async fn refusals_carry_the_right_code_and_are_recorded() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     // A keyset that does not exist: refused without naming it.
-    let (id, mut launch) = rig.bundle(&rig.platform, POLICY).await.unwrap();
-    let m = launch.measure(&rig.digest);
-    let e = rig
-        .client()
-        .await
-        .get_secret(rig.secret_request(
-            &id,
-            &m,
-            POLICY,
-            &rig.digest,
-            vec![bundle_request("NO-SUCH-KEYSET")],
-        ))
-        .await
-        .unwrap_err();
+    let e = rig.keyset_launch("NO-SUCH-KEYSET").await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(!e.message().contains("NO-SUCH-KEYSET"));
 }
