@@ -65,7 +65,9 @@ impl OnlineClient {
     }
 
     /// One secret (`kind` "resource" or "key"), decrypted; `None` when the
-    /// broker has nothing by that id (it answers FAILED_PRECONDITION).
+    /// broker has nothing by that id for this launch: it answers
+    /// FAILED_PRECONDITION when the id is in the launch's keyset but unset,
+    /// PERMISSION_DENIED naming the keyset when the id is not in it.
     pub async fn get(&mut self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, String> {
         let reply = match self
             .client
@@ -82,6 +84,12 @@ impl OnlineClient {
         {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::FailedPrecondition => return Ok(None),
+            Err(s)
+                if s.code() == tonic::Code::PermissionDenied
+                    && s.message().contains("not in this connection's keyset") =>
+            {
+                return Ok(None)
+            }
             Err(s) => {
                 return Err(format!(
                     "GetOnlineSecret refused: {:?}: {}",

@@ -212,6 +212,8 @@ async fn setup(kbs: &Kbs, dir: &Path) -> Provisioned {
     c.set_keyset(SetKeysetRequest {
         id: "KEYSET-1".into(),
         secret_ids: vec!["image-key".into(), IMAGE_KEY_ID.into()],
+        // What online guests may fetch besides the keyset's secrets.
+        resource_ids: vec![POLICY_RESOURCE.into(), COSIGN_KEY_RESOURCE.into()],
     })
     .await
     .unwrap();
@@ -519,6 +521,7 @@ async fn missing_keys_are_not_provisioned_and_malformed_ones_fail() {
     c.set_keyset(SetKeysetRequest {
         id: "KEYSET-1".into(),
         secret_ids: vec!["image-key".into()],
+        resource_ids: vec![POLICY_RESOURCE.into()],
     })
     .await
     .unwrap();

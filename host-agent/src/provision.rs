@@ -24,7 +24,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use kbs_proto::admin_client::{self, Client};
 use kbs_proto::kbsadmin::{
-    ApproveRequest, DeleteRequest, ListDigestsRequest, ListInventoryRequest,
+    ApproveRequest, DeleteRequest, Keyset, ListDigestsRequest, ListInventoryRequest,
     RegisterLaunchesRequest, ReplaceDigestsRequest, SetKeysetRequest, SetResourceRequest,
     SetSecretRequest,
 };
@@ -641,6 +641,12 @@ async fn provision(a: &ProvisionArgs, config: &AgentConfig) -> anyhow::Result<Ou
             }
         }
     }
+    // Online guests reach only the resources attached to the keyset their
+    // shim names; attached after the image key joined, so that a keyset
+    // created for the key is recorded as this node's.
+    for id in &out.resources {
+        attach_resource(&mut client, &a.keyset, id).await?;
+    }
     write_state(&state_path, &record)?;
     Ok(out)
 }
@@ -657,12 +663,14 @@ async fn join_keyset(
     let existing = keyset_members(client, keyset).await?;
     let created = existing.is_none() || created_before;
     let mut members = existing.unwrap_or_default();
-    if !members.iter().any(|s| s == secret) {
-        members.push(secret.to_string());
+    if !members.secret_ids.iter().any(|s| s == secret) {
+        members.secret_ids.push(secret.to_string());
+        // The resources the operator attached stay attached.
         client
             .set_keyset(SetKeysetRequest {
                 id: keyset.to_string(),
-                secret_ids: members,
+                secret_ids: members.secret_ids,
+                resource_ids: members.resource_ids,
             })
             .await
             .map_err(|s| rpc("SetKeyset", &s))?;
@@ -675,7 +683,8 @@ async fn join_keyset(
 }
 
 /// Takes a membership back out: the keyset is deleted when this node created
-/// it and nothing else is left in it, otherwise only the secret's id leaves.
+/// it and nothing else is left in it (no other secret, no resource but the
+/// ones provision attaches), otherwise only the secret's id leaves.
 async fn leave_keyset(
     client: &mut Client,
     m: &KeysetMembership,
@@ -685,9 +694,19 @@ async fn leave_keyset(
     let Some(members) = keyset_members(client, &m.keyset).await? else {
         return Ok(());
     };
-    let was_member = members.contains(&m.secret);
-    let rest: Vec<String> = members.into_iter().filter(|s| *s != m.secret).collect();
-    if m.created && rest.is_empty() {
+    let was_member = members.secret_ids.contains(&m.secret);
+    let rest: Vec<String> = members
+        .secret_ids
+        .into_iter()
+        .filter(|s| *s != m.secret)
+        .collect();
+    // The resources provision attaches are its own: they do not keep a
+    // keyset this node created alive.
+    let only_ours = members
+        .resource_ids
+        .iter()
+        .all(|r| r == POLICY_RESOURCE || r == COSIGN_KEY_RESOURCE);
+    if m.created && rest.is_empty() && only_ours {
         match client
             .delete_keyset(DeleteRequest {
                 id: m.keyset.clone(),
@@ -703,6 +722,7 @@ async fn leave_keyset(
             .set_keyset(SetKeysetRequest {
                 id: m.keyset.clone(),
                 secret_ids: rest,
+                resource_ids: members.resource_ids,
             })
             .await
             .map_err(|s| rpc("SetKeyset", &s))?;
@@ -711,20 +731,16 @@ async fn leave_keyset(
     Ok(())
 }
 
-/// The members of a keyset, `None` when the broker has no such keyset. The
+/// A keyset with its members, `None` when the broker has no such keyset. The
 /// admin API has no call for one keyset; the inventory lists every keyset
 /// with its members (ids only, never secret values).
-async fn keyset_members(client: &mut Client, keyset: &str) -> anyhow::Result<Option<Vec<String>>> {
+async fn keyset_members(client: &mut Client, keyset: &str) -> anyhow::Result<Option<Keyset>> {
     let inventory = client
         .list_inventory(ListInventoryRequest {})
         .await
         .map_err(|s| rpc("ListInventory", &s))?
         .into_inner();
-    Ok(inventory
-        .keysets
-        .into_iter()
-        .find(|k| k.id == keyset)
-        .map(|k| k.secret_ids))
+    Ok(inventory.keysets.into_iter().find(|k| k.id == keyset))
 }
 
 async fn delete_secret(client: &mut Client, id: &str, out: &mut Outcome) -> anyhow::Result<()> {
@@ -753,7 +769,46 @@ async fn set_resource(client: &mut Client, id: &str, data: Vec<u8>) -> anyhow::R
     Ok(())
 }
 
+/// Attaches resource `id` to `keyset`, creating the keyset when it does not
+/// exist: an online connection reaches only the resources attached to the
+/// keyset its launch named (the one the Kata shim asks for).
+async fn attach_resource(client: &mut Client, keyset: &str, id: &str) -> anyhow::Result<()> {
+    let mut members = keyset_members(client, keyset).await?.unwrap_or_default();
+    if members.resource_ids.iter().any(|r| r == id) {
+        return Ok(());
+    }
+    members.resource_ids.push(id.to_string());
+    client
+        .set_keyset(SetKeysetRequest {
+            id: keyset.to_string(),
+            secret_ids: members.secret_ids,
+            resource_ids: members.resource_ids,
+        })
+        .await
+        .map_err(|s| rpc("SetKeyset", &s))?;
+    Ok(())
+}
+
+/// Deletes resource `id` after taking it out of every keyset it is attached
+/// to.
 async fn delete_resource(client: &mut Client, id: &str, out: &mut Outcome) -> anyhow::Result<()> {
+    let inventory = client
+        .list_inventory(ListInventoryRequest {})
+        .await
+        .map_err(|s| rpc("ListInventory", &s))?
+        .into_inner();
+    for k in inventory.keysets {
+        if k.resource_ids.iter().any(|r| r == id) {
+            client
+                .set_keyset(SetKeysetRequest {
+                    id: k.id,
+                    secret_ids: k.secret_ids,
+                    resource_ids: k.resource_ids.into_iter().filter(|r| r != id).collect(),
+                })
+                .await
+                .map_err(|s| rpc("SetKeyset", &s))?;
+        }
+    }
     match client
         .delete_resource(DeleteRequest { id: id.to_string() })
         .await

@@ -23,7 +23,7 @@ pub use crate::credentials::{
 use crate::credentials::{Caller, Role};
 use crate::metrics::Metrics;
 use crate::registration::{self, RegisterError, RegistrationMode};
-use crate::store::{ApprovalRow, DigestRecord, Origin, Store, StoreError, TokenRow};
+use crate::store::{ApprovalRow, DigestRecord, KeysetMembers, Origin, Store, StoreError, TokenRow};
 use kbs_proto::kbsadmin::admin_server::Admin;
 use kbs_proto::kbsadmin::{
     Approval, ApproveRequest, ApproveResponse, AttestationRecord, CreateTokenRequest,
@@ -717,12 +717,24 @@ impl Admin for AdminService {
                     "secret_ids: at most {MAX_KEYSET}"
                 )));
             }
+            if r.resource_ids.len() > MAX_KEYSET {
+                return Err(Status::invalid_argument(format!(
+                    "resource_ids: at most {MAX_KEYSET}"
+                )));
+            }
             for (i, s) in r.secret_ids.iter().enumerate() {
                 check_id(&format!("secret_ids[{i}]"), s)?;
             }
-            let (id, members) = (r.id.clone(), r.secret_ids.clone());
-            self.store(move |s| s.set_keyset(&id, &members)).await?;
-            info!(id = %r.id, secrets = ?r.secret_ids, "admin: keyset set");
+            for (i, s) in r.resource_ids.iter().enumerate() {
+                check_id(&format!("resource_ids[{i}]"), s)?;
+            }
+            let id = r.id.clone();
+            let members = KeysetMembers {
+                secrets: r.secret_ids.clone(),
+                resources: r.resource_ids.clone(),
+            };
+            self.store(move |s| s.set_keyset_members(&id, &members)).await?;
+            info!(id = %r.id, secrets = ?r.secret_ids, resources = ?r.resource_ids, "admin: keyset set");
             Ok(SetKeysetResponse {})
         })
         .await
@@ -790,7 +802,11 @@ impl Admin for AdminService {
                 keysets: inv
                     .keysets
                     .into_iter()
-                    .map(|(id, secret_ids)| Keyset { id, secret_ids })
+                    .map(|(id, m)| Keyset {
+                        id,
+                        secret_ids: m.secrets,
+                        resource_ids: m.resources,
+                    })
                     .collect(),
                 resources: inv.resources,
             })

@@ -184,6 +184,11 @@ pub enum KeysetCommand {
         /// Ids of the secrets it bundles.
         #[arg(value_name = "SECRET", required = true)]
         secrets: Vec<String>,
+        /// A resource an online connection opened for this keyset may fetch
+        /// (repeat for several). An online connection reaches only its
+        /// launch's keyset: these resources, its secrets and its bundle.
+        #[arg(long = "resource", value_name = "RESOURCE")]
+        resources: Vec<String>,
     },
     /// Delete a keyset.
     Delete {
@@ -317,6 +322,7 @@ struct DigestRow {
 struct KeysetRow {
     id: String,
     secret_ids: Vec<String>,
+    resource_ids: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -444,11 +450,16 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 .map_err(|s| rpc_error("DeleteSecret", &s))?;
             changed(json, "secret", &id, "deleted")?;
         }
-        AdminCommand::Keyset(KeysetCommand::Set { id, secrets }) => {
+        AdminCommand::Keyset(KeysetCommand::Set {
+            id,
+            secrets,
+            resources,
+        }) => {
             client
                 .set_keyset(SetKeysetRequest {
                     id: id.clone(),
                     secret_ids: secrets,
+                    resource_ids: resources,
                 })
                 .await
                 .map_err(|s| rpc_error("SetKeyset", &s))?;
@@ -493,6 +504,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     .map(|k| KeysetRow {
                         id: k.id,
                         secret_ids: k.secret_ids,
+                        resource_ids: k.resource_ids,
                     })
                     .collect(),
                 resources: r.resources,
@@ -504,7 +516,16 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     println!("secret\t{s}");
                 }
                 for k in &inv.keysets {
-                    println!("keyset\t{}\t{}", k.id, k.secret_ids.join(","));
+                    if k.resource_ids.is_empty() {
+                        println!("keyset\t{}\t{}", k.id, k.secret_ids.join(","));
+                    } else {
+                        println!(
+                            "keyset\t{}\t{}\tresources: {}",
+                            k.id,
+                            k.secret_ids.join(","),
+                            k.resource_ids.join(",")
+                        );
+                    }
                 }
                 for r in &inv.resources {
                     println!("resource\t{r}");

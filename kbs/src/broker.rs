@@ -8,7 +8,8 @@
 
 use crate::report::{ParsedReport, REPORT_KEY_GUID};
 use crate::store::{
-    hex, GuestReport, LaunchSession, NewRecord, ReportOutcome, Store, StoreError, TakeOutcome,
+    hex, ConnectionScope, GuestReport, LaunchSession, NewRecord, ReportOutcome, Store, StoreError,
+    TakeOutcome,
 };
 use crate::trust::{TrustAnchors, TrustError};
 use aes_gcm::aead::{Aead, KeyInit};
@@ -145,6 +146,8 @@ pub enum RefusalReason {
     PolicyMismatch,
     /// The launch digest is not registered.
     DigestNotRegistered,
+    /// An online request outside its connection's keyset.
+    OutOfScope,
     /// The guest policy allows debugging.
     DebugPolicy,
     /// The guest policy does not meet --require-policy.
@@ -165,7 +168,7 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [RefusalReason; 15] = [
+    pub const ALL: [RefusalReason; 16] = [
         RefusalReason::InvalidArgument,
         RefusalReason::UntrustedChain,
         RefusalReason::UnknownLaunch,
@@ -173,6 +176,7 @@ impl RefusalReason {
         RefusalReason::MeasurementMismatch,
         RefusalReason::PolicyMismatch,
         RefusalReason::DigestNotRegistered,
+        RefusalReason::OutOfScope,
         RefusalReason::DebugPolicy,
         RefusalReason::PolicyRequirement,
         RefusalReason::OldFirmware,
@@ -193,6 +197,7 @@ impl RefusalReason {
             RefusalReason::MeasurementMismatch => "measurement_mismatch",
             RefusalReason::PolicyMismatch => "policy_mismatch",
             RefusalReason::DigestNotRegistered => "digest_not_registered",
+            RefusalReason::OutOfScope => "out_of_scope",
             RefusalReason::DebugPolicy => "debug_policy",
             RefusalReason::PolicyRequirement => "policy_requirement",
             RefusalReason::OldFirmware => "old_firmware",
@@ -250,6 +255,27 @@ pub enum SecretKind {
     Resource,
     /// A fresh key for the online path.
     Connection,
+}
+
+impl SecretKind {
+    /// The wire name (`SecretType`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SecretKind::Bundle => "bundle",
+            SecretKind::Key => "key",
+            SecretKind::Resource => "resource",
+            SecretKind::Connection => "connection",
+        }
+    }
+}
+
+/// The verified launch a GetSecret serves: what an online connection it
+/// opens is bound to.
+struct LaunchScope<'a> {
+    launch_id: &'a str,
+    /// `sev` or `seves`.
+    mode: &'static str,
+    digest: &'a [u8],
 }
 
 /// How a secret is encoded in its table entry.
@@ -628,7 +654,12 @@ impl Broker {
                 limit: MAX_TABLE_LEN,
             });
         }
-        let table = match self.secret_table(&req.requests, &req.launch_id) {
+        let launch = LaunchScope {
+            launch_id: &req.launch_id,
+            mode,
+            digest: &req.digest,
+        };
+        let table = match self.secret_table(&req.requests, &launch) {
             Ok(t) => t,
             Err(e) => {
                 refuse("requested secrets not available");
@@ -663,13 +694,12 @@ impl Broker {
     fn secret_table(
         &self,
         requests: &[SecretRequest],
-        launch_id: &str,
+        launch: &LaunchScope<'_>,
     ) -> Result<Vec<u8>, BrokerError> {
+        let launch_id = launch.launch_id;
         let mut table = SecretTable::default();
         for r in requests {
-            table
-                .entries
-                .push((r.guid, self.payload(r, Some(launch_id))?));
+            table.entries.push((r.guid, self.payload(r, Some(launch))?));
         }
         let key = zeroize::Zeroizing::new(random::<32>());
         table
@@ -784,7 +814,7 @@ impl Broker {
         let json_id = |id: &str| id.len().saturating_mul(6).saturating_add(2);
         Ok(match r.kind {
             SecretKind::Bundle => {
-                let ids = self.store.keyset(&r.id)?.ok_or_else(missing)?;
+                let ids = self.store.keyset(&r.id)?.ok_or_else(missing)?.secrets;
                 let mut n: usize = 2;
                 for id in ids {
                     let size = self.store.secret_size(&id)?.ok_or_else(missing)?;
@@ -813,11 +843,15 @@ impl Broker {
         })
     }
 
-    fn payload(&self, r: &SecretRequest, launch_id: Option<&str>) -> Result<Vec<u8>, BrokerError> {
+    fn payload(
+        &self,
+        r: &SecretRequest,
+        launch: Option<&LaunchScope<'_>>,
+    ) -> Result<Vec<u8>, BrokerError> {
         let missing = || BrokerError::SecretsUnavailable;
         Ok(match r.kind {
             SecretKind::Bundle => {
-                let ids = self.store.keyset(&r.id)?.ok_or_else(missing)?;
+                let ids = self.store.keyset(&r.id)?.ok_or_else(missing)?.secrets;
                 let mut bundle = serde_json::Map::new();
                 for id in ids {
                     let payload = self.store.secret(&id)?.ok_or_else(missing)?;
@@ -846,17 +880,27 @@ impl Broker {
                 }
             }
             SecretKind::Connection => {
-                let launch_id = launch_id.ok_or_else(missing)?;
+                let launch = launch.ok_or_else(missing)?;
                 let client_id = uuid::Uuid::new_v4().to_string();
-                let key: [u8; 32] = random();
+                let key = zeroize::Zeroizing::new(random::<32>());
+                // The shim names its configured keyset in the connection
+                // request's id: that keyset is all the connection reaches.
+                let scope = ConnectionScope {
+                    launch_id: launch.launch_id.to_string(),
+                    keyset: r.id.clone(),
+                    mode: launch.mode.to_string(),
+                    digest: launch.digest.to_vec(),
+                };
                 self.store.insert_connection(
                     &client_id,
                     &key,
-                    launch_id,
+                    &scope,
                     self.policy.connection_ttl_secs,
                 )?;
-                serde_json::to_vec(&serde_json::json!({"client_id": client_id, "key": b64(&key)}))
-                    .map_err(|_| missing())?
+                serde_json::to_vec(
+                    &serde_json::json!({"client_id": client_id, "key": b64(&key[..])}),
+                )
+                .map_err(|_| missing())?
             }
         })
     }
@@ -875,7 +919,7 @@ impl Broker {
                 ..Default::default()
             });
         };
-        let Some(key) = self.store.connection_key(client_id)? else {
+        let Some(connection) = self.store.connection(client_id)? else {
             refuse("client id unknown or expired");
             return Err(BrokerError::UnknownClient);
         };
@@ -884,6 +928,43 @@ impl Broker {
                 "SecretRequests",
                 format!("at most {MAX_ENTRIES} entries"),
             ));
+        }
+        let scope = &connection.scope;
+        // Only while the launch's digest is registered (and honoured): a
+        // connection outlives neither its digest nor a change of mind.
+        let honour_node = self.policy.registration == crate::registration::RegistrationMode::Open;
+        if scope.digest.is_empty()
+            || !self
+                .store
+                .digest_registered(&scope.mode, &scope.digest, honour_node)?
+        {
+            refuse("launch digest of the connection no longer registered");
+            self.store.end_connection(client_id)?;
+            info!(client_id, launch_id = %scope.launch_id, "online connection ended: its launch digest is no longer registered");
+            return Err(refused(
+                RefusalReason::DigestNotRegistered,
+                "this connection has ended: its launch's digest is no longer registered",
+            ));
+        }
+        let members = self.store.keyset(&scope.keyset)?.unwrap_or_default();
+        for r in requests {
+            let in_scope = match r.kind {
+                SecretKind::Bundle => !scope.keyset.is_empty() && r.id == scope.keyset,
+                SecretKind::Key => members.secrets.contains(&r.id),
+                SecretKind::Resource => members.resources.contains(&r.id),
+                SecretKind::Connection => true,
+            };
+            if !in_scope {
+                refuse("request outside the connection's keyset");
+                return Err(refused(
+                    RefusalReason::OutOfScope,
+                    format!(
+                        "{} {:?} is not in this connection's keyset",
+                        r.kind.name(),
+                        r.id
+                    ),
+                ));
+            }
         }
         let mut bound: usize = 8;
         for r in requests {
@@ -928,7 +1009,7 @@ impl Broker {
         }
         let plaintext = encode_online_payload(&entries);
         let iv: [u8; 12] = random();
-        let cipher = aes_gcm::Aes256Gcm::new(&key.into());
+        let cipher = aes_gcm::Aes256Gcm::new((&*connection.key).into());
         let ciphertext = cipher
             .encrypt(&iv.into(), plaintext.as_slice())
             .map_err(|_| BrokerError::SecretsUnavailable)?;

@@ -119,6 +119,13 @@ pub struct Args {
     /// Seconds a launch id stays usable after GetBundle.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub session_ttl: u32,
+    /// Seconds an online connection (online_sev_kbc) stays usable after the
+    /// GetSecret that opened it. Whatever its lifetime, a connection reaches
+    /// only its launch's keyset (its secrets, its bundle and the resources
+    /// attached with `kbs admin keyset set --resource`), and ends when its
+    /// launch's digest is no longer registered.
+    #[arg(long, value_name = "SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connection_ttl: u32,
     /// Days to keep attestation records; older ones are deleted hourly, with
     /// expired sessions and online connections.
     #[arg(long, value_name = "DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..))]
@@ -258,6 +265,7 @@ pub fn broker(args: &Args) -> anyhow::Result<(Broker, crate::data_dir::DataDirLo
     info!(anchors = ?trust.names(), db = %store.path().display(), "trust anchors loaded");
     let policy = BrokerPolicy {
         session_ttl_secs: i64::from(args.session_ttl),
+        connection_ttl_secs: i64::from(args.connection_ttl),
         allow_debug: args.allow_debug,
         min_api: args.min_fw_api,
         min_build: args.min_fw_build,
@@ -265,7 +273,6 @@ pub fn broker(args: &Args) -> anyhow::Result<(Broker, crate::data_dir::DataDirLo
         max_online_response: usize::try_from(args.max_online_response_bytes).unwrap_or(8 << 20),
         refusal_records_per_minute: args.refusal_records_per_minute,
         require_policy: args.require_policy,
-        ..BrokerPolicy::default()
     };
     Ok((Broker::new(store, trust, policy), lock))
 }

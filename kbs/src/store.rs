@@ -157,9 +157,42 @@ pub enum ReportOutcome {
 pub struct Inventory {
     /// Secret ids.
     pub secrets: Vec<String>,
-    /// Keyset ids and their member secret ids.
-    pub keysets: Vec<(String, Vec<String>)>,
+    /// Keyset ids and their members.
+    pub keysets: Vec<(String, KeysetMembers)>,
     /// Resource ids.
+    pub resources: Vec<String>,
+}
+
+/// What an online connection may reach.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionScope {
+    /// The launch that opened it.
+    pub launch_id: String,
+    /// The keyset the launch named (the connection request's id): its
+    /// secrets, the keyset itself and the resources attached to it.
+    pub keyset: String,
+    /// The launch's mode (`sev` or `seves`), with `digest`.
+    pub mode: String,
+    /// The launch digest the launch was verified against; the connection
+    /// lives only while it is registered.
+    pub digest: Vec<u8>,
+}
+
+/// A live online connection.
+#[derive(Debug, Clone)]
+pub struct OnlineConnection {
+    /// The AES-256-GCM key of its responses.
+    pub key: zeroize::Zeroizing<[u8; 32]>,
+    /// What it may reach.
+    pub scope: ConnectionScope,
+}
+
+/// The members of a keyset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeysetMembers {
+    /// Secret ids: what a bundle of the keyset holds.
+    pub secrets: Vec<String>,
+    /// Resource ids an online connection opened for the keyset may fetch.
     pub resources: Vec<String>,
 }
 
@@ -267,6 +300,16 @@ CREATE TABLE IF NOT EXISTS tokens (
 // needs an ALTER TABLE guarded by a check of the table's columns, as
 // `digests.origin` has (see [`add_column`]).
 
+/// Ends every online connection whose launch digest is no longer registered
+/// (by any origin; whether a node's own digest counts is the broker's
+/// decision, checked at every use). Run in the transactions that remove
+/// digests, so that revoking a digest ends its connections for good even if
+/// the same digest is registered again later.
+const END_UNREGISTERED_CONNECTIONS: &str = "
+DELETE FROM connections WHERE digest IS NULL OR NOT EXISTS
+    (SELECT 1 FROM digests WHERE digests.digest = connections.digest AND digests.mode = connections.mode);
+";
+
 /// Adds `column` to `table` unless a database of this version made it already.
 fn add_column(c: &Connection, table: &str, column: &str, decl: &str) -> rusqlite::Result<()> {
     let mut st = c.prepare(&format!("PRAGMA table_info({table})"))?;
@@ -344,6 +387,20 @@ impl Store {
         // Digests registered before origins were kept came from whichever
         // credential held the one admin token: a node's, as far as anyone knows.
         add_column(&conn, "digests", "origin", "TEXT NOT NULL DEFAULT 'node'").map_err(db)?;
+        // Connections opened before they were scoped have no keyset and no
+        // digest: they can fetch nothing (fail closed) and are ended below.
+        add_column(&conn, "connections", "keyset", "TEXT").map_err(db)?;
+        add_column(&conn, "connections", "mode", "TEXT").map_err(db)?;
+        add_column(&conn, "connections", "digest", "BLOB").map_err(db)?;
+        add_column(
+            &conn,
+            "keysets",
+            "resource_ids",
+            "TEXT NOT NULL DEFAULT '[]'",
+        )
+        .map_err(db)?;
+        conn.execute_batch(END_UNREGISTERED_CONNECTIONS)
+            .map_err(db)?;
         Ok(Store {
             path,
             conn: Mutex::new(conn),
@@ -559,6 +616,7 @@ impl Store {
                     )?;
                 }
             }
+            tx.execute_batch(END_UNREGISTERED_CONNECTIONS)?;
             tx.commit()
         })
     }
@@ -635,32 +693,49 @@ impl Store {
         })
     }
 
-    /// Sets (or replaces) a keyset: the ids of the secrets it bundles.
+    /// Sets (or replaces) a keyset of secrets, with no resources attached.
     pub fn set_keyset(&self, id: &str, secret_ids: &[String]) -> Result<(), StoreError> {
-        let ids = serde_json::to_string(secret_ids).unwrap_or_else(|_| "[]".into());
+        self.set_keyset_members(
+            id,
+            &KeysetMembers {
+                secrets: secret_ids.to_vec(),
+                resources: Vec::new(),
+            },
+        )
+    }
+
+    /// Sets (or replaces) a keyset: the ids of the secrets it bundles and
+    /// of the resources attached to it.
+    pub fn set_keyset_members(&self, id: &str, members: &KeysetMembers) -> Result<(), StoreError> {
+        let secrets = serde_json::to_string(&members.secrets).unwrap_or_else(|_| "[]".into());
+        let resources = serde_json::to_string(&members.resources).unwrap_or_else(|_| "[]".into());
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO keysets (id, secret_ids) VALUES (?1, ?2)",
-                params![id, ids],
+                "INSERT OR REPLACE INTO keysets (id, secret_ids, resource_ids) VALUES (?1, ?2, ?3)",
+                params![id, secrets, resources],
             )
             .map(drop)
         })
     }
 
-    /// The secret ids of a keyset.
-    pub fn keyset(&self, id: &str) -> Result<Option<Vec<String>>, StoreError> {
-        let raw: Option<String> = self.with(|c| {
+    /// The members of a keyset.
+    pub fn keyset(&self, id: &str) -> Result<Option<KeysetMembers>, StoreError> {
+        let raw: Option<(String, String)> = self.with(|c| {
             c.query_row(
-                "SELECT secret_ids FROM keysets WHERE id = ?1",
+                "SELECT secret_ids, resource_ids FROM keysets WHERE id = ?1",
                 params![id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
         })?;
-        raw.map(|s| {
-            serde_json::from_str(&s).map_err(|_| StoreError::Corrupt {
-                path: self.path.clone(),
-                what: "keyset",
+        let corrupt = || StoreError::Corrupt {
+            path: self.path.clone(),
+            what: "keyset",
+        };
+        raw.map(|(secrets, resources)| {
+            Ok(KeysetMembers {
+                secrets: serde_json::from_str(&secrets).map_err(|_| corrupt())?,
+                resources: serde_json::from_str(&resources).map_err(|_| corrupt())?,
             })
         })
         .transpose()
@@ -728,42 +803,83 @@ impl Store {
         })
     }
 
-    /// Stores the key of an online connection opened by a verified launch.
+    /// Stores the key of an online connection opened by a verified launch,
+    /// with what it may reach: the keyset the launch named and the digest
+    /// it was verified against.
     pub fn insert_connection(
         &self,
         client_id: &str,
         key: &[u8; 32],
-        launch_id: &str,
+        scope: &ConnectionScope,
         ttl_secs: i64,
     ) -> Result<(), StoreError> {
         let t = now();
         self.with(|c| {
             c.execute(
-                "INSERT INTO connections (client_id, key, launch_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![client_id, &key[..], launch_id, t, t.saturating_add(ttl_secs)],
+                "INSERT INTO connections (client_id, key, launch_id, created_at, expires_at, keyset, mode, digest) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    client_id,
+                    &key[..],
+                    scope.launch_id,
+                    t,
+                    t.saturating_add(ttl_secs),
+                    scope.keyset,
+                    scope.mode,
+                    scope.digest
+                ],
             )
             .map(drop)
         })
     }
 
-    /// The key of a live online connection.
-    pub fn connection_key(&self, client_id: &str) -> Result<Option<[u8; 32]>, StoreError> {
+    /// A live (unexpired) online connection: its key and scope.
+    pub fn connection(&self, client_id: &str) -> Result<Option<OnlineConnection>, StoreError> {
         let t = now();
-        let key: Option<Vec<u8>> = self.with(|c| {
+        let row = self.with(|c| {
             c.query_row(
-                "SELECT key FROM connections WHERE client_id = ?1 AND expires_at >= ?2",
+                "SELECT key, launch_id, keyset, mode, digest FROM connections \
+                 WHERE client_id = ?1 AND expires_at >= ?2",
                 params![client_id, t],
-                |r| r.get(0),
+                |r| {
+                    Ok((
+                        zeroize::Zeroizing::new(r.get::<_, Vec<u8>>(0)?),
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<Vec<u8>>>(4)?,
+                    ))
+                },
             )
             .optional()
         })?;
-        key.map(|k| {
-            k.as_slice().try_into().map_err(|_| StoreError::Corrupt {
-                path: self.path.clone(),
-                what: "connection key",
-            })
+        let Some((key, launch_id, keyset, mode, digest)) = row else {
+            return Ok(None);
+        };
+        let key: [u8; 32] = key.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: "connection key",
+        })?;
+        Ok(Some(OnlineConnection {
+            key: zeroize::Zeroizing::new(key),
+            scope: ConnectionScope {
+                launch_id,
+                keyset: keyset.unwrap_or_default(),
+                mode: mode.unwrap_or_default(),
+                digest: digest.unwrap_or_default(),
+            },
+        }))
+    }
+
+    /// Ends an online connection; whether it existed.
+    pub fn end_connection(&self, client_id: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM connections WHERE client_id = ?1",
+                params![client_id],
+            )
+            .map(|n| n > 0)
         })
-        .transpose()
     }
 
     /// Stores the report key issued to `launch_id` with its secrets.

@@ -474,6 +474,7 @@ async fn secrets_keysets_and_resources_are_managed_and_values_never_listed() {
     c.set_keyset(SetKeysetRequest {
         id: "pod-keys".into(),
         secret_ids: vec!["disk-key".into(), "api-key".into()],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -548,6 +549,7 @@ async fn secrets_keysets_and_resources_are_managed_and_values_never_listed() {
         .set_keyset(SetKeysetRequest {
             id: "ks".into(),
             secret_ids: vec!["ok".into(), String::new()],
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -270,6 +270,7 @@ async fn a_node_credential_acts_only_for_its_own_node_and_reads_nothing_else() {
         node.set_keyset(SetKeysetRequest {
             id: "k".into(),
             secret_ids: vec!["s".into()],
+            ..Default::default()
         })
         .await
         .map(drop),

@@ -129,7 +129,9 @@ impl ShimLaunch {
     }
 
     /// Kata's online request: a connection secret under
-    /// 1ee27366-0c87-43a6-af48-28543eaf7cb0, format "JSON", empty id.
+    /// 1ee27366-0c87-43a6-af48-28543eaf7cb0, format "JSON", with the id of
+    /// the configured keyset (`guest_pre_attestation_keyset`, KEYSET-1 by
+    /// default), which the shim sends in both modes.
     pub fn online(kbs_uri: impl Into<String>, policy: u32, launch_digest: [u8; 32]) -> ShimLaunch {
         ShimLaunch {
             kbs_uri: kbs_uri.into(),
@@ -139,7 +141,7 @@ impl ShimLaunch {
                 guid: ONLINE_GUID.to_owned(),
                 format: "JSON".to_owned(),
                 secret_type: "connection".to_owned(),
-                id: String::new(),
+                id: DEFAULT_KEYSET.to_owned(),
             }],
             description: SHIM_DESCRIPTION.to_owned(),
         }
@@ -314,7 +316,7 @@ mod tests {
         let on = ShimLaunch::online("http://127.0.0.1:1", 1, [0; 32]);
         assert_eq!(on.requests[0].guid, ONLINE_GUID);
         assert_eq!(on.requests[0].secret_type, "connection");
-        assert_eq!(on.requests[0].id, "");
+        assert_eq!(on.requests[0].id, "KEYSET-1");
     }
 
     #[test]

@@ -260,7 +260,7 @@ async fn offline_pre_attestation_delivers_the_keyset_bundle() {
     let outcome = pre_attest(&platform, &online).await.unwrap();
     assert_eq!(
         parse_table(&outcome.secret_table).unwrap(),
-        vec![(ONLINE_GUID.to_owned(), b"connection:".to_vec())]
+        vec![(ONLINE_GUID.to_owned(), b"connection:KEYSET-1".to_vec())]
     );
     kbs.stop().await;
 }

@@ -640,6 +640,15 @@ async fn clean_removes_only_what_this_node_set() {
     );
     assert_eq!(digests_of(&rig, NODE).await, ours);
     assert_eq!(digests_of(&rig, OTHER_NODE).await, other);
+    // The operator's resource reaches online guests once attached to the
+    // keyset their shim names; this node's are attached by provision.
+    c.set_keyset(SetKeysetRequest {
+        id: "KEYSET-1".into(),
+        secret_ids: vec![],
+        resource_ids: vec![POLICY_RESOURCE.into(), OTHER_RESOURCE.into()],
+    })
+    .await
+    .unwrap();
     let digest = registered_digest(&rig).await;
     let got = online_resources(&rig, digest, &[POLICY_RESOURCE, OTHER_RESOURCE]).await;
     assert_none_policy(&got[0]);
@@ -747,6 +756,7 @@ async fn the_image_key_reaches_attested_guests_in_the_bundle_and_online() {
     c.set_keyset(SetKeysetRequest {
         id: "KEYSET-1".into(),
         secret_ids: vec![OPERATOR_SECRET.into()],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -885,10 +895,11 @@ async fn the_image_key_reaches_attested_guests_in_the_bundle_and_online() {
     );
     let bundle = offline_bundle(&rig, digest, "KEYSET-1").await.unwrap();
     assert_eq!(bundle.keys().collect::<Vec<_>>(), [OPERATOR_SECRET]);
+    // Out of the keyset, out of the online guest's reach.
     let refused = online_secrets(&rig, digest, &[("key", IMAGE_KEY)])
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -970,6 +981,7 @@ async fn a_keyset_this_node_created_is_removed_only_when_nothing_else_is_in_it()
     c.set_keyset(SetKeysetRequest {
         id: "KEYSET-2".into(),
         secret_ids: vec![IMAGE_KEY.into(), OPERATOR_SECRET.into()],
+        ..Default::default()
     })
     .await
     .unwrap();

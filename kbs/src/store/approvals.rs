@@ -170,6 +170,7 @@ impl Store {
                     params![node, class],
                 )?;
             }
+            tx.execute_batch(super::END_UNREGISTERED_CONNECTIONS)?;
             tx.commit()?;
             Ok((revoked, digests))
         })
@@ -315,16 +316,34 @@ mod tests {
         .unwrap();
         s.replace_digests("op", "x", &[(vec![3; 48], rec)], Origin::Operator, &[])
             .unwrap();
+        // An online connection opened by a launch of each digest.
+        for d in 1..=3u8 {
+            let scope = super::super::ConnectionScope {
+                launch_id: format!("launch-{d}"),
+                keyset: "KEYSET-1".into(),
+                mode: "snp".into(),
+                digest: vec![d; 48],
+            };
+            s.insert_connection(&format!("client-{d}"), &[d; 32], &scope, 3600)
+                .unwrap();
+        }
         assert_eq!(
             s.revoke("kata-config", "cc", Some("kata-qemu-snp"))
                 .unwrap(),
             (1, 1)
         );
+        // Revoking ends the connections of the digests it removed.
+        assert!(s.connection("client-1").unwrap().is_none());
+        assert!(s.connection("client-2").unwrap().is_some());
         assert!(!s.digest_registered("snp", &[1; 48], true).unwrap());
         assert!(s.digest_registered("snp", &[2; 48], false).unwrap());
         assert_eq!(s.revoke("kernel", "aa", None).unwrap(), (1, 1));
         assert!(!s.digest_registered("snp", &[2; 48], true).unwrap());
+        assert!(s.connection("client-2").unwrap().is_none());
         assert!(s.digest_registered("snp", &[3; 48], false).unwrap());
+        let kept = s.connection("client-3").unwrap().unwrap();
+        assert_eq!(*kept.key, [3; 32]);
+        assert_eq!(kept.scope.keyset, "KEYSET-1");
         assert_eq!(s.revoke("kernel", "aa", None).unwrap(), (0, 0));
         assert_eq!(s.approvals().unwrap().len(), 1);
     }

@@ -16,7 +16,7 @@ mod report;
 use aes_gcm::aead::{Aead, KeyInit};
 use base64::Engine as _;
 use harness::Kbs;
-use kbs::store::{DigestRecord, Store};
+use kbs::store::{DigestRecord, KeysetMembers, Store};
 use kbs_proto::keybroker::key_broker_service_client::KeyBrokerServiceClient;
 use kbs_proto::keybroker::{BundleRequest, OnlineSecretRequest, RequestDetails, SecretRequest};
 use sev_sim::{FakeAmdRoots, SimLaunch, SimPlatform};
@@ -80,7 +80,7 @@ impl Rig {
             guid: CONNECTION_GUID.into(),
             format: "JSON".into(),
             secret_type: "connection".into(),
-            id: String::new(),
+            id: "KEYSET-1".into(),
         };
         let r = self
             .client()
@@ -131,7 +131,13 @@ impl Rig {
             store.set_secret("key-a", b"image key A").unwrap();
             store.set_secret("key-b", &[0u8, 1, 2, 255]).unwrap();
             store
-                .set_keyset("KEYSET-1", &["key-a".into(), "key-b".into()])
+                .set_keyset_members(
+                    "KEYSET-1",
+                    &KeysetMembers {
+                        secrets: vec!["key-a".into(), "key-b".into()],
+                        resources: vec!["default/security-policy/test".into()],
+                    },
+                )
                 .unwrap();
             store
                 .set_resource(
@@ -363,6 +369,154 @@ async fn the_online_connection_serves_resources() {
     assert_eq!(err.code(), Code::NotFound);
 }
 
+impl Rig {
+    /// An online launch's connection: its client id and key.
+    async fn online_connection(&self) -> (String, Vec<u8>) {
+        let table = self.online_launch().await;
+        let entries = sev_sim::efi_secret::parse_table(&table).unwrap();
+        let c: serde_json::Value = serde_json::from_slice(&entries[0].1).unwrap();
+        (
+            c["client_id"].as_str().unwrap().to_string(),
+            unb64(c["key"].as_str().unwrap()),
+        )
+    }
+
+    /// One secret over an online connection, decrypted.
+    async fn online_get(
+        &self,
+        (client_id, key): &(String, Vec<u8>),
+        kind: &str,
+        id: &str,
+    ) -> Result<Vec<u8>, tonic::Status> {
+        let guid = "0b1c2d3e-4f50-4617-8899-aabbccddeeff";
+        let resp = self
+            .client()
+            .await
+            .get_online_secret(OnlineSecretRequest {
+                client_id: client_id.clone(),
+                secret_requests: vec![RequestDetails {
+                    guid: guid.into(),
+                    format: "binary".into(),
+                    secret_type: kind.into(),
+                    id: id.into(),
+                }],
+            })
+            .await?
+            .into_inner();
+        let cipher = aes_gcm::Aes256Gcm::new_from_slice(key).unwrap();
+        let iv = unb64(&resp.iv);
+        let plain = cipher
+            .decrypt(iv.as_slice().into(), unb64(&resp.payload).as_slice())
+            .unwrap();
+        // One entry: u64 count, u64 length and the GUID, u64 length, value.
+        Ok(plain[8 + 8 + guid.len() + 8..].to_vec())
+    }
+}
+
+#[tokio::test]
+async fn an_online_connection_reaches_only_its_keyset_while_its_digest_is_registered() {
+    let rig = Rig::start(&[]);
+    {
+        let store = rig.store();
+        store.set_secret("other-key", b"not for KEYSET-1").unwrap();
+        store.set_keyset("KEYSET-2", &["other-key".into()]).unwrap();
+        store
+            .set_resource("other/resource/1", b"not attached")
+            .unwrap();
+    }
+    let conn = rig.online_connection().await;
+    // What the launch's keyset names: its secrets, its bundle, its resources.
+    assert_eq!(
+        rig.online_get(&conn, "key", "key-a").await.unwrap(),
+        b"image key A"
+    );
+    let bundle = rig.online_get(&conn, "bundle", "KEYSET-1").await.unwrap();
+    let bundle: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    assert_eq!(bundle["key-a"], b64(b"image key A"));
+    rig.online_get(&conn, "resource", "default/security-policy/test")
+        .await
+        .unwrap();
+    // Anything else is refused, existing or not, without saying which.
+    for (kind, id) in [
+        ("key", "other-key"),
+        ("bundle", "KEYSET-2"),
+        ("resource", "other/resource/1"),
+        ("resource", "no/such/resource"),
+    ] {
+        let e = rig.online_get(&conn, kind, id).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{kind} {id}: {e:?}");
+        assert!(
+            e.message().contains("not in this connection's keyset"),
+            "{e:?}"
+        );
+        assert_eq!(
+            last_refusal(&rig.store()),
+            "request outside the connection's keyset"
+        );
+    }
+    // An operator attaching a resource to the keyset widens the scope of
+    // live connections.
+    rig.store()
+        .set_keyset_members(
+            "KEYSET-1",
+            &KeysetMembers {
+                secrets: vec!["key-a".into(), "key-b".into()],
+                resources: vec![
+                    "default/security-policy/test".into(),
+                    "other/resource/1".into(),
+                ],
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        rig.online_get(&conn, "resource", "other/resource/1")
+            .await
+            .unwrap(),
+        b"not attached"
+    );
+
+    // The launch's digest is revoked: its connections end at once, for good.
+    let rec = rig.store().list_digests().unwrap().remove(0).2;
+    rig.store()
+        .replace_digests(
+            "node-1",
+            "kata-qemu-sev",
+            &[],
+            kbs::store::Origin::Operator,
+            &[],
+        )
+        .unwrap();
+    assert!(rig.store().connection(&conn.0).unwrap().is_none());
+    let e = rig.online_get(&conn, "key", "key-a").await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    rig.store()
+        .replace_digests(
+            "node-1",
+            "kata-qemu-sev",
+            &[(rig.digest.to_vec(), rec)],
+            kbs::store::Origin::Operator,
+            &[],
+        )
+        .unwrap();
+    let e = rig.online_get(&conn, "key", "key-a").await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    // A new launch of the registered digest gets a new connection.
+    let fresh = rig.online_connection().await;
+    rig.online_get(&fresh, "key", "key-a").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_online_connection_lives_as_long_as_connection_ttl() {
+    let rig = Rig::start(&["--connection-ttl", "1"]);
+    let conn = rig.online_connection().await;
+    rig.online_get(&conn, "key", "key-a").await.unwrap();
+    // Expiry is kept in whole seconds: past 2 s it has certainly gone.
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let e = rig.online_get(&conn, "key", "key-a").await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(last_refusal(&rig.store()), "client id unknown or expired");
+}
+
 #[tokio::test]
 async fn responses_over_their_limit_are_refused_before_values_are_read() {
     let rig = Rig::start(&["--max-online-response-bytes", "65536"]);
@@ -373,6 +527,15 @@ async fn responses_over_their_limit_are_refused_before_values_are_read() {
         store.set_secret("large-key", &[1u8; 5000]).unwrap();
         store
             .set_keyset("KEYSET-BIG", &["large-key".into()])
+            .unwrap();
+        store
+            .set_keyset_members(
+                "KEYSET-1",
+                &KeysetMembers {
+                    secrets: vec!["key-a".into()],
+                    resources: vec!["big".into(), "small".into()],
+                },
+            )
             .unwrap();
     }
     // Online: over --max-online-response-bytes, by one resource or by many.
