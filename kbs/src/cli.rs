@@ -7,7 +7,7 @@ use crate::broker::{Broker, BrokerPolicy};
 use crate::grpc::KeyBroker;
 use crate::metrics::Metrics;
 use crate::registration::RegistrationMode;
-use crate::store::Store;
+use crate::store::{AtRestKey, Store, AT_REST_KEY_FILE};
 use crate::trust::TrustAnchors;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -93,6 +93,16 @@ pub struct Args {
     /// same directory is refused (lock file kbs.lock).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/kbs")]
     pub data_dir: PathBuf,
+    /// The key the database's secrets, resources and session, connection and
+    /// report keys are sealed under (AES-256-GCM): 32 bytes, 64 hexadecimal
+    /// digits or base64, in a file only the kbs's user can read. Give it from
+    /// outside the data directory, so that a copy of the data directory
+    /// reveals nothing: systemd's `LoadCredentialEncrypted=kbs-at-rest-key:...`
+    /// puts it in $CREDENTIALS_DIRECTORY, where it is found without this
+    /// option. Without either, a key is kept in DIR/at-rest.key (created on
+    /// first start), with a warning at every start.
+    #[arg(long, value_name = "FILE")]
+    pub at_rest_key_file: Option<PathBuf>,
     /// INSECURE, for test rigs and the simulator: also trust this root key (an ARK
     /// in AMD's CA certificate format, as `sevctl export` writes it). Anyone with
     /// its private key can impersonate a PSP and receive secrets. Repeatable.
@@ -249,11 +259,56 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<crate::data_dir::DataDirLock> 
     Ok(p.lock)
 }
 
+/// The credential name systemd's `LoadCredentialEncrypted=` gives the at-rest
+/// key in the shipped unit.
+pub const AT_REST_CREDENTIAL: &str = "kbs-at-rest-key";
+
+/// The at-rest key: --at-rest-key-file, else the systemd credential, else
+/// the key kept in the data directory (created on first start; its path is
+/// returned when this call created it).
+fn at_rest_key(args: &Args) -> anyhow::Result<(AtRestKey, Option<PathBuf>)> {
+    let mut made = None;
+    let (key, source) = if let Some(path) = &args.at_rest_key_file {
+        (AtRestKey::load(path)?, path.clone())
+    } else if let Some(path) = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|d| Path::new(&d).join(AT_REST_CREDENTIAL))
+        .filter(|p| p.exists())
+    {
+        (AtRestKey::load(&path)?, path)
+    } else {
+        let path = args.data_dir.join(AT_REST_KEY_FILE);
+        let (key, created) = AtRestKey::load_or_create(&path)?;
+        if created {
+            info!(file = %path.display(), "created an at-rest key");
+            made = Some(path.clone());
+        }
+        warn!(
+            file = %path.display(),
+            "the at-rest key is kept beside the database: a copy of the data directory reveals every secret; \
+             give the key from elsewhere (--at-rest-key-file, or systemd LoadCredentialEncrypted={AT_REST_CREDENTIAL}:...)"
+        );
+        (key, path)
+    };
+    info!(file = %source.display(), fingerprint = %key.fingerprint(), "at-rest key loaded");
+    Ok((key, made))
+}
+
 /// Builds the broker from the arguments: everything that can fail on bad
 /// configuration fails here, before any port is bound.
 pub fn broker(args: &Args) -> anyhow::Result<(Broker, crate::data_dir::DataDirLock)> {
     let lock = prepare_data_dir(&args.data_dir)?;
-    let store = Store::open(&args.data_dir)?;
+    let (key, created) = at_rest_key(args)?;
+    let store = match Store::open_with_key(&args.data_dir, key) {
+        Ok(s) => s,
+        Err(e) => {
+            // A key made by this start for a database sealed under another
+            // one would only mislead the next start.
+            if let Some(path) = created {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e.into());
+        }
+    };
     let mut trust = TrustAnchors::amd();
     for path in &args.insecure_trust_anchor {
         trust.add_insecure_anchor(path)?;

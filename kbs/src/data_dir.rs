@@ -13,8 +13,14 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// The database files the store creates in the directory.
-pub const DB_FILES: [&str; 3] = ["kbs.sqlite3", "kbs.sqlite3-wal", "kbs.sqlite3-shm"];
+/// The database files the store creates in the directory, and the at-rest
+/// key kept beside them when the kbs is given none.
+pub const DB_FILES: [&str; 4] = [
+    "kbs.sqlite3",
+    "kbs.sqlite3-wal",
+    "kbs.sqlite3-shm",
+    crate::store::AT_REST_KEY_FILE,
+];
 
 /// The lock file's name.
 const LOCK_FILE: &str = "kbs.lock";

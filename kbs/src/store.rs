@@ -11,7 +11,13 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 mod approvals;
+mod sealing;
 pub use approvals::{ApprovalRow, TokenRow};
+pub use sealing::{AtRestKey, KeyError};
+
+/// The at-rest key [`Store::open`] keeps beside the database when the kbs is
+/// given none of its own.
+pub const AT_REST_KEY_FILE: &str = "at-rest.key";
 
 /// A storage failure. Never shown to RPC callers.
 #[derive(Debug, thiserror::Error)]
@@ -32,13 +38,30 @@ pub enum StoreError {
         /// The failure.
         source: std::io::Error,
     },
-    /// A value stored by an earlier version cannot be read back.
+    /// A value stored by an earlier version cannot be read back, or a
+    /// sealed value does not open (altered, or moved to another row).
     #[error("database {path}: corrupt value in {what}")]
     Corrupt {
         /// The database file.
         path: PathBuf,
         /// What could not be read.
         what: &'static str,
+    },
+    /// The at-rest key cannot be read.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The database's values were sealed under another key.
+    #[error(
+        "database {path}: its values are sealed under the at-rest key {expected}, not under the \
+         key given ({given}); start the kbs with the key it was sealed under"
+    )]
+    WrongKey {
+        /// The database file.
+        path: PathBuf,
+        /// Fingerprint of the key the database was sealed under.
+        expected: String,
+        /// Fingerprint of the key given.
+        given: String,
     },
 }
 
@@ -200,6 +223,7 @@ pub struct KeysetMembers {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    key: AtRestKey,
 }
 
 const SCHEMA: &str = "
@@ -284,6 +308,7 @@ CREATE TABLE IF NOT EXISTS registration_inputs (
     PRIMARY KEY (node, runtime_class, kind, id)
 );
 CREATE INDEX IF NOT EXISTS registration_inputs_by_input ON registration_inputs (kind, id);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     hash BLOB NOT NULL UNIQUE,
@@ -354,9 +379,34 @@ impl Origin {
     }
 }
 
+/// The values kept sealed, as (table, id column, value column, row label):
+/// a value is sealed for `label:id`.
+const SEALED_COLUMNS: [(&str, &str, &str, &str); 6] = [
+    ("secrets", "id", "payload", "secret"),
+    ("resources", "id", "data", "resource"),
+    ("sessions", "launch_id", "tek", "session-tek"),
+    ("sessions", "launch_id", "tik", "session-tik"),
+    ("connections", "client_id", "key", "connection"),
+    ("launch_reports", "launch_id", "report_key", "report-key"),
+];
+
+/// What the check value of `meta` holds, sealed: a database whose check
+/// does not open was sealed under another key.
+const KEY_CHECK: &[u8] = b"kbs at-rest key check";
+
 impl Store {
-    /// Opens (creating if needed) the database in `dir`.
+    /// Opens (creating if needed) the database in `dir`, with the at-rest
+    /// key kept beside it in [`AT_REST_KEY_FILE`] (created if missing).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let (key, _) = AtRestKey::load_or_create(&dir.join(AT_REST_KEY_FILE))?;
+        Store::open_with_key(dir, key)
+    }
+
+    /// Opens (creating if needed) the database in `dir`, its values sealed
+    /// under `key`. A database of an earlier version, whose values are
+    /// plain, is sealed now, in one transaction, and compacted so that no
+    /// plain copy stays in the file.
+    pub fn open_with_key(dir: &Path, key: AtRestKey) -> Result<Store, StoreError> {
         let path = dir.join("kbs.sqlite3");
         let db = |source| StoreError::Db {
             path: path.clone(),
@@ -383,6 +433,10 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         conn.pragma_update(None, "busy_timeout", 5000).map_err(db)?;
+        // Deleted rows (consumed sessions, replaced secrets) are overwritten
+        // with zeros, not just unlinked from the b-tree.
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         // Digests registered before origins were kept came from whichever
         // credential held the one admin token: a node's, as far as anyone knows.
@@ -401,10 +455,118 @@ impl Store {
         .map_err(db)?;
         conn.execute_batch(END_UNREGISTERED_CONNECTIONS)
             .map_err(db)?;
-        Ok(Store {
+        let store = Store {
             path,
             conn: Mutex::new(conn),
-        })
+            key,
+        };
+        store.check_or_seal()?;
+        Ok(store)
+    }
+
+    /// Checks that the database was sealed under this store's key, or, for
+    /// a database whose values are plain (new, or from an earlier version),
+    /// seals them and records the key's check value.
+    fn check_or_seal(&self) -> Result<(), StoreError> {
+        let meta = |name: &'static str| {
+            self.with(move |c| {
+                c.query_row(
+                    "SELECT value FROM meta WHERE name = ?1",
+                    params![name],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )
+                .optional()
+            })
+        };
+        if let Some(check) = meta("at_rest_check")? {
+            let opened = self.key.open("meta:at_rest_check", &check);
+            if opened.as_deref().map(Vec::as_slice) == Some(KEY_CHECK) {
+                return Ok(());
+            }
+            let expected = meta("at_rest_key")?
+                .and_then(|v| String::from_utf8(v).ok())
+                .unwrap_or_else(|| "(unknown)".into());
+            return Err(StoreError::WrongKey {
+                path: self.path.clone(),
+                expected,
+                given: self.key.fingerprint(),
+            });
+        }
+        let key = &self.key;
+        let sealed = self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut sealed = 0usize;
+            for (table, id_col, col, label) in SEALED_COLUMNS {
+                let ids: Vec<String> = {
+                    let mut st = tx.prepare(&format!("SELECT {id_col} FROM {table}"))?;
+                    let rows = st.query_map([], |r| r.get(0))?;
+                    rows.collect::<Result<_, _>>()?
+                };
+                for id in ids {
+                    let plain = zeroize::Zeroizing::new(tx.query_row(
+                        &format!("SELECT {col} FROM {table} WHERE {id_col} = ?1"),
+                        params![id],
+                        |r| r.get::<_, Vec<u8>>(0),
+                    )?);
+                    let value = key.seal(&format!("{label}:{id}"), &plain);
+                    tx.execute(
+                        &format!("UPDATE {table} SET {col} = ?1 WHERE {id_col} = ?2"),
+                        params![value, id],
+                    )?;
+                    sealed += 1;
+                }
+            }
+            tx.execute(
+                "INSERT INTO meta (name, value) VALUES ('at_rest_check', ?1), ('at_rest_key', ?2)",
+                params![
+                    key.seal("meta:at_rest_check", KEY_CHECK),
+                    key.fingerprint().into_bytes()
+                ],
+            )?;
+            tx.commit()?;
+            Ok(sealed)
+        })?;
+        if sealed > 0 {
+            // The plain values are gone from the tables, but their pages may
+            // still be in the file and the WAL: rewrite both.
+            self.with(|c| {
+                c.execute_batch("VACUUM")?;
+                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            })?;
+            tracing::info!(values = sealed, key = %self.key.fingerprint(), "database values sealed under the at-rest key");
+        }
+        Ok(())
+    }
+
+    /// The fingerprint of the at-rest key, for logs.
+    pub fn key_fingerprint(&self) -> String {
+        self.key.fingerprint()
+    }
+
+    fn seal(&self, label: &str, id: &str, value: &[u8]) -> Vec<u8> {
+        self.key.seal(&format!("{label}:{id}"), value)
+    }
+
+    fn unseal(
+        &self,
+        label: &str,
+        id: &str,
+        sealed: &[u8],
+        what: &'static str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
+        self.key
+            .open(&format!("{label}:{id}"), sealed)
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                what,
+            })
+    }
+
+    /// Writes what the WAL holds into the database and empties it, so that
+    /// the pages of a deleted or replaced value do not linger there; best
+    /// effort (a reader in the middle of a transaction defers it).
+    fn flush_wal(&self) {
+        let _ = self.with(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())));
     }
 
     /// The database file.
@@ -434,6 +596,8 @@ impl Store {
         record: &NewRecord<'_>,
     ) -> Result<(), StoreError> {
         let t = now();
+        let tek = self.seal("session-tek", launch_id, &s.tek);
+        let tik = self.seal("session-tik", launch_id, &s.tik);
         self.with(|c| {
             let tx = c.transaction()?;
             tx.execute(
@@ -441,8 +605,8 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     launch_id,
-                    &s.tek[..],
-                    &s.tik[..],
+                    tek,
+                    tik,
                     s.policy,
                     s.chip,
                     t,
@@ -540,6 +704,8 @@ impl Store {
             path: self.path.clone(),
             what: "session keys",
         };
+        let tek = self.unseal("session-tek", launch_id, &tek, "session keys")?;
+        let tik = self.unseal("session-tik", launch_id, &tik, "session keys")?;
         Ok(TakeOutcome::Taken(LaunchSession {
             tek: tek.as_slice().try_into().map_err(|_| corrupt())?,
             tik: tik.as_slice().try_into().map_err(|_| corrupt())?,
@@ -648,25 +814,38 @@ impl Store {
 
     /// Sets (or replaces) a secret.
     pub fn set_secret(&self, id: &str, payload: &[u8]) -> Result<(), StoreError> {
+        let sealed = self.seal("secret", id, payload);
         self.with(|c| {
             c.execute(
                 "INSERT OR REPLACE INTO secrets (id, payload) VALUES (?1, ?2)",
-                params![id, payload],
+                params![id, sealed],
             )
             .map(drop)
-        })
+        })?;
+        self.flush_wal();
+        Ok(())
     }
 
     /// A secret's payload.
     pub fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT payload FROM secrets WHERE id = ?1",
-                params![id],
-                |r| r.get(0),
-            )
-            .optional()
-        })
+        self.sealed_value("SELECT payload FROM secrets WHERE id = ?1", "secret", id)
+    }
+
+    /// The value of `sql` (one row, one column, selected by `id`), unsealed.
+    fn sealed_value(
+        &self,
+        sql: &str,
+        label: &'static str,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let sealed: Option<Vec<u8>> =
+            self.with(|c| c.query_row(sql, params![id], |r| r.get(0)).optional())?;
+        sealed
+            .map(|v| {
+                self.unseal(label, id, &v, label)
+                    .map(|mut plain| std::mem::take(&mut *plain))
+            })
+            .transpose()
     }
 
     /// A secret's size in bytes, without reading it.
@@ -682,7 +861,12 @@ impl Store {
     fn size_of(&self, sql: &str, id: &str) -> Result<Option<usize>, StoreError> {
         let n: Option<i64> =
             self.with(|c| c.query_row(sql, params![id], |r| r.get(0)).optional())?;
-        Ok(n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+        // Sizes of sealed values, less what sealing adds.
+        Ok(n.map(|n| {
+            usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(sealing::OVERHEAD)
+        }))
     }
 
     /// Deletes a secret; whether it existed.
@@ -691,6 +875,7 @@ impl Store {
             c.execute("DELETE FROM secrets WHERE id = ?1", params![id])
                 .map(|n| n > 0)
         })
+        .inspect(|_| self.flush_wal())
     }
 
     /// Sets (or replaces) a keyset of secrets, with no resources attached.
@@ -751,25 +936,21 @@ impl Store {
 
     /// Sets (or replaces) a resource.
     pub fn set_resource(&self, id: &str, data: &[u8]) -> Result<(), StoreError> {
+        let sealed = self.seal("resource", id, data);
         self.with(|c| {
             c.execute(
                 "INSERT OR REPLACE INTO resources (id, data) VALUES (?1, ?2)",
-                params![id, data],
+                params![id, sealed],
             )
             .map(drop)
-        })
+        })?;
+        self.flush_wal();
+        Ok(())
     }
 
     /// A resource's bytes.
     pub fn resource(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT data FROM resources WHERE id = ?1",
-                params![id],
-                |r| r.get(0),
-            )
-            .optional()
-        })
+        self.sealed_value("SELECT data FROM resources WHERE id = ?1", "resource", id)
     }
 
     /// Deletes a resource; whether it existed.
@@ -778,6 +959,7 @@ impl Store {
             c.execute("DELETE FROM resources WHERE id = ?1", params![id])
                 .map(|n| n > 0)
         })
+        .inspect(|_| self.flush_wal())
     }
 
     /// Ids of every secret, keyset (with its members) and resource.
@@ -820,7 +1002,7 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     client_id,
-                    &key[..],
+                    self.seal("connection", client_id, &key[..]),
                     scope.launch_id,
                     t,
                     t.saturating_add(ttl_secs),
@@ -856,6 +1038,7 @@ impl Store {
         let Some((key, launch_id, keyset, mode, digest)) = row else {
             return Ok(None);
         };
+        let key = self.unseal("connection", client_id, &key, "connection key")?;
         let key: [u8; 32] = key.as_slice().try_into().map_err(|_| StoreError::Corrupt {
             path: self.path.clone(),
             what: "connection key",
@@ -888,7 +1071,7 @@ impl Store {
         self.with(|c| {
             c.execute(
                 "INSERT INTO launch_reports (launch_id, report_key, issued_at) VALUES (?1, ?2, ?3)",
-                params![launch_id, &key[..], t],
+                params![launch_id, self.seal("report-key", launch_id, &key[..]), t],
             )
             .map(drop)
         })
@@ -909,6 +1092,7 @@ impl Store {
             .map(|k| k.map(zeroize::Zeroizing::new))
         })?;
         key.map(|k| {
+            let k = self.unseal("report-key", launch_id, &k, "report key")?;
             <[u8; 32]>::try_from(k.as_slice())
                 .map(zeroize::Zeroizing::new)
                 .map_err(|_| StoreError::Corrupt {
@@ -1101,6 +1285,116 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether any database file in `dir` holds `needle`.
+    fn files_hold(dir: &Path, needle: &[u8]) -> bool {
+        ["kbs.sqlite3", "kbs.sqlite3-wal"].iter().any(|f| {
+            std::fs::read(dir.join(f))
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+    }
+
+    #[test]
+    fn values_are_sealed_at_rest_and_open_only_under_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = b"SECRET-VALUE-0123456789";
+        let resource = b"RESOURCE-BYTES-9876543210";
+        let fingerprint = {
+            let s = Store::open_with_key(dir.path(), AtRestKey::parse(&[1; 32]).unwrap()).unwrap();
+            s.set_secret("s", secret).unwrap();
+            s.set_resource("r", resource).unwrap();
+            s.insert_session("launch-1", &session(), 600, &NewRecord::default())
+                .unwrap();
+            assert_eq!(s.secret("s").unwrap().unwrap(), secret);
+            assert_eq!(s.secret_size("s").unwrap(), Some(secret.len()));
+            assert_eq!(s.resource_size("r").unwrap(), Some(resource.len()));
+            s.key_fingerprint()
+        };
+        assert!(!files_hold(dir.path(), secret));
+        assert!(!files_hold(dir.path(), resource));
+        assert!(!files_hold(dir.path(), &session().tek));
+        // Another key: refused at open, naming both keys by fingerprint.
+        let other = AtRestKey::parse(&[2; 32]).unwrap();
+        let given = other.fingerprint();
+        let Err(e) = Store::open_with_key(dir.path(), other) else {
+            panic!("opened under the wrong key");
+        };
+        let e = e.to_string();
+        assert!(e.contains(&fingerprint) && e.contains(&given), "{e}");
+        // The right key reads everything back.
+        let s = Store::open_with_key(dir.path(), AtRestKey::parse(&[1; 32]).unwrap()).unwrap();
+        assert_eq!(s.resource("r").unwrap().unwrap(), resource);
+        assert_eq!(
+            s.take_session("launch-1").unwrap(),
+            TakeOutcome::Taken(session())
+        );
+        // A value moved to another row does not open there.
+        s.set_secret("t", b"other").unwrap();
+        s.with(|c| {
+            c.execute(
+                "UPDATE secrets SET payload = (SELECT payload FROM secrets WHERE id = 's') WHERE id = 't'",
+                [],
+            )
+        })
+        .unwrap();
+        assert!(matches!(s.secret("t"), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn plain_values_of_an_earlier_database_are_sealed_and_leave_no_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = b"PLAIN-SECRET-FROM-BEFORE-SEALING";
+        {
+            Store::open(dir.path()).unwrap();
+        }
+        // As an earlier version left it: plain values, no key check.
+        {
+            let c = Connection::open(dir.path().join("kbs.sqlite3")).unwrap();
+            c.execute_batch("DELETE FROM meta").unwrap();
+            c.execute(
+                "INSERT INTO secrets (id, payload) VALUES ('old', ?1)",
+                params![&secret[..]],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO resources (id, data) VALUES ('res', ?1)",
+                params![&b"plain resource"[..]],
+            )
+            .unwrap();
+            c.execute_batch("DELETE FROM secrets WHERE id = 'nothing'")
+                .unwrap();
+        }
+        assert!(files_hold(dir.path(), secret));
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.secret("old").unwrap().unwrap(), secret);
+        assert_eq!(s.resource("res").unwrap().unwrap(), b"plain resource");
+        drop(s);
+        assert!(!files_hold(dir.path(), secret), "a plain copy is left");
+        // Replaced and deleted values do not linger, even sealed.
+        let s = Store::open(dir.path()).unwrap();
+        let sealed = |s: &Store| {
+            s.with(|c| {
+                c.query_row("SELECT payload FROM secrets WHERE id = 'old'", [], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })
+            })
+            .unwrap()
+        };
+        let before = sealed(&s);
+        s.set_secret("old", b"rotated").unwrap();
+        let rotated = sealed(&s);
+        assert!(
+            !files_hold(dir.path(), &before),
+            "the replaced value lingers"
+        );
+        s.delete_secret("old").unwrap();
+        assert!(s.secret("old").unwrap().is_none());
+        assert!(
+            !files_hold(dir.path(), &rotated),
+            "the deleted value lingers"
+        );
+    }
 
     fn session() -> LaunchSession {
         LaunchSession {

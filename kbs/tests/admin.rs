@@ -804,7 +804,16 @@ async fn admin_commands_round_trip_as_json() {
         serde_json::json!({"kind": "secret", "id": "disk", "action": "set"})
     );
     json(kbs.admin(&["secret", "set", "inline", "--value", "v", "--json"]));
-    json(kbs.admin(&["--json", "keyset", "set", "ks", "disk", "inline"]));
+    json(kbs.admin(&[
+        "--json",
+        "keyset",
+        "set",
+        "ks",
+        "disk",
+        "inline",
+        "--resource",
+        "r1",
+    ]));
     let res = dir.path().join("res");
     std::fs::write(&res, b"resource").unwrap();
     json(kbs.admin(&[
@@ -839,7 +848,7 @@ async fn admin_commands_round_trip_as_json() {
         inv,
         serde_json::json!({
             "secrets": ["disk", "inline"],
-            "keysets": [{"id": "ks", "secret_ids": ["disk", "inline"]}],
+            "keysets": [{"id": "ks", "secret_ids": ["disk", "inline"], "resource_ids": ["r1"]}],
             "resources": ["r1"],
         })
     );
@@ -1047,6 +1056,104 @@ fn a_data_directory_is_private_to_one_kbs() {
         0o600
     );
     drop(kbs);
+}
+
+/// Whether any file of `dir` holds `needle`.
+fn any_file_holds(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        std::fs::read(e.unwrap().path())
+            .map(|b| b.windows(needle.len()).any(|w| w == needle))
+            .unwrap_or(false)
+    })
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_under_a_key_from_outside_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    let key_file = creds.join("kbs-at-rest-key");
+    std::fs::write(&key_file, format!("{}\n", "ab".repeat(32))).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let key_args = vec![
+        "--at-rest-key-file".to_string(),
+        key_file.to_string_lossy().into_owned(),
+    ];
+    let secret = b"sealed-secret-value-4711";
+    let kbs = Kbs::start(dir.path(), &key_args);
+    {
+        let mut c = kbs.unix().await;
+        c.set_secret(SetSecretRequest {
+            id: "disk-key".into(),
+            payload: secret.to_vec(),
+        })
+        .await
+        .unwrap();
+        c.set_resource(SetResourceRequest {
+            id: "res".into(),
+            data: b"sealed-resource-value-0815".to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    // Nothing in the data directory reveals them, and no key is kept there.
+    assert!(!any_file_holds(&data, secret));
+    assert!(!any_file_holds(&data, b"sealed-resource-value-0815"));
+    assert!(!data.join("at-rest.key").exists());
+    drop(kbs);
+
+    // Without the key, or with another, the kbs does not start, and says why.
+    let stderr = refused_start(dir.path(), "", &[]);
+    assert!(stderr.contains("sealed under the at-rest key"), "{stderr}");
+    let wrong = creds.join("wrong");
+    std::fs::write(&wrong, [9u8; 32]).unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let stderr = refused_start(
+        dir.path(),
+        "",
+        &[
+            "--at-rest-key-file".into(),
+            wrong.to_string_lossy().into_owned(),
+        ],
+    );
+    assert!(stderr.contains("sealed under the at-rest key"), "{stderr}");
+    // A key file others can read is refused, naming it.
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = refused_start(
+        dir.path(),
+        "",
+        &[
+            "--at-rest-key-file".into(),
+            wrong.to_string_lossy().into_owned(),
+        ],
+    );
+    assert!(
+        stderr.contains("wrong") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+
+    // A refused start leaves no key of its own behind.
+    assert!(!data.join("at-rest.key").exists());
+
+    // As systemd's credentials give it: found in $CREDENTIALS_DIRECTORY.
+    let mut cmd = command(&data, &dir.path().join("admin.sock"), &[]);
+    cmd.env("CREDENTIALS_DIRECTORY", &creds);
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.starts_with("kbs: metrics on ") {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("kbs: metrics on "), "{seen}");
+    assert!(!seen.contains("kept beside the database"), "{seen}");
 }
 
 #[tokio::test]
