@@ -211,7 +211,10 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub handshake_timeout: u64,
     /// Seconds a keybroker connection may stay without sending anything
-    /// before it is closed (clients reconnect when they next call).
+    /// before it is closed (clients reconnect when they next call). Longer
+    /// than --request-timeout. This also closes dead peers, which is why the
+    /// broker sends no HTTP/2 keepalive pings: replies to them would keep
+    /// idle connections open.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_timeout: u64,
     /// Seconds one keybroker call may take before it fails with
@@ -504,6 +507,20 @@ const WRITE_PROBE_EVERY: Duration = Duration::from_secs(5);
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:44445";
 
 fn prepare(args: &Args) -> anyhow::Result<Prepared> {
+    // A caller waiting for its answer sends nothing, and the idle deadline
+    // counts only what peers send: a call allowed to outlast it would be cut
+    // by it instead of ending with DEADLINE_EXCEEDED. For the same reason
+    // the broker sends no HTTP/2 keepalive pings: a peer's replies to them
+    // would keep an idle connection open for ever, and a dead peer is closed
+    // by the idle deadline anyway.
+    if args.request_timeout >= args.idle_timeout {
+        bail!(
+            "--request-timeout ({} s) must be shorter than --idle-timeout ({} s): a call waiting \
+             for its answer sends nothing, so the idle deadline would cut it first",
+            args.request_timeout,
+            args.idle_timeout
+        );
+    }
     let token = args
         .admin_token_file
         .as_deref()

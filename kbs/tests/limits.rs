@@ -103,6 +103,8 @@ async fn idle_connections_are_capped_and_closed_while_others_are_served() {
             "2",
             "--idle-timeout",
             "2",
+            "--request-timeout",
+            "1",
         ],
     );
     let addr: SocketAddr = kbs.addr.parse().unwrap();
@@ -280,4 +282,25 @@ async fn a_flood_of_unfinished_streams_keeps_memory_bounded() {
         "{before} KiB before, {during} KiB during the flood"
     );
     drop(held);
+}
+
+#[test]
+fn a_request_timeout_as_long_as_the_idle_timeout_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kbs"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--admin-socket")
+        .arg(dir.path().join("admin.sock"))
+        .args(["--idle-timeout", "20", "--request-timeout", "20"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--request-timeout (20 s) must be shorter than --idle-timeout (20 s)"),
+        "{stderr}"
+    );
 }
