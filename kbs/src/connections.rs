@@ -4,6 +4,12 @@
 //! that backs off when the process runs out of file descriptors instead of
 //! spinning on the error.
 //!
+//! At the total cap a new connection does not simply lose: the connection
+//! that has been silent the longest (at least [`EVICT_AFTER`]) is closed to
+//! make room for it. Many sources holding silent connections would
+//! otherwise keep every genuine launch out until their deadlines; a genuine
+//! client sends its request at once and is done in milliseconds.
+//!
 //! The limits on what one connection may send (message size, streams, flow
 //! control windows, header size) are set on the HTTP/2 server in `cli`; the
 //! ones here bound how many connections there are and how long they stay.
@@ -14,8 +20,9 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -57,6 +64,9 @@ pub enum Closed {
     SourceCap,
     /// Nothing sent in time.
     Timeout,
+    /// Silent the longest when the total cap was reached: closed to make
+    /// room for a new connection.
+    Evicted,
 }
 
 impl Closed {
@@ -66,55 +76,148 @@ impl Closed {
             Closed::TotalCap => "total_cap",
             Closed::SourceCap => "source_cap",
             Closed::Timeout => "timeout",
+            Closed::Evicted => "evicted",
         }
     }
 }
 
-#[derive(Debug, Default)]
+/// How long a connection must have been silent before a new one may take
+/// its place at the total cap: far longer than a genuine client waits for
+/// an answer (milliseconds), far shorter than the handshake deadline.
+pub const EVICT_AFTER: Duration = Duration::from_secs(1);
+
+/// What the accept loop and a connection share: when it last sent bytes,
+/// and whether it has been told to go.
+#[derive(Debug)]
+struct ConnState {
+    /// Milliseconds since the accept loop's epoch at the last bytes read.
+    last_read_ms: AtomicU64,
+    evicted: AtomicBool,
+    /// Its place in the counts has been given back.
+    released: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+    source: IpAddr,
+    /// The accept loop's epoch, which `last_read_ms` counts from.
+    epoch: Instant,
+}
+
+#[derive(Debug)]
 struct Counts {
+    epoch: Instant,
     total: usize,
     per_source: HashMap<IpAddr, usize>,
+    next_id: u64,
+    live: HashMap<u64, Arc<ConnState>>,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            epoch: Instant::now(),
+            total: 0,
+            per_source: HashMap::new(),
+            next_id: 0,
+            live: HashMap::new(),
+        }
+    }
+}
+
+impl Counts {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Gives back the place of a connection, once.
+    fn release(&mut self, state: &ConnState) {
+        if state.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_source.get_mut(&state.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_source.remove(&state.source);
+            }
+        }
+    }
+
+    /// Closes the connection silent the longest, if one has been silent
+    /// for [`EVICT_AFTER`], and gives back its place at once.
+    fn evict_one(&mut self) -> bool {
+        let now = self.now_ms();
+        let after = u64::try_from(EVICT_AFTER.as_millis()).unwrap_or(u64::MAX);
+        let oldest = self
+            .live
+            .iter()
+            .filter(|(_, s)| !s.released.load(Ordering::Acquire))
+            .map(|(id, s)| (*id, s.last_read_ms.load(Ordering::Acquire)))
+            .filter(|(_, last)| now.saturating_sub(*last) >= after)
+            .min_by_key(|(_, last)| *last);
+        let Some(state) = oldest.and_then(|(id, _)| self.live.remove(&id)) else {
+            return false;
+        };
+        state.evicted.store(true, Ordering::Release);
+        self.release(&state);
+        let waker = state.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
 }
 
 /// Holds one connection's place in the counts; gives it back when dropped.
 #[derive(Debug)]
 struct Slot {
     counts: Arc<Mutex<Counts>>,
-    source: IpAddr,
+    id: u64,
+    state: Arc<ConnState>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_source.get_mut(&self.source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                c.per_source.remove(&self.source);
-            }
-        }
+        c.live.remove(&self.id);
+        c.release(&self.state);
     }
 }
 
-/// Takes a place for `source`, or says which cap is full.
+/// Takes a place for `source`, or says which cap is full. At the total
+/// cap, the connection silent the longest makes room (counted as evicted
+/// through `on_evict`) if there is one.
 fn admit(
     counts: &Arc<Mutex<Counts>>,
     source: IpAddr,
     limits: &ConnectionLimits,
+    on_evict: impl FnOnce(),
 ) -> Result<Slot, Closed> {
     let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
-    if c.total >= limits.max_total {
-        return Err(Closed::TotalCap);
-    }
-    let n = c.per_source.entry(source).or_insert(0);
-    if *n >= limits.max_per_source {
+    if c.per_source.get(&source).copied().unwrap_or(0) >= limits.max_per_source {
         return Err(Closed::SourceCap);
     }
-    *n += 1;
+    if c.total >= limits.max_total {
+        if !c.evict_one() {
+            return Err(Closed::TotalCap);
+        }
+        on_evict();
+    }
+    *c.per_source.entry(source).or_insert(0) += 1;
     c.total += 1;
+    let id = c.next_id;
+    c.next_id = c.next_id.wrapping_add(1);
+    let state = Arc::new(ConnState {
+        last_read_ms: AtomicU64::new(c.now_ms()),
+        evicted: AtomicBool::new(false),
+        released: AtomicBool::new(false),
+        waker: Mutex::new(None),
+        source,
+        epoch: c.epoch,
+    });
+    c.live.insert(id, Arc::clone(&state));
     Ok(Slot {
         counts: Arc::clone(counts),
-        source,
+        id,
+        state,
     })
 }
 
@@ -148,11 +251,20 @@ impl AsyncRead for LimitedConn {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
+        if this._slot.state.evicted.load(Ordering::Acquire) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "closed to make room for a new connection",
+            )));
+        }
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     let next = Instant::now() + this.idle;
                     this.deadline.as_mut().reset(next);
+                    let state = &this._slot.state;
+                    let ms = u64::try_from(state.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    state.last_read_ms.store(ms, Ordering::Release);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -168,7 +280,15 @@ impl AsyncRead for LimitedConn {
                         "nothing received before the connection's deadline",
                     )))
                 }
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    *this
+                        ._slot
+                        .state
+                        .waker
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+                    Poll::Pending
+                }
             },
         }
     }
@@ -260,7 +380,9 @@ where
                     continue;
                 }
             };
-            let slot = match admit(&counts, peer.ip(), &limits) {
+            let slot = match admit(&counts, peer.ip(), &limits, || {
+                metrics.connection_closed(Closed::Evicted.label());
+            }) {
                 Ok(s) => s,
                 Err(why) => {
                     metrics.connection_closed(why.label());
@@ -305,13 +427,66 @@ mod tests {
         };
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let a1 = admit(&counts, a, &limits).unwrap();
-        let _a2 = admit(&counts, a, &limits).unwrap();
-        assert_eq!(admit(&counts, a, &limits).unwrap_err(), Closed::SourceCap);
-        let _b1 = admit(&counts, b, &limits).unwrap();
-        assert_eq!(admit(&counts, b, &limits).unwrap_err(), Closed::TotalCap);
+        let never = || panic!("nothing has been silent long enough to be evicted");
+        let a1 = admit(&counts, a, &limits, never).unwrap();
+        let _a2 = admit(&counts, a, &limits, never).unwrap();
+        assert_eq!(
+            admit(&counts, a, &limits, never).unwrap_err(),
+            Closed::SourceCap
+        );
+        let _b1 = admit(&counts, b, &limits, never).unwrap();
+        assert_eq!(
+            admit(&counts, b, &limits, never).unwrap_err(),
+            Closed::TotalCap
+        );
         drop(a1);
-        admit(&counts, b, &limits).unwrap();
+        admit(&counts, b, &limits, never).unwrap();
+    }
+
+    #[test]
+    fn at_the_total_cap_the_connection_silent_longest_makes_room() {
+        // An accept loop that has run for a minute.
+        let counts = Arc::new(Mutex::new(Counts {
+            epoch: Instant::now().checked_sub(Duration::from_secs(60)).unwrap(),
+            ..Counts::default()
+        }));
+        let limits = ConnectionLimits {
+            max_total: 2,
+            max_per_source: 2,
+            ..ConnectionLimits::default()
+        };
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        let old = admit(&counts, a, &limits, || {}).unwrap();
+        let recent = admit(&counts, b, &limits, || {}).unwrap();
+        // Both silent for longer than EVICT_AFTER, `recent` less so.
+        let past = |ms: u64| {
+            let now = counts.lock().unwrap().now_ms();
+            now.saturating_sub(ms)
+        };
+        old.state.last_read_ms.store(past(5_000), Ordering::Release);
+        recent
+            .state
+            .last_read_ms
+            .store(past(2_000), Ordering::Release);
+        let mut evictions = 0;
+        let new = admit(&counts, c, &limits, || evictions += 1).unwrap();
+        assert_eq!(evictions, 1);
+        assert!(old.state.evicted.load(Ordering::Acquire));
+        assert!(!recent.state.evicted.load(Ordering::Acquire));
+        // The evicted one's place went to the new one, and is not given
+        // back twice when the evicted connection is finally dropped.
+        drop(old);
+        assert_eq!(counts.lock().unwrap().total, 2);
+        assert_eq!(counts.lock().unwrap().per_source.get(&a), None);
+        // A connection that spoke within EVICT_AFTER is never evicted.
+        recent.state.last_read_ms.store(past(0), Ordering::Release);
+        new.state.last_read_ms.store(past(0), Ordering::Release);
+        assert_eq!(
+            admit(&counts, a, &limits, || panic!("evicted a live connection")).unwrap_err(),
+            Closed::TotalCap
+        );
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl Metrics {
         let guest_reports = Family::<Outcome, Counter>::default();
         let connections_closed = Family::<Reason, Counter>::default();
         let accept_errors = Counter::default();
-        for reason in ["total_cap", "source_cap", "timeout"] {
+        for reason in ["total_cap", "source_cap", "timeout", "evicted"] {
             drop(connections_closed.get_or_create(&Reason { reason }));
         }
         // Every outcome from the start, so that a rate over zero reads as zero.
@@ -172,7 +172,8 @@ impl Metrics {
         registry.register(
             "connections_closed",
             "Keybroker connections closed by the connection limits, by reason (total_cap, \
-             source_cap: refused at accept; timeout: nothing sent in time)",
+             source_cap: refused at accept; timeout: nothing sent in time; evicted: silent the \
+             longest, closed to make room at the total cap)",
             connections_closed.clone(),
         );
         registry.register(

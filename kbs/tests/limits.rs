@@ -145,6 +145,73 @@ async fn idle_connections_are_capped_and_closed_while_others_are_served() {
     assert!(serving_from(addr, "127.0.0.2").await);
 }
 
+/// Opens `n` connections from `from` that never send anything.
+fn silent_connections(addr: SocketAddr, from: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let rt = tokio::runtime::Handle::current();
+    (0..n)
+        .map(|_| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::new(from.parse().unwrap(), 0))
+                .unwrap();
+            tokio::task::block_in_place(|| rt.block_on(socket.connect(addr))).unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_from_many_sources_make_room_at_the_total_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let kbs = start(
+        dir.path(),
+        &[
+            "--max-connections",
+            "120",
+            "--max-connections-per-source",
+            "40",
+            "--handshake-timeout",
+            "30",
+            "--idle-timeout",
+            "60",
+        ],
+    );
+    let addr: SocketAddr = kbs.addr.parse().unwrap();
+    // Three sources fill the total cap with connections that say nothing,
+    // well within their handshake deadline.
+    let mut flood = Vec::new();
+    for from in ["127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+        flood.extend(silent_connections(addr, from, 40));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A genuine client from a fourth source is served, again and again:
+    // each time the silent connection that has waited the longest goes.
+    for _ in 0..5 {
+        assert!(serving_from(addr, "127.0.0.6").await);
+    }
+    // A silent connection went for the first genuine one (later ones may
+    // find the place the one before them gave back).
+    let mut closed = 0;
+    for s in &mut flood {
+        let mut b = [0u8; 64];
+        loop {
+            use tokio::io::AsyncReadExt;
+            match tokio::time::timeout(Duration::from_millis(20), s.read(&mut b)).await {
+                // The server's HTTP/2 preface may come first; keep reading.
+                Ok(Ok(n)) if n > 0 => continue,
+                Ok(_) => {
+                    closed += 1;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    assert!(
+        (1..=5).contains(&closed),
+        "{closed} silent connections closed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_over_the_message_limit_is_refused_before_it_is_buffered() {
     use kbs_proto::keybroker::key_broker_service_client::KeyBrokerServiceClient;
@@ -175,12 +242,14 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Opens an HTTP/2 connection from `from` and starts `streams` GetBundle
-/// calls whose gRPC frames announce 4 MiB and then send as much as flow
-/// control lets through, never finishing. Returns what must stay alive.
+/// calls whose gRPC frames announce `announce` bytes and then send as much
+/// as flow control lets through, never finishing. Returns what must stay
+/// alive.
 async fn unfinished_streams(
     addr: SocketAddr,
     from: std::net::IpAddr,
     streams: usize,
+    announce: u32,
 ) -> Vec<Box<dyn std::any::Any + Send>> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(from, 0)).unwrap();
@@ -211,10 +280,12 @@ async fn unfinished_streams(
         let Ok((response, mut send)) = client.send_request(request, false) else {
             break;
         };
-        // A gRPC frame header announcing 4 MiB, then filler.
+        // A gRPC frame header announcing `announce` bytes, then filler.
         let mut frame = vec![0u8];
-        frame.extend_from_slice(&(4u32 << 20).to_be_bytes());
-        frame.extend(std::iter::repeat_n(b'A', 256 * 1024));
+        frame.extend_from_slice(&announce.to_be_bytes());
+        // One byte short of the announced message: it never completes.
+        let filler = usize::try_from(announce - 1).unwrap().min(256 * 1024);
+        frame.extend(std::iter::repeat_n(b'A', filler));
         send.reserve_capacity(frame.len());
         let _ = send.send_data(bytes::Bytes::from(frame), false);
         keep.push(Box::new(send));
@@ -256,11 +327,19 @@ async fn a_flood_of_unfinished_streams_keeps_memory_bounded() {
     let before = rss_kib(kbs.pid());
 
     // 48 connections from 127.0.0.3 (the per-source cap is 32 here), each
-    // with up to 64 unfinished streams (the per-connection cap is 16)
-    // announcing 4 MiB messages.
+    // with up to 64 unfinished streams (the per-connection cap is 4): half
+    // announce 4 MiB (refused at once, over --max-message-bytes), half
+    // announce just under the 128 KiB limit, which the kbs buffers as it
+    // arrives.
     let mut flood = tokio::task::JoinSet::new();
-    for _ in 0..48 {
-        flood.spawn(unfinished_streams(addr, "127.0.0.3".parse().unwrap(), 64));
+    for i in 0..48u32 {
+        let announce = if i % 2 == 0 { 4 << 20 } else { 127 * 1024 };
+        flood.spawn(unfinished_streams(
+            addr,
+            "127.0.0.3".parse().unwrap(),
+            64,
+            announce,
+        ));
     }
     let mut held = Vec::new();
     while let Some(h) = flood.join_next().await {
@@ -273,10 +352,10 @@ async fn a_flood_of_unfinished_streams_keeps_memory_bounded() {
     let outcome = sev_sim::shim::pre_attest(&platform, &launch).await.unwrap();
     assert!(!outcome.secret_table.is_empty());
     eprintln!(
-        "kbs resident memory: {before} KiB before, {during} KiB during 48 connections x 64 unfinished 4 MiB streams"
+        "kbs resident memory: {before} KiB before, {during} KiB during 48 connections x 64 unfinished streams"
     );
-    // Each admitted connection can make the kbs hold at most its flow-control
-    // window (4 x 129 KiB): about 16 MiB for 32, whatever they announce.
+    // Each admitted connection can make the kbs buffer at most its streams'
+    // messages (4 x 128 KiB): about 16 MiB for 32, whatever they announce.
     assert!(
         during < before + 48 * 1024,
         "{before} KiB before, {during} KiB during the flood"
