@@ -666,14 +666,7 @@ async fn join_keyset(
     if !members.secret_ids.iter().any(|s| s == secret) {
         members.secret_ids.push(secret.to_string());
         // The resources the operator attached stay attached.
-        client
-            .set_keyset(SetKeysetRequest {
-                id: keyset.to_string(),
-                secret_ids: members.secret_ids,
-                resource_ids: members.resource_ids,
-            })
-            .await
-            .map_err(|s| rpc("SetKeyset", &s))?;
+        put_keyset(client, keyset, members).await?;
     }
     Ok(KeysetMembership {
         keyset: keyset.to_string(),
@@ -718,14 +711,11 @@ async fn leave_keyset(
             Err(s) => return Err(rpc("DeleteKeyset", &s)),
         }
     } else if was_member {
-        client
-            .set_keyset(SetKeysetRequest {
-                id: m.keyset.clone(),
-                secret_ids: rest,
-                resource_ids: members.resource_ids,
-            })
-            .await
-            .map_err(|s| rpc("SetKeyset", &s))?;
+        let kept = Keyset {
+            secret_ids: rest,
+            ..members
+        };
+        put_keyset(client, &m.keyset, kept).await?;
         out.removed_keyset_members.push(m.clone());
     }
     Ok(())
@@ -778,9 +768,14 @@ async fn attach_resource(client: &mut Client, keyset: &str, id: &str) -> anyhow:
         return Ok(());
     }
     members.resource_ids.push(id.to_string());
+    put_keyset(client, keyset, members).await
+}
+
+/// Sets keyset `id` to the members of `members` (its own id is ignored).
+async fn put_keyset(client: &mut Client, id: &str, members: Keyset) -> anyhow::Result<()> {
     client
         .set_keyset(SetKeysetRequest {
-            id: keyset.to_string(),
+            id: id.to_string(),
             secret_ids: members.secret_ids,
             resource_ids: members.resource_ids,
         })
@@ -799,14 +794,12 @@ async fn delete_resource(client: &mut Client, id: &str, out: &mut Outcome) -> an
         .into_inner();
     for k in inventory.keysets {
         if k.resource_ids.iter().any(|r| r == id) {
-            client
-                .set_keyset(SetKeysetRequest {
-                    id: k.id,
-                    secret_ids: k.secret_ids,
-                    resource_ids: k.resource_ids.into_iter().filter(|r| r != id).collect(),
-                })
-                .await
-                .map_err(|s| rpc("SetKeyset", &s))?;
+            let kept = Keyset {
+                resource_ids: k.resource_ids.into_iter().filter(|r| r != id).collect(),
+                ..k
+            };
+            let id = kept.id.clone();
+            put_keyset(client, &id, kept).await?;
         }
     }
     match client

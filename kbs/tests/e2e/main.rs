@@ -325,37 +325,16 @@ async fn the_whole_shim_flow_through_the_simulator() {
 #[tokio::test]
 async fn the_online_connection_serves_resources() {
     let rig = Rig::start(&[]);
-    let table = rig.online_launch().await;
-    let entries = sev_sim::efi_secret::parse_table(&table).unwrap();
-    let c: serde_json::Value = serde_json::from_slice(&entries[0].1).unwrap();
-    let client_id = c["client_id"].as_str().unwrap().to_string();
-    let key = unb64(c["key"].as_str().unwrap());
-    assert_eq!(key.len(), 32);
-    let guid = "0b1c2d3e-4f50-4617-8899-aabbccddeeff";
-    let resp = rig
-        .client()
+    let conn = rig.online_connection().await;
+    assert_eq!(conn.1.len(), 32);
+    let policy = rig
+        .online_get(&conn, "resource", "default/security-policy/test")
         .await
-        .get_online_secret(OnlineSecretRequest {
-            client_id: client_id.clone(),
-            secret_requests: vec![RequestDetails {
-                guid: guid.into(),
-                format: "binary".into(),
-                secret_type: "resource".into(),
-                id: "default/security-policy/test".into(),
-            }],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key).unwrap();
-    let iv = unb64(&resp.iv);
-    let plain = cipher
-        .decrypt(iv.as_slice().into(), unb64(&resp.payload).as_slice())
         .unwrap();
-    // bincode map: u64 count, then u64-length-prefixed key and value.
-    assert_eq!(&plain[..8], &1u64.to_le_bytes());
-    assert_eq!(&plain[16..16 + guid.len()], guid.as_bytes());
-    assert!(plain.ends_with(br#"{"default":[{"type":"insecureAcceptAnything"}]}"#));
+    assert_eq!(
+        policy,
+        br#"{"default":[{"type":"insecureAcceptAnything"}]}"#
+    );
     // An unknown client gets nothing.
     let err = rig
         .client()
@@ -408,7 +387,10 @@ impl Rig {
         let plain = cipher
             .decrypt(iv.as_slice().into(), unb64(&resp.payload).as_slice())
             .unwrap();
-        // One entry: u64 count, u64 length and the GUID, u64 length, value.
+        // A bincode map of one entry: u64 count, then the u64-length-prefixed
+        // GUID and value.
+        assert_eq!(&plain[..8], &1u64.to_le_bytes());
+        assert_eq!(&plain[16..16 + guid.len()], guid.as_bytes());
         Ok(plain[8 + 8 + guid.len() + 8..].to_vec())
     }
 }
