@@ -93,6 +93,16 @@ fn probe_liveness(socket: &TcpSocket) -> io::Result<()> {
     Ok(())
 }
 
+/// Waits (at most `within`) until `counter` reaches `n`, then `settle` more.
+async fn wait_for(counter: &AtomicU64, n: usize, within: Duration, settle: Duration) {
+    let until = Instant::now() + within;
+    let n = u64::try_from(n).unwrap_or(u64::MAX);
+    while load(counter) < n && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(settle).await;
+}
+
 fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
@@ -192,12 +202,13 @@ impl IdleFlood {
     /// Waits (at most `within`) until every connection has been tried once,
     /// then as long again as the broker takes to refuse what it refuses.
     pub async fn wait_established(&self, within: Duration) {
-        let until = Instant::now() + within;
-        let n = u64::try_from(self.connections).unwrap_or(u64::MAX);
-        while load(&self.counters.first_attempts) < n && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(REFUSED_WITHIN).await;
+        wait_for(
+            &self.counters.first_attempts,
+            self.connections,
+            within,
+            REFUSED_WITHIN,
+        )
+        .await;
     }
 
     /// The counters now.
@@ -366,12 +377,13 @@ impl StreamFlood {
     /// broker's stream cap once (or failed), then a moment for the data flow
     /// control lets through to arrive.
     pub async fn wait_established(&self, within: Duration) {
-        let until = Instant::now() + within;
-        let n = u64::try_from(self.connections).unwrap_or(u64::MAX);
-        while load(&self.counters.settled) < n && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        wait_for(
+            &self.counters.settled,
+            self.connections,
+            within,
+            Duration::from_millis(500),
+        )
+        .await;
     }
 
     /// The counters now.
