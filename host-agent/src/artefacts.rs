@@ -4,15 +4,28 @@
 //! Kernels and initrds can be hundreds of megabytes; they are never held in memory,
 //! only hashed in fixed-size chunks, so memory use does not grow with their size.
 //! Firmware is small and must be parsed, so it is read whole, with a size limit.
+//!
+//! Nothing here can block on a file: each is opened non-blocking and refused
+//! unless it is a regular file (a FIFO named as a kernel would otherwise
+//! hold the open for ever), and kernels and initrds over their size limits
+//! are refused from their metadata, before a byte is read (a sparse file of
+//! tens of gigabytes would otherwise be hashed for minutes).
 
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Largest firmware image accepted. OVMF builds are 2 to 8 MiB; the limit keeps a
 /// wrong path (a disk image, say) from being read into memory.
 pub const MAX_FIRMWARE_LEN: u64 = 64 << 20;
+/// Largest kernel accepted. Kata's guest kernels are 5 to 60 MiB; QEMU loads
+/// the whole file into guest memory.
+pub const MAX_KERNEL_LEN: u64 = 512 << 20;
+/// Largest initrd accepted. Kata's initrds are tens to a few hundred MiB;
+/// QEMU loads the whole file into guest memory.
+pub const MAX_INITRD_LEN: u64 = 2 << 30;
 const CHUNK: usize = 256 << 10;
 
 /// Which artefact a file is, for error messages.
@@ -59,6 +72,18 @@ pub enum ArtefactError {
         /// Its path.
         path: PathBuf,
     },
+    /// A kernel or initrd larger than its limit.
+    #[error("{kind} {} is {len} bytes, more than the {limit}-byte limit for a guest {kind}", path.display())]
+    TooLarge {
+        /// Which artefact.
+        kind: ArtefactKind,
+        /// Its path.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The firmware is implausibly large.
     #[error("firmware {} is {len} bytes, more than the {MAX_FIRMWARE_LEN}-byte limit for an OVMF image", path.display())]
     FirmwareTooLarge {
@@ -69,13 +94,29 @@ pub enum ArtefactError {
     },
 }
 
+/// The size limit of a kernel or initrd (firmware is checked by its readers,
+/// with their own error).
+fn limit_of(kind: ArtefactKind) -> u64 {
+    match kind {
+        ArtefactKind::Kernel => MAX_KERNEL_LEN,
+        ArtefactKind::Initrd => MAX_INITRD_LEN,
+        ArtefactKind::Firmware => u64::MAX,
+    }
+}
+
 fn open(kind: ArtefactKind, path: &Path) -> Result<(File, u64), ArtefactError> {
     let io = |cause| ArtefactError::Io {
         kind,
         path: path.to_path_buf(),
         cause,
     };
-    let file = File::open(path).map_err(io)?;
+    // Non-blocking: opening a FIFO for reading would otherwise wait for a
+    // writer. Reads of a regular file are not affected by the flag.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
+        .open(path)
+        .map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
         return Err(ArtefactError::NotAFile {
@@ -83,7 +124,51 @@ fn open(kind: ArtefactKind, path: &Path) -> Result<(File, u64), ArtefactError> {
             path: path.to_path_buf(),
         });
     }
+    let limit = limit_of(kind);
+    if meta.len() > limit {
+        return Err(ArtefactError::TooLarge {
+            kind,
+            path: path.to_path_buf(),
+            len: meta.len(),
+            limit,
+        });
+    }
     Ok((file, meta.len()))
+}
+
+/// Largest Kata configuration read. Kata's own are about 30 KiB.
+pub const MAX_CONFIG_LEN: u64 = 4 << 20;
+
+/// Reads a configuration file as text, without blocking on it: refused
+/// unless it is a regular file of at most [`MAX_CONFIG_LEN`] bytes. The
+/// errors are I/O errors, for callers that name the file themselves.
+pub fn read_config_text(path: &Path) -> io::Result<String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than the {MAX_CONFIG_LEN}-byte limit for a configuration"),
+        )
+    };
+    if meta.len() > MAX_CONFIG_LEN {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_LEN + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_LEN {
+        return Err(too_large());
+    }
+    Ok(text)
 }
 
 /// Reads a firmware image whole.
@@ -161,10 +246,24 @@ pub fn sha256_open(
 ) -> Result<[u8; 32], ArtefactError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
+    let limit = limit_of(kind);
+    let mut total: u64 = 0;
     loop {
         match file.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => hasher.update(buf.get(..n).unwrap_or_default()),
+            Ok(n) => {
+                hasher.update(buf.get(..n).unwrap_or_default());
+                // A file still growing past its limit since it was opened.
+                total = total.saturating_add(n as u64);
+                if total > limit {
+                    return Err(ArtefactError::TooLarge {
+                        kind,
+                        path: path.to_path_buf(),
+                        len: total,
+                        limit,
+                    });
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(cause) => {
                 return Err(ArtefactError::Io {
@@ -192,6 +291,54 @@ mod tests {
         let missing = dir.path().join("nope");
         let e = read_firmware(&missing).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once_and_a_huge_sparse_file_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("vmlinuz");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        // No writer ever opens it: a blocking open would never return.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(sha256_file(ArtefactKind::Kernel, &path));
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("hashing a FIFO blocked")
+            .unwrap_err();
+        assert!(matches!(e, ArtefactError::NotAFile { .. }), "{e}");
+        assert!(e.to_string().contains("vmlinuz"), "{e}");
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_config_text(&path));
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("reading a FIFO as a configuration blocked")
+            .unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+
+        let sparse = dir.path().join("initrd.img");
+        let f = File::create(&sparse).unwrap();
+        f.set_len(40 << 30).unwrap();
+        let started = std::time::Instant::now();
+        let e = sha256_file(ArtefactKind::Initrd, &sparse).unwrap_err();
+        assert!(matches!(e, ArtefactError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("initrd.img"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let e = sha256_file(ArtefactKind::Kernel, &sparse).unwrap_err();
+        assert!(e.to_string().contains("limit for a guest kernel"), "{e}");
+        let e = read_config_text(&sparse).unwrap_err();
+        assert!(e.to_string().contains("limit for a configuration"), "{e}");
     }
 
     #[test]

@@ -294,3 +294,71 @@ fn usage_errors_exit_2_and_help_explains() {
         assert!(help.contains(opt), "help lacks {opt}");
     }
 }
+
+/// Runs `host-agent ARGS`, killing it if it has not finished within 20 s.
+fn host_agent_within(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host-agent"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("host-agent {args:?} blocked for 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_fifo_or_a_huge_sparse_file_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("vmlinuz-fifo");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .unwrap();
+    let sparse = dir.path().join("initrd-sparse.img");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(40 << 30)
+        .unwrap();
+    let ovmf = common::real_firmware().to_string_lossy().into_owned();
+    let fifo = fifo.to_str().unwrap();
+    let sparse = sparse.to_str().unwrap();
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    let kernel = kernel.to_str().unwrap();
+    for (args, needles) in [
+        (
+            vec!["measure", "--mode", "sev", "--ovmf", fifo],
+            vec!["firmware", "vmlinuz-fifo", "not a regular file"],
+        ),
+        (
+            vec![
+                "measure", "--mode", "sev", "--ovmf", &ovmf, "--kernel", fifo,
+            ],
+            vec!["kernel", "vmlinuz-fifo", "not a regular file"],
+        ),
+        (
+            vec![
+                "measure", "--mode", "sev", "--ovmf", &ovmf, "--kernel", kernel, "--initrd", sparse,
+            ],
+            vec!["initrd", "initrd-sparse.img", "limit"],
+        ),
+    ] {
+        let o = host_agent_within(&args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {out} {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: {err:?} does not mention {n:?}");
+        }
+    }
+}

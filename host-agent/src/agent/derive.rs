@@ -574,7 +574,7 @@ pub fn derive_file(
     host: &HostFacts,
     cache: &mut ArtefactCache,
 ) -> Result<(KataConfig, Derived), DeriveError> {
-    let text = std::fs::read_to_string(path).map_err(|cause| DeriveError::Read {
+    let text = crate::artefacts::read_config_text(path).map_err(|cause| DeriveError::Read {
         path: path.to_path_buf(),
         cause,
     })?;

@@ -329,9 +329,11 @@ impl Daemon {
         file: &Path,
         deps: &mut BTreeSet<PathBuf>,
     ) -> Result<Derived, derive::DeriveError> {
-        let text = std::fs::read_to_string(file).map_err(|cause| derive::DeriveError::Read {
-            path: file.to_path_buf(),
-            cause,
+        let text = crate::artefacts::read_config_text(file).map_err(|cause| {
+            derive::DeriveError::Read {
+                path: file.to_path_buf(),
+                cause,
+            }
         })?;
         let config = KataConfig::parse(file, &text)?;
         deps.extend(artefact_paths(&config));
