@@ -109,7 +109,8 @@ pub struct VerifyArgs {
     /// Do not send the report to the key broker (and keep the report key).
     #[arg(long)]
     pub no_report: bool,
-    /// Seconds to wait for the key broker.
+    /// Seconds the whole exchange with the key broker may take (the online
+    /// round trip and the report together).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub timeout: u64,
     /// Where securityfs is mounted.
@@ -180,11 +181,46 @@ pub enum ReportOutcome {
         /// Why.
         reason: String,
     },
-    /// Refused or unreachable.
+    /// Refused by the broker, or recorded without the report key wiped.
     Failed {
         /// Why.
         reason: String,
     },
+    /// Could not be delivered: the broker was unreachable, or the run's
+    /// --timeout ran out, or no broker address is known.
+    Undelivered {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What `verify` exits with.
+pub mod exit {
+    /// Every check passed and the broker acknowledged the report (or the
+    /// report was not wanted: --no-report).
+    pub const CONFIRMED: u8 = 0;
+    /// A check failed, or the broker refused the report.
+    pub const FAILED: u8 = 1;
+    /// Every check passed, but the report could not be delivered.
+    pub const UNDELIVERED: u8 = 2;
+    /// The command line is wrong.
+    pub const USAGE: u8 = 64;
+    /// Something else went wrong (the message says what).
+    pub const INTERNAL: u8 = 70;
+}
+
+impl Outcome {
+    /// The exit status of `verify` for this outcome.
+    pub fn exit_code(&self) -> u8 {
+        if !self.path_works {
+            return exit::FAILED;
+        }
+        match self.report {
+            ReportOutcome::Recorded { .. } | ReportOutcome::NotSent { .. } => exit::CONFIRMED,
+            ReportOutcome::Failed { .. } => exit::FAILED,
+            ReportOutcome::Undelivered { .. } => exit::UNDELIVERED,
+        }
+    }
 }
 
 /// What the local checks found, and what the network steps need.
@@ -260,15 +296,30 @@ pub fn local(a: &VerifyArgs) -> Local {
 
 /// The online round trip and the report. `wipe` runs once the broker has
 /// acknowledged the report; `patience` is how long to keep retrying while the
-/// broker cannot be reached (zero: one attempt).
+/// broker cannot be reached (zero: one attempt); `timeout` bounds each call
+/// and, when `whole_run` is set, the round trip and the report together.
 pub async fn network(
     l: Local,
     no_report: bool,
     timeout: Duration,
     patience: Duration,
     wipe: Option<&Paths>,
+    whole_run: bool,
 ) -> Outcome {
     let deadline = tokio::time::Instant::now() + patience;
+    // With no bound on the run, a deadline far enough away never to matter.
+    let run_ends = tokio::time::Instant::now()
+        + if whole_run {
+            timeout
+        } else {
+            Duration::from_secs(86_400 * 365)
+        };
+    let out_of_time = || {
+        format!(
+            "no answer within --timeout ({} s for the whole run)",
+            timeout.as_secs()
+        )
+    };
     let unreachable = |e: &str| e.starts_with("cannot reach");
     let Local {
         mode,
@@ -294,10 +345,16 @@ pub async fn network(
                     None,
                 ),
                 Some(kbs) => loop {
-                    let attempt = match OnlineClient::connect(kbs, conn, timeout).await {
-                        Ok(mut client) => client.policy().await.map(|p| (client, p)),
-                        Err(e) => Err(e),
-                    };
+                    let attempt = tokio::time::timeout_at(run_ends, async {
+                        match OnlineClient::connect(kbs, conn, timeout).await {
+                            Ok(mut client) => client.policy().await.map(|p| (client, p)),
+                            Err(e) => Err(e),
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("cannot reach the key broker: {}", out_of_time()))
+                    });
                     match attempt {
                         Ok((client, p)) => break (true, describe_policy(&p), Some((client, p))),
                         Err(e) if unreachable(&e) && tokio::time::Instant::now() < deadline => {
@@ -313,15 +370,28 @@ pub async fn network(
                 reason,
             });
             if let Some((mut client, p)) = fetched {
-                let key = client
-                    .cosign_key(p.needs_resource(COSIGN_KEY_RESOURCE))
-                    .await;
-                checks.extend(key.check());
-                let image = client.image_key().await;
-                checks.push(image.check());
+                let fetched = tokio::time::timeout_at(run_ends, async {
+                    let key = client
+                        .cosign_key(p.needs_resource(COSIGN_KEY_RESOURCE))
+                        .await;
+                    let image = client.image_key().await;
+                    (key, image)
+                })
+                .await;
+                match fetched {
+                    Ok((key, image)) => {
+                        checks.extend(key.check());
+                        checks.push(image.check());
+                        cosign_key = Some(key);
+                        image_encryption_key = Some(image);
+                    }
+                    Err(_) => checks.push(Check {
+                        name: "online keys".into(),
+                        passed: false,
+                        reason: out_of_time(),
+                    }),
+                }
                 signature_policy = Some(p);
-                cosign_key = Some(key);
-                image_encryption_key = Some(image);
             }
         }
     }
@@ -336,12 +406,15 @@ pub async fn network(
         (None, _) => ReportOutcome::NotSent {
             reason: "no report key (see the checks)".into(),
         },
-        (Some(_), None) => ReportOutcome::NotSent {
+        (Some(_), None) => ReportOutcome::Undelivered {
             reason: "no key broker address: give --kbs".into(),
         },
         (Some(key), Some(kbs)) => loop {
             let signed = crate::report::sign(key, &checks, path_works);
-            match crate::report::send(kbs, signed, timeout).await {
+            let sent = tokio::time::timeout_at(run_ends, crate::report::send(kbs, signed, timeout))
+                .await
+                .unwrap_or_else(|_| Err(format!("cannot reach the key broker: {}", out_of_time())));
+            match sent {
                 Ok(at) => {
                     // The key has done its job: wipe it from guest memory, so that
                     // nothing later in this guest can speak for the launch.
@@ -357,6 +430,7 @@ pub async fn network(
                 Err(e) if unreachable(&e) && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
+                Err(reason) if unreachable(&reason) => break ReportOutcome::Undelivered { reason },
                 Err(reason) => break ReportOutcome::Failed { reason },
             }
         },
@@ -382,6 +456,7 @@ pub async fn verify(a: &VerifyArgs) -> Outcome {
         Duration::from_secs(a.timeout),
         Duration::ZERO,
         Some(&paths),
+        true,
     )
     .await
 }
@@ -422,6 +497,7 @@ pub fn print_human(o: &Outcome, out: &mut dyn Write) -> std::io::Result<()> {
         }
         ReportOutcome::NotSent { reason } => writeln!(out, "report not sent: {reason}"),
         ReportOutcome::Failed { reason } => writeln!(out, "report failed: {reason}"),
+        ReportOutcome::Undelivered { reason } => writeln!(out, "report not delivered: {reason}"),
     }
 }
 
@@ -460,7 +536,7 @@ pub fn run(
             } else {
                 print_human(&outcome, out)?;
             }
-            Ok(if outcome.path_works { 0 } else { 1 })
+            Ok(outcome.exit_code())
         }
         Command::Init(a) => Err(crate::init::run(&a, out)),
         Command::Finish(a) => {
@@ -476,6 +552,7 @@ pub fn run(
                 Duration::from_secs(a.timeout),
                 Duration::from_secs(a.report_patience),
                 None,
+                false,
             ));
             let mut err = std::io::stderr();
             print_human(&outcome, &mut err)?;

@@ -13,11 +13,17 @@ fn main() -> ExitCode {
         Err(e) => match e.downcast_ref::<clap::Error>() {
             Some(c) => {
                 let _ = c.print();
-                ExitCode::from(u8::try_from(c.exit_code()).unwrap_or(2))
+                // --help and --version exit 0; a usage error must not read
+                // as "report undelivered" (2).
+                if c.exit_code() == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(guest_client::cli::exit::USAGE)
+                }
             }
             None => {
                 eprintln!("guest-client: error: {e:#}");
-                ExitCode::from(2)
+                ExitCode::from(guest_client::cli::exit::INTERNAL)
             }
         },
     }

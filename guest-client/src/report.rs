@@ -50,7 +50,17 @@ pub async fn send(kbs: &str, report: SignedReport, timeout: Duration) -> Result<
     let ack = GuestStatusClient::new(channel)
         .report(report)
         .await
-        .map_err(|s| format!("report refused: {:?}: {}", s.code(), s.message()))?
+        .map_err(|s| match s.code() {
+            // No answer in time, or the connection failed under the call:
+            // the broker never judged the report.
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded | tonic::Code::Unavailable => {
+                format!(
+                    "cannot reach the key broker at {url}: no answer ({})",
+                    s.message()
+                )
+            }
+            code => format!("report refused: {code:?}: {}", s.message()),
+        })?
         .into_inner();
     Ok(ack.recorded_at)
 }

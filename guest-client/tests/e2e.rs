@@ -592,3 +592,95 @@ async fn init_reports_in_the_background_after_the_hand_over() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `verify --json EXTRA...` against `kbs`; (exit status, outcome, seconds taken).
+fn verify_with(
+    root: &Path,
+    kbs: &str,
+    mode: &str,
+    extra: &[&str],
+) -> (i32, serde_json::Value, f64) {
+    let started = std::time::Instant::now();
+    let out = GuestView::at(root)
+        .verify_command(Path::new(env!("CARGO_BIN_EXE_guest-client")), kbs, mode)
+        .arg("--json")
+        .args(extra)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        out.status.code().unwrap(),
+        v,
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_tell_confirmed_refused_and_undelivered_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let roots = FakeAmdRoots::generate().unwrap();
+    let platform = SimPlatform::new(&roots).unwrap();
+    let ark = dir.path().join("ark.cert");
+    std::fs::write(&ark, roots.ark_cert()).unwrap();
+    let kbs = start_kbs(dir.path(), &ark);
+    setup(&kbs, dir.path()).await;
+    let uri = format!("http://{}", kbs.addr);
+    let launch = || async {
+        pre_attest(
+            &platform,
+            &ShimLaunch::offline(uri.clone(), 0x3, DIGEST, "KEYSET-1"),
+        )
+        .await
+        .unwrap()
+    };
+
+    // Reported to a broker that did not inject these secrets: it refuses
+    // the report (no report key of its own for the launch), exit 1.
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = start_kbs(&other_dir, &ark);
+    let root = guest_view(&dir.path().join("refused"), &launch().await.secret_table);
+    let (code, v, _) = verify_with(&root, &other.addr, "offline", &[]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["path_works"], true, "{v:#}");
+    assert_eq!(v["report"]["state"], "failed", "{v:#}");
+
+    // No broker listening: the checks pass, the report is undelivered, exit 2.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let root = guest_view(
+        &dir.path().join("unreachable"),
+        &launch().await.secret_table,
+    );
+    let (code, v, _) = verify_with(&root, &closed_addr, "offline", &[]);
+    assert_eq!(code, 2, "{v:#}");
+    assert_eq!(v["report"]["state"], "undelivered", "{v:#}");
+
+    // A broker that accepts and never answers: --timeout bounds the whole run.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming() {
+            held.push(s);
+        }
+    });
+    let root = guest_view(&dir.path().join("silent"), &launch().await.secret_table);
+    let (code, v, took) = verify_with(&root, &silent_addr, "offline", &["--timeout", "2"]);
+    assert_eq!(code, 2, "{v:#}");
+    assert_eq!(v["report"]["state"], "undelivered", "{v:#}");
+    assert!(
+        v["report"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no answer"),
+        "{v:#}"
+    );
+    assert!(took < 6.0, "verify took {took} s with --timeout 2");
+
+    // The same guest reported to the broker that launched it: exit 0.
+    let (code, v, _) = verify_with(&root, &kbs.addr, "offline", &[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["report"]["state"], "recorded", "{v:#}");
+}

@@ -105,10 +105,13 @@ fn a_good_offline_launch_passes_without_printing_secrets() {
         &[(BUNDLE_GUID, bundle()), (REPORT_KEY_GUID, report_key())],
         true,
     );
+    // Every check passes, but there is no broker to report to: exit 2, so a
+    // unit or a fleet check can tell it from a confirmed launch.
     let (code, out) = g.verify(&["--mode", "offline", "--json"]);
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, 2, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["path_works"], true);
+    assert_eq!(v["report"]["state"], "undelivered", "{out}");
     let names: Vec<&str> = v["checks"]
         .as_array()
         .unwrap()
@@ -129,8 +132,11 @@ fn a_good_offline_launch_passes_without_printing_secrets() {
     assert!(out.contains("key-a"));
     assert!(!out.contains(&b64(SECRET)) && !out.contains("never printed"));
     let (code, human) = g.verify(&["--mode", "offline"]);
-    assert_eq!(code, 0);
+    assert_eq!(code, 2);
     assert!(human.contains("PSP-protected path"), "{human}");
+    assert!(human.contains("report not delivered"), "{human}");
+    let (code, _) = g.verify(&["--mode", "offline", "--no-report"]);
+    assert_eq!(code, 0);
     // Nothing was removed: the attestation agent still needs the bundle.
     assert!(g.secrets().join(BUNDLE_GUID).exists());
 }
@@ -292,7 +298,7 @@ fn mode_comes_from_the_kernel_command_line() {
         "quiet agent.aa_kbc_params=offline_sev_kbc::null\n",
     )
     .unwrap();
-    let (code, out) = g.verify(&["--json"]);
+    let (code, out) = g.verify(&["--json", "--no-report"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"mode\": \"offline\""), "{out}");
 }
