@@ -221,11 +221,17 @@ pub fn local_checks(paths: &Paths, mode: Mode, checks: &mut Vec<Check>) -> Found
 
     // 4. The mode's entry.
     let read = |guid: &str| std::fs::read(paths.secrets.join(guid));
-    let absent = |guid: &str, what: &str| {
-        format!(
-            "no entry {guid} ({what}): never delivered, or already consumed by the \
-             attestation agent, which removes the entries it reads"
-        )
+    // Only a missing entry was never delivered (or consumed); one that is
+    // there but cannot be read is named as such.
+    let absent = |guid: &str, what: &str, e: &std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "no entry {guid} ({what}): never delivered, or already consumed by the \
+                 attestation agent, which removes the entries it reads"
+            )
+        } else {
+            format!("entry {guid} ({what}) is there but cannot be read: {e}")
+        }
     };
     match mode {
         Mode::Offline => match read(BUNDLE_GUID) {
@@ -253,11 +259,11 @@ pub fn local_checks(paths: &Paths, mode: Mode, checks: &mut Vec<Check>) -> Found
                     push("bundle", false, format!("entry {BUNDLE_GUID}: {e}"));
                 }
             },
-            Err(_) => {
+            Err(e) => {
                 push(
                     "bundle",
                     false,
-                    absent(BUNDLE_GUID, "offline keyset bundle"),
+                    absent(BUNDLE_GUID, "offline keyset bundle", &e),
                 );
             }
         },
@@ -271,11 +277,11 @@ pub fn local_checks(paths: &Paths, mode: Mode, checks: &mut Vec<Check>) -> Found
                     push("connection", false, format!("entry {CONNECTION_GUID}: {e}"));
                 }
             },
-            Err(_) => {
+            Err(e) => {
                 push(
                     "connection",
                     false,
-                    absent(CONNECTION_GUID, "online connection"),
+                    absent(CONNECTION_GUID, "online connection", &e),
                 );
             }
         },
@@ -292,6 +298,13 @@ pub fn local_checks(paths: &Paths, mode: Mode, checks: &mut Vec<Check>) -> Found
                 push("report key", false, format!("entry {REPORT_KEY_GUID}: {e}"));
             }
         },
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            push(
+                "report key",
+                false,
+                format!("entry {REPORT_KEY_GUID} is there but cannot be read: {e}"),
+            );
+        }
         Err(_) => {
             push(
                 "report key",

@@ -161,6 +161,19 @@ fn each_broken_path_fails_with_its_own_reason() {
         .to_string();
     assert!(r.contains(BUNDLE_GUID) && r.contains("consumed"), "{r}");
 
+    // There, but unreadable (a directory here; EACCES in a guest that
+    // runs the client without the rights): named as such, not as missing.
+    let g = Guest::new(&[(REPORT_KEY_GUID, report_key())], true);
+    std::fs::create_dir(g.secrets().join(BUNDLE_GUID)).unwrap();
+    let (code, out) = g.verify(&["--mode", "offline", "--json"]);
+    assert_eq!(code, 1);
+    let r = failed_check(&out, "bundle")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(r.contains("is there but cannot be read"), "{r}");
+    assert!(!r.contains("never delivered"), "{r}");
+
     // Non-JSON and truncated payloads.
     for bad in [b"not json".to_vec(), bundle()[..10].to_vec()] {
         let g = Guest::new(&[(BUNDLE_GUID, bad), (REPORT_KEY_GUID, report_key())], true);
