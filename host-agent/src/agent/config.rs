@@ -90,6 +90,12 @@ pub struct KbsConfig {
     /// Longest wait between retries while the broker is unreachable, in seconds.
     #[serde(default = "default_retry_max")]
     pub retry_max_seconds: u64,
+    /// How often to read back what the broker holds for this node and
+    /// register again what is missing or different (a broker restored from
+    /// backup or started on an empty database, an operator's clearing), in
+    /// seconds. Also done after every reconnect.
+    #[serde(default = "default_reconcile")]
+    pub reconcile_seconds: u64,
 }
 
 /// Which launches (modes and VM shapes) to register for each configuration.
@@ -202,6 +208,9 @@ fn default_timeout() -> u64 {
 fn default_retry_max() -> u64 {
     30
 }
+fn default_reconcile() -> u64 {
+    300
+}
 fn default_true() -> bool {
     true
 }
@@ -218,6 +227,7 @@ impl Default for KbsConfig {
             admin_ca_file: None,
             timeout_seconds: default_timeout(),
             retry_max_seconds: default_retry_max(),
+            reconcile_seconds: default_reconcile(),
         }
     }
 }
@@ -419,6 +429,9 @@ impl AgentConfig {
         }
         if self.kbs.timeout_seconds == 0 {
             return Err(invalid("kbs.timeout_seconds", "at least 1 second".into()));
+        }
+        if self.kbs.reconcile_seconds == 0 {
+            return Err(invalid("kbs.reconcile_seconds", "at least 1 second".into()));
         }
         if self.kbs.retry_max_seconds == 0 {
             return Err(invalid("kbs.retry_max_seconds", "at least 1 second".into()));
@@ -762,6 +775,7 @@ admin_ca_file = "/etc/host-agent/kbs-admin-ca.pem"
             ),
             ("[launches]\npod_cpus = []", "launches.pod_cpus"),
             ("[kbs]\nretry_max_seconds = 0", "kbs.retry_max_seconds"),
+            ("[kbs]\nreconcile_seconds = 0", "kbs.reconcile_seconds"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains("/etc/host-agent/config.toml"), "{e}");

@@ -235,6 +235,7 @@ impl Registrar {
     /// Runs until `desired` is closed.
     pub async fn run(self, mut desired: watch::Receiver<(u64, Desired)>) {
         let retry_max = Duration::from_secs(self.config.kbs.retry_max_seconds);
+        let reconcile = Duration::from_secs(self.config.kbs.reconcile_seconds);
         let mut backoff = Duration::from_millis(100);
         let mut client: Option<Client> = None;
         // None until learnt from the broker.
@@ -250,8 +251,15 @@ impl Registrar {
                         reported_generation = Some(generation);
                         let _ = self.reports.send(Report::InStep { generation });
                     }
-                    if desired.changed().await.is_err() {
-                        return;
+                    tokio::select! {
+                        changed = desired.changed() => if changed.is_err() {
+                            return;
+                        },
+                        () = tokio::time::sleep(reconcile) => {
+                            // Read back what the broker holds: it may have
+                            // lost or been told to drop what we sent.
+                            held = None;
+                        }
                     }
                 }
                 Err(f) => {
@@ -263,7 +271,10 @@ impl Registrar {
                         f.message
                     );
                     if f.reconnect {
+                        // A new connection may reach a broker that has
+                        // restarted since: learn what it holds again.
                         client = None;
+                        held = None;
                     }
                     // Wait out the backoff; a new desired state does not cut it
                     // short, so a flapping broker is not hammered.

@@ -356,3 +356,40 @@ fn a_refused_configuration_exits_64_naming_file_and_key() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_broker_loses_is_registered_again() {
+    let mut rig = Rig::with_kbs("reconcile_seconds = 1");
+    let agent = rig.start_agent();
+    agent.wait_notify("READY=1", Duration::from_secs(30));
+    let first = rig.registered().await;
+    assert!(!first.is_empty());
+
+    // An operator clears this node's digests: back within the reconcile period.
+    rig.kbs_admin(&[
+        "digests".as_ref(),
+        "replace".as_ref(),
+        "--node".as_ref(),
+        rig::NODE.as_ref(),
+        "--runtime-class".as_ref(),
+        CLASS.as_ref(),
+        "--clear".as_ref(),
+    ]);
+    assert!(rig.registered().await.is_empty());
+    let again = rig
+        .wait_registered("registered again after --clear", |now| !now.is_empty())
+        .await;
+    assert_eq!(again, first);
+
+    // The broker comes back on an empty database (restored from an old
+    // backup, say): registered again after the reconnect.
+    rig.stop_kbs();
+    std::fs::remove_dir_all(rig.data_dir()).unwrap();
+    rig.start_kbs();
+    let again = rig
+        .wait_registered("registered again on an empty broker", |now| !now.is_empty())
+        .await;
+    assert_eq!(again, first);
+    let s = agent.status().await;
+    assert_eq!(s.classes[CLASS].state, ClassState::Registered, "{s:?}");
+}

@@ -125,16 +125,26 @@ pub struct Rig {
 impl Rig {
     /// Writes the sample artefacts, the agent's configuration and starts the kbs.
     pub fn new(extra_agent_config: &str) -> Rig {
-        Rig::build(extra_agent_config, None, "")
+        Rig::build(extra_agent_config, None, "", "")
+    }
+
+    /// As [`Rig::new`], with `kbs` added to the agent's `[kbs]` table.
+    pub fn with_kbs(kbs: &str) -> Rig {
+        Rig::build("", None, "", kbs)
     }
 
     /// As [`Rig::new`], the agent following `kata_configs` (a glob) instead of the
     /// sample's directory, with `launches` added to its `[launches]` table.
     pub fn following(kata_configs: &Path, launches: &str) -> Rig {
-        Rig::build("", Some(kata_configs), launches)
+        Rig::build("", Some(kata_configs), launches, "")
     }
 
-    fn build(extra_agent_config: &str, kata_configs: Option<&Path>, launches: &str) -> Rig {
+    fn build(
+        extra_agent_config: &str,
+        kata_configs: Option<&Path>,
+        launches: &str,
+        kbs: &str,
+    ) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let kata = dir.path().join("kata");
         let sample = sample_artefacts::write_sample(&kata).unwrap();
@@ -157,6 +167,7 @@ impl Rig {
                  admin_socket = \"{}\"\n\
                  retry_max_seconds = 1\n\
                  timeout_seconds = 2\n\
+                 {kbs}\n\
                  [launches]\n\
                  host_cpu_signature = \"0xa00f11\"\n\
                  max_pod_cpus = 1\n\
