@@ -307,7 +307,10 @@ impl Daemon {
         }
         out.changed = desired != self.desired;
         let previous = std::mem::replace(&mut self.desired, desired);
-        if out.changed {
+        // The first pass always makes a generation, even with nothing to
+        // register: the registrar reports being in step with it, which is
+        // what makes the agent READY.
+        if out.changed || self.generation == 0 {
             self.generation += 1;
         }
         self.publish_status_with(&previous, skipped, errors);
@@ -699,10 +702,18 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
                         info!("first registration complete: {classes} runtime classes registered");
                     }
                     kbs_waiting_noted = false;
-                    set_activity(&status, &notifier, &format!(
-                        "watching {} files; {classes} runtime classes registered",
-                        watcher.watched_files()
-                    ));
+                    let activity = if daemon.desired().1.is_empty() {
+                        format!(
+                            "nothing to register: no confidential Kata configuration in {}; watching for one",
+                            config.kata_configs.join(", ")
+                        )
+                    } else {
+                        format!(
+                            "watching {} files; {classes} runtime classes registered",
+                            watcher.watched_files()
+                        )
+                    };
+                    set_activity(&status, &notifier, &activity);
                     tokio::task::block_in_place(|| drift.scan_and_log());
                 }
                 Some(Report::Orphans(classes)) => daemon.adopt_orphans(classes),

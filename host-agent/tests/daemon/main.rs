@@ -316,9 +316,14 @@ async fn running_guests_that_measure_differently_are_reported() {
 }
 
 async fn fetch_metrics(addr: std::net::SocketAddr) -> String {
+    http_get(addr, "/metrics").await
+}
+
+/// A plain HTTP GET of `path`, returning the whole response.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = String::new();
@@ -392,4 +397,25 @@ async fn what_the_broker_loses_is_registered_again() {
     assert_eq!(again, first);
     let s = agent.status().await;
     assert_eq!(s.classes[CLASS].state, ClassState::Registered, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nothing_to_register_the_agent_is_ready_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::following(&dir.path().join("none/configuration-*.toml"), "");
+    let agent = rig.start_agent();
+    agent.wait_notify("READY=1", Duration::from_secs(30));
+    let s = agent.status().await;
+    assert!(s.ready, "{s:?}");
+    assert!(s.classes.is_empty(), "{s:?}");
+    assert!(
+        s.activity
+            .starts_with("nothing to register: no confidential Kata configuration"),
+        "{s:?}"
+    );
+    let health = http_get(agent.addr, "/healthz").await;
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
 }
