@@ -242,11 +242,30 @@ fn read_extension_images(
     })
 }
 
+/// The x86 kernel's command line size, NUL included (COMMAND_LINE_SIZE).
+pub const MAX_KERNEL_CMDLINE: usize = 2048;
+
 /// Kata rejects a kernel parameter with an empty key (a token starting with `=`)
 /// when it loads the configuration. The CC builds split on any whitespace and
 /// the upstream runtime on spaces outside quotes, so only what both refuse is
 /// refused here; each release's builder checks its own split.
 fn check_params(r: &Reader<'_>, key: &str, params: &Located<String>) -> Result<(), ConfigError> {
+    // QEMU refuses to boot an x86 kernel whose command line is longer than
+    // the kernel's limit (COMMAND_LINE_SIZE, 2,048 bytes with the NUL); the
+    // parameters alone over it can never make a launch, and a huge value
+    // would only cost memory in every digest derived from it.
+    if params.value.len() >= MAX_KERNEL_CMDLINE {
+        return Err(r.invalid(
+            key,
+            params.line,
+            format!(
+                "{} bytes: longer than the {} bytes an x86 kernel's command line holds \
+                 (QEMU refuses to boot it)",
+                params.value.len(),
+                MAX_KERNEL_CMDLINE - 1
+            ),
+        ));
+    }
     let quoted_ok = kernel_param_fields(&params.value)
         .iter()
         .all(|t| kata_param(t).is_ok());

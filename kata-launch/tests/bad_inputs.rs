@@ -307,6 +307,19 @@ fn other_invalid_values() {
         "{msg}"
     );
 
+    // Longer than any x86 kernel's command line: refused, by its length only.
+    let long = format!(
+        "agent.enable_signature_verification=false x={}",
+        "a".repeat(50_000)
+    );
+    let text = template(&[("agent.enable_signature_verification=false", &long)]);
+    let msg = parse_err(&text).to_string();
+    assert!(
+        msg.contains("key hypervisor.qemu.kernel_params: 50085 bytes: longer than the 2047 bytes"),
+        "{}",
+        &msg[..msg.len().min(300)]
+    );
+
     let err = KataConfig::parse(Path::new("/etc/kata/kata.toml"), TEMPLATE).unwrap_err();
     assert!(matches!(err, ConfigError::RuntimeClass { .. }));
     assert!(
