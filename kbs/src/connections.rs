@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -100,7 +100,8 @@ struct ConnState {
     evicted: AtomicBool,
     /// Its place in the counts has been given back.
     released: AtomicBool,
-    waker: Mutex<Option<Waker>>,
+    /// Lock-free: it is registered every time a read would block.
+    waker: atomic_waker::AtomicWaker,
     source: IpAddr,
     /// The accept loop's epoch, which `last_read_ms` counts from.
     epoch: Instant,
@@ -163,10 +164,7 @@ impl Counts {
         };
         state.evicted.store(true, Ordering::Release);
         self.release(&state);
-        let waker = state.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(w) = waker {
-            w.wake();
-        }
+        state.waker.wake();
         true
     }
 }
@@ -214,7 +212,7 @@ fn admit(
         last_read_ms: AtomicU64::new(c.now_ms()),
         evicted: AtomicBool::new(false),
         released: AtomicBool::new(false),
-        waker: Mutex::new(None),
+        waker: atomic_waker::AtomicWaker::new(),
         source,
         epoch: c.epoch,
     });
@@ -248,6 +246,14 @@ impl tonic::transport::server::Connected for LimitedConn {
     }
 }
 
+/// The read error of an evicted connection, which makes the server drop it.
+fn evicted() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "closed to make room for a new connection",
+    )
+}
+
 impl AsyncRead for LimitedConn {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -257,10 +263,7 @@ impl AsyncRead for LimitedConn {
         let before = buf.filled().len();
         let this = &mut *self;
         if this._slot.state.evicted.load(Ordering::Acquire) {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "closed to make room for a new connection",
-            )));
+            return Poll::Ready(Err(evicted()));
         }
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -286,12 +289,12 @@ impl AsyncRead for LimitedConn {
                     )))
                 }
                 Poll::Pending => {
-                    *this
-                        ._slot
-                        .state
-                        .waker
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+                    // Registered before the flag is read again, so that an
+                    // eviction between the first check and now is not lost.
+                    this._slot.state.waker.register(cx.waker());
+                    if this._slot.state.evicted.load(Ordering::Acquire) {
+                        return Poll::Ready(Err(evicted()));
+                    }
                     Poll::Pending
                 }
             },
