@@ -235,6 +235,18 @@ async fn setup(kbs: &Kbs, dir: &Path) -> Provisioned {
     }
 }
 
+/// A simulated platform whose fake AMD root (written to `ark.cert` in
+/// `dir`) a started kbs trusts, the kbs provisioned as [`setup`] does.
+async fn provisioned_broker(dir: &Path) -> (SimPlatform, PathBuf, Kbs, Provisioned) {
+    let roots = FakeAmdRoots::generate().unwrap();
+    let platform = SimPlatform::new(&roots).unwrap();
+    let ark = dir.join("ark.cert");
+    std::fs::write(&ark, roots.ark_cert()).unwrap();
+    let kbs = start_kbs(dir, &ark);
+    let provisioned = setup(&kbs, dir).await;
+    (platform, ark, kbs, provisioned)
+}
+
 /// Asserts that `out` (the whole JSON text) shows no form of `key`.
 #[track_caller]
 fn assert_not_shown(out: &serde_json::Value, key: &[u8]) {
@@ -283,12 +295,7 @@ async fn guest_status_of(kbs: &Kbs, launch_id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attested_guests_verify_and_are_confirmed_at_the_broker() {
     let dir = tempfile::tempdir().unwrap();
-    let roots = FakeAmdRoots::generate().unwrap();
-    let platform = SimPlatform::new(&roots).unwrap();
-    let ark = dir.path().join("ark.cert");
-    std::fs::write(&ark, roots.ark_cert()).unwrap();
-    let kbs = start_kbs(dir.path(), &ark);
-    let provisioned = setup(&kbs, dir.path()).await;
+    let (platform, _, kbs, provisioned) = provisioned_broker(dir.path()).await;
     let uri = format!("http://{}", kbs.addr);
 
     // Online: connection entry, the policy over GetOnlineSecret, the report.
@@ -448,12 +455,7 @@ async fn both_paths(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_keys_are_not_provisioned_and_malformed_ones_fail() {
     let dir = tempfile::tempdir().unwrap();
-    let roots = FakeAmdRoots::generate().unwrap();
-    let platform = SimPlatform::new(&roots).unwrap();
-    let ark = dir.path().join("ark.cert");
-    std::fs::write(&ark, roots.ark_cert()).unwrap();
-    let kbs = start_kbs(dir.path(), &ark);
-    setup(&kbs, dir.path()).await;
+    let (platform, _, kbs, _) = provisioned_broker(dir.path()).await;
     let mut c = admin(&kbs).await;
 
     // An image key of the wrong length and a cosign "key" that is none.
@@ -548,12 +550,7 @@ async fn missing_keys_are_not_provisioned_and_malformed_ones_fail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_reports_in_the_background_after_the_hand_over() {
     let dir = tempfile::tempdir().unwrap();
-    let roots = FakeAmdRoots::generate().unwrap();
-    let platform = SimPlatform::new(&roots).unwrap();
-    let ark = dir.path().join("ark.cert");
-    std::fs::write(&ark, roots.ark_cert()).unwrap();
-    let kbs = start_kbs(dir.path(), &ark);
-    setup(&kbs, dir.path()).await;
+    let (platform, _, kbs, _) = provisioned_broker(dir.path()).await;
     let launched = pre_attest(
         &platform,
         &ShimLaunch::online(format!("http://{}", kbs.addr), 0x3, DIGEST),
@@ -618,12 +615,7 @@ fn verify_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_tell_confirmed_refused_and_undelivered_apart() {
     let dir = tempfile::tempdir().unwrap();
-    let roots = FakeAmdRoots::generate().unwrap();
-    let platform = SimPlatform::new(&roots).unwrap();
-    let ark = dir.path().join("ark.cert");
-    std::fs::write(&ark, roots.ark_cert()).unwrap();
-    let kbs = start_kbs(dir.path(), &ark);
-    setup(&kbs, dir.path()).await;
+    let (platform, ark, kbs, _) = provisioned_broker(dir.path()).await;
     let uri = format!("http://{}", kbs.addr);
     let launch = || async {
         pre_attest(
