@@ -266,20 +266,14 @@ fn a_token_file_that_does_not_qualify_stops_the_start_and_names_the_file() {
             Some(m) => write_token(dir.path(), &text, m),
             None => dir.path().join("no-such-token"),
         };
-        let mut child = command(
+        let stderr = exits_64(command(
             &dir.path().join("data"),
             &dir.path().join("admin.sock"),
             &[
                 "--admin-token-file".into(),
                 path.to_string_lossy().into_owned(),
             ],
-        )
-        .spawn()
-        .unwrap();
-        let status = wait_exit(&mut child, Duration::from_secs(30));
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        assert_eq!(status.code(), Some(64), "{what}: {stderr}");
+        ));
         assert!(
             stderr.contains(&format!("kbs: error: admin token file {}", path.display())),
             "{what}: {stderr}"
@@ -997,14 +991,18 @@ fn admin_tcp(dir: &Path, endpoint: &str, ca: Option<&Path>, args: &[&str]) -> Ou
 /// Starts a kbs whose TCP admin listener (if any) is at `admin_listen` and
 /// that must refuse its configuration, and returns its stderr.
 fn refused_start(dir: &Path, admin_listen: &str, args: &[String]) -> String {
-    let mut child = command_admin_at(
+    exits_64(command_admin_at(
         &dir.join("data"),
         &dir.join("admin.sock"),
         admin_listen,
         args,
-    )
-    .spawn()
-    .unwrap();
+    ))
+}
+
+/// Runs the kbs command `cmd`, which must refuse its configuration (exit
+/// 64, no listener started), and returns its stderr.
+fn exits_64(mut cmd: Command) -> String {
+    let mut child = cmd.spawn().unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(30));
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
@@ -1029,13 +1027,7 @@ fn a_data_directory_is_private_to_one_kbs() {
     // A second kbs on the same directory is refused, naming the first.
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
-    let mut child = command(&data, &other.join("admin.sock"), &[])
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(30));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(64), "{stderr}");
+    let stderr = exits_64(command(&data, &other.join("admin.sock"), &[]));
     assert!(
         stderr.contains(&format!("in use by another kbs (pid {})", kbs.child.id())),
         "{stderr}"
