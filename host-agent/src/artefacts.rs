@@ -16,6 +16,8 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Largest firmware image accepted. OVMF builds are 2 to 8 MiB; the limit keeps a
 /// wrong path (a disk image, say) from being read into memory.
@@ -27,6 +29,45 @@ pub const MAX_KERNEL_LEN: u64 = 512 << 20;
 /// QEMU loads the whole file into guest memory.
 pub const MAX_INITRD_LEN: u64 = 2 << 30;
 const CHUNK: usize = 256 << 10;
+
+/// How kernels and initrds are read: their size limits, and a flag another
+/// thread raises to stop a long read (a file it depends on changed, or the
+/// agent is stopping).
+#[derive(Debug, Clone)]
+pub struct ReadControl {
+    /// Largest kernel accepted, in bytes.
+    pub max_kernel: u64,
+    /// Largest initrd accepted, in bytes.
+    pub max_initrd: u64,
+    /// Raised to stop reads in progress; they fail with [`ArtefactError::Stopped`].
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for ReadControl {
+    fn default() -> Self {
+        ReadControl {
+            max_kernel: MAX_KERNEL_LEN,
+            max_initrd: MAX_INITRD_LEN,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl ReadControl {
+    /// The size limit of a kernel or initrd (firmware is checked by its
+    /// readers, with their own error).
+    fn limit_of(&self, kind: ArtefactKind) -> u64 {
+        match kind {
+            ArtefactKind::Kernel => self.max_kernel,
+            ArtefactKind::Initrd => self.max_initrd,
+            ArtefactKind::Firmware => u64::MAX,
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
 
 /// Which artefact a file is, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +125,15 @@ pub enum ArtefactError {
         /// The limit.
         limit: u64,
     },
+    /// A read stopped half-way because something it depends on changed or the
+    /// agent is stopping; it will be read again.
+    #[error("reading {kind} {} was stopped before the end", path.display())]
+    Stopped {
+        /// Which artefact.
+        kind: ArtefactKind,
+        /// Its path.
+        path: PathBuf,
+    },
     /// The firmware is implausibly large.
     #[error("firmware {} is {len} bytes, more than the {MAX_FIRMWARE_LEN}-byte limit for an OVMF image", path.display())]
     FirmwareTooLarge {
@@ -94,17 +144,11 @@ pub enum ArtefactError {
     },
 }
 
-/// The size limit of a kernel or initrd (firmware is checked by its readers,
-/// with their own error).
-fn limit_of(kind: ArtefactKind) -> u64 {
-    match kind {
-        ArtefactKind::Kernel => MAX_KERNEL_LEN,
-        ArtefactKind::Initrd => MAX_INITRD_LEN,
-        ArtefactKind::Firmware => u64::MAX,
-    }
-}
-
-fn open(kind: ArtefactKind, path: &Path) -> Result<(File, u64), ArtefactError> {
+fn open(
+    kind: ArtefactKind,
+    path: &Path,
+    control: &ReadControl,
+) -> Result<(File, u64), ArtefactError> {
     let io = |cause| ArtefactError::Io {
         kind,
         path: path.to_path_buf(),
@@ -124,7 +168,7 @@ fn open(kind: ArtefactKind, path: &Path) -> Result<(File, u64), ArtefactError> {
             path: path.to_path_buf(),
         });
     }
-    let limit = limit_of(kind);
+    let limit = control.limit_of(kind);
     if meta.len() > limit {
         return Err(ArtefactError::TooLarge {
             kind,
@@ -173,7 +217,7 @@ pub fn read_config_text(path: &Path) -> io::Result<String> {
 
 /// Reads a firmware image whole.
 pub fn read_firmware(path: &Path) -> Result<Vec<u8>, ArtefactError> {
-    let (file, len) = open(ArtefactKind::Firmware, path)?;
+    let (file, len) = open(ArtefactKind::Firmware, path, &ReadControl::default())?;
     if len > MAX_FIRMWARE_LEN {
         return Err(ArtefactError::FirmwareTooLarge {
             path: path.to_path_buf(),
@@ -200,8 +244,9 @@ pub fn read_firmware(path: &Path) -> Result<Vec<u8>, ArtefactError> {
 
 /// SHA-256 of a file, read in fixed-size chunks.
 pub fn sha256_file(kind: ArtefactKind, path: &Path) -> Result<[u8; 32], ArtefactError> {
-    let (mut file, _) = open(kind, path)?;
-    sha256_open(kind, path, &mut file)
+    let control = ReadControl::default();
+    let (mut file, _) = open(kind, path, &control)?;
+    sha256_open(kind, path, &mut file, &control)
 }
 
 /// Opens an artefact, refusing anything but a regular file; returns it with its
@@ -209,8 +254,9 @@ pub fn sha256_file(kind: ArtefactKind, path: &Path) -> Result<[u8; 32], Artefact
 pub fn open_artefact(
     kind: ArtefactKind,
     path: &Path,
+    control: &ReadControl,
 ) -> Result<(File, std::fs::Metadata), ArtefactError> {
-    let (file, _) = open(kind, path)?;
+    let (file, _) = open(kind, path, control)?;
     let meta = file.metadata().map_err(|cause| ArtefactError::Io {
         kind,
         path: path.to_path_buf(),
@@ -238,17 +284,25 @@ pub fn read_firmware_open(path: &Path, file: &mut File) -> Result<Vec<u8>, Artef
     Ok(data)
 }
 
-/// SHA-256 of an opened file (`path` only names it in errors).
+/// SHA-256 of an opened file (`path` only names it in errors), stopping when
+/// `control`'s flag is raised.
 pub fn sha256_open(
     kind: ArtefactKind,
     path: &Path,
     file: &mut File,
+    control: &ReadControl,
 ) -> Result<[u8; 32], ArtefactError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
-    let limit = limit_of(kind);
+    let limit = control.limit_of(kind);
     let mut total: u64 = 0;
     loop {
+        if control.stopped() {
+            return Err(ArtefactError::Stopped {
+                kind,
+                path: path.to_path_buf(),
+            });
+        }
         match file.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -349,5 +403,22 @@ mod tests {
         std::fs::write(&p, &data).unwrap();
         let want: [u8; 32] = Sha256::digest(&data).into();
         assert_eq!(sha256_file(ArtefactKind::Kernel, &p).unwrap(), want);
+    }
+
+    #[test]
+    fn limits_are_configurable_and_a_raised_flag_stops_a_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("initrd");
+        std::fs::write(&p, vec![7u8; CHUNK * 3]).unwrap();
+        let control = ReadControl {
+            max_initrd: CHUNK as u64,
+            ..ReadControl::default()
+        };
+        let e = open(ArtefactKind::Initrd, &p, &control).unwrap_err();
+        assert!(e.to_string().contains(&format!("{CHUNK}-byte limit")), "{e}");
+        let (mut f, _) = open(ArtefactKind::Kernel, &p, &control).unwrap();
+        control.stop.store(true, Ordering::Relaxed);
+        let e = sha256_open(ArtefactKind::Kernel, &p, &mut f, &control).unwrap_err();
+        assert!(matches!(e, ArtefactError::Stopped { .. }), "{e}");
     }
 }

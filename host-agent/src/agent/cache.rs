@@ -7,8 +7,9 @@
 //! written while it is read is never cached under a key it does not match.
 
 use crate::artefacts::{
-    open_artefact, read_firmware_open, sha256_open, ArtefactError, ArtefactKind,
+    open_artefact, read_firmware_open, sha256_open, ArtefactError, ArtefactKind, ReadControl,
 };
+use std::collections::HashSet;
 use sev_core::{FirmwareImage, KernelHashes, LaunchDigest, MeasureError, SevMode, VmShape};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -47,6 +48,14 @@ pub enum CacheError {
     /// The file changed while it was read; it will be read again on its next event.
     #[error("{kind} {} changed while it was being read", path.display())]
     Changed {
+        /// Which artefact.
+        kind: ArtefactKind,
+        /// Its path.
+        path: PathBuf,
+    },
+    /// The file is open for writing: it is read once its writer closes it.
+    #[error("{kind} {} is being written", path.display())]
+    BeingWritten {
         /// Which artefact.
         kind: ArtefactKind,
         /// Its path.
@@ -111,6 +120,9 @@ pub struct ArtefactCache {
     hashes: HashMap<PathBuf, (FileKey, [u8; 32])>,
     firmware: HashMap<PathBuf, (FileKey, Arc<CachedFirmware>)>,
     stats: CacheStats,
+    control: ReadControl,
+    /// Real paths of files open for writing, left unread.
+    busy: HashSet<PathBuf>,
 }
 
 fn stat_key(kind: ArtefactKind, path: &Path) -> Result<FileKey, CacheError> {
@@ -134,9 +146,10 @@ fn stat_key(kind: ArtefactKind, path: &Path) -> Result<FileKey, CacheError> {
 fn read_stable<T>(
     kind: ArtefactKind,
     path: &Path,
+    control: &ReadControl,
     read: impl FnOnce(&mut std::fs::File) -> Result<T, ArtefactError>,
 ) -> Result<(FileKey, T), CacheError> {
-    let (mut file, before) = open_artefact(kind, path)?;
+    let (mut file, before) = open_artefact(kind, path, control)?;
     let value = read(&mut file)?;
     let after = file.metadata().map_err(|cause| ArtefactError::Io {
         kind,
@@ -154,14 +167,52 @@ fn read_stable<T>(
 }
 
 /// Hashes a kernel or initrd without the cache (for hashing several in parallel).
-pub fn hash_uncached(kind: ArtefactKind, path: &Path) -> Result<(FileKey, [u8; 32]), CacheError> {
-    read_stable(kind, path, |f| sha256_open(kind, path, f))
+pub fn hash_uncached(
+    kind: ArtefactKind,
+    path: &Path,
+    control: &ReadControl,
+) -> Result<(FileKey, [u8; 32]), CacheError> {
+    read_stable(kind, path, control, |f| sha256_open(kind, path, f, control))
 }
 
 impl ArtefactCache {
-    /// An empty cache.
+    /// An empty cache with the default size limits.
     pub fn new() -> ArtefactCache {
         ArtefactCache::default()
+    }
+
+    /// An empty cache reading under `control`.
+    pub fn with_control(control: ReadControl) -> ArtefactCache {
+        ArtefactCache {
+            control,
+            ..ArtefactCache::default()
+        }
+    }
+
+    /// How files are read.
+    pub fn control(&self) -> &ReadControl {
+        &self.control
+    }
+
+    /// Sets the real paths of files open for writing: reading one of them
+    /// (or a link to one) fails with [`CacheError::BeingWritten`].
+    pub fn set_busy(&mut self, busy: HashSet<PathBuf>) {
+        self.busy = busy;
+    }
+
+    /// Refuses a file whose writer has not closed it yet.
+    pub fn check_not_busy(&self, kind: ArtefactKind, path: &Path) -> Result<(), CacheError> {
+        if self.busy.is_empty() {
+            return Ok(());
+        }
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if self.busy.contains(&real) {
+            return Err(CacheError::BeingWritten {
+                kind,
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(())
     }
 
     /// Hit and miss counts so far.
@@ -189,6 +240,7 @@ impl ArtefactCache {
 
     /// SHA-256 of a kernel or initrd.
     pub fn sha256(&mut self, kind: ArtefactKind, path: &Path) -> Result<[u8; 32], CacheError> {
+        self.check_not_busy(kind, path)?;
         let now = stat_key(kind, path)?;
         if let Some((key, hash)) = self.hashes.get(path) {
             if *key == now {
@@ -196,7 +248,7 @@ impl ArtefactCache {
                 return Ok(*hash);
             }
         }
-        let (key, hash) = hash_uncached(kind, path)?;
+        let (key, hash) = hash_uncached(kind, path, &self.control)?;
         self.insert_hash(path, key, hash);
         Ok(hash)
     }
@@ -204,6 +256,7 @@ impl ArtefactCache {
     /// A firmware image, read once per version of the file.
     pub fn firmware(&mut self, path: &Path) -> Result<Arc<CachedFirmware>, CacheError> {
         let kind = ArtefactKind::Firmware;
+        self.check_not_busy(kind, path)?;
         let now = stat_key(kind, path)?;
         if let Some((key, fw)) = self.firmware.get(path) {
             if *key == now {
@@ -211,7 +264,9 @@ impl ArtefactCache {
                 return Ok(Arc::clone(fw));
             }
         }
-        let (key, bytes) = read_stable(kind, path, |f| read_firmware_open(path, f))?;
+        let (key, bytes) = read_stable(kind, path, &self.control, |f| {
+            read_firmware_open(path, f)
+        })?;
         self.stats.misses += 1;
         let image = FirmwareImage::new(bytes).map_err(|e| CacheError::Measure {
             path: path.to_path_buf(),

@@ -44,10 +44,19 @@ pub struct AgentConfig {
     /// events (an editor's save, a package upgrade) gives one recomputation.
     #[serde(default = "default_settle_ms")]
     pub settle_ms: u64,
-    /// How long a file may keep being written in place (modified but not yet
-    /// closed) before it is read anyway, in milliseconds.
+    /// Quiet time after a file of interest is written in place before it is
+    /// looked at again, in milliseconds. A file still open for writing is
+    /// not read before its writer closes it, or 30 s after its last write.
     #[serde(default = "default_write_settle_ms")]
     pub write_settle_ms: u64,
+    /// Largest guest kernel read, in bytes; a larger one is an error in
+    /// status, never read.
+    #[serde(default = "default_max_kernel_bytes")]
+    pub max_kernel_bytes: u64,
+    /// Largest guest initrd read, in bytes; a larger one is an error in
+    /// status, never read.
+    #[serde(default = "default_max_initrd_bytes")]
+    pub max_initrd_bytes: u64,
     /// How long the digests of a configuration that disappeared stay registered,
     /// in seconds: upgrades delete and recreate files.
     #[serde(default = "default_stale_grace")]
@@ -196,6 +205,12 @@ fn default_settle_ms() -> u64 {
 fn default_write_settle_ms() -> u64 {
     250
 }
+fn default_max_kernel_bytes() -> u64 {
+    crate::artefacts::MAX_KERNEL_LEN
+}
+fn default_max_initrd_bytes() -> u64 {
+    crate::artefacts::MAX_INITRD_LEN
+}
 fn default_stale_grace() -> u64 {
     600
 }
@@ -250,6 +265,8 @@ impl Default for AgentConfig {
             state_dir: default_state_dir(),
             settle_ms: default_settle_ms(),
             write_settle_ms: default_write_settle_ms(),
+            max_kernel_bytes: default_max_kernel_bytes(),
+            max_initrd_bytes: default_max_initrd_bytes(),
             stale_grace_seconds: default_stale_grace(),
             kbs: KbsConfig::default(),
             launches: LaunchesConfig::default(),
@@ -351,6 +368,14 @@ impl AgentConfig {
         };
         if self.kata_configs.is_empty() {
             return Err(invalid("kata_configs", "names no file".into()));
+        }
+        for (key, value) in [
+            ("max_kernel_bytes", self.max_kernel_bytes),
+            ("max_initrd_bytes", self.max_initrd_bytes),
+        ] {
+            if value < 1 << 20 {
+                return Err(invalid(key, format!("{value} bytes: at least 1 MiB")));
+            }
         }
         for pattern in &self.kata_configs {
             let p = Path::new(pattern);
@@ -635,6 +660,8 @@ mod tests {
         assert_eq!(c.state_dir, d.state_dir);
         assert_eq!(c.settle_ms, d.settle_ms);
         assert_eq!(c.write_settle_ms, d.write_settle_ms);
+        assert_eq!(c.max_kernel_bytes, d.max_kernel_bytes);
+        assert_eq!(c.max_initrd_bytes, d.max_initrd_bytes);
         assert_eq!(c.stale_grace_seconds, d.stale_grace_seconds);
         assert_eq!(c.kbs_target(), d.kbs_target());
         assert_eq!(c.kbs.timeout_seconds, d.kbs.timeout_seconds);
@@ -776,6 +803,8 @@ admin_ca_file = "/etc/host-agent/kbs-admin-ca.pem"
             ("[launches]\npod_cpus = []", "launches.pod_cpus"),
             ("[kbs]\nretry_max_seconds = 0", "kbs.retry_max_seconds"),
             ("[kbs]\nreconcile_seconds = 0", "kbs.reconcile_seconds"),
+            ("max_kernel_bytes = 4096", "max_kernel_bytes"),
+            ("max_initrd_bytes = 0", "max_initrd_bytes"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains("/etc/host-agent/config.toml"), "{e}");

@@ -4,7 +4,7 @@
 
 use super::cache::{hash_uncached, ArtefactCache, CacheError};
 use super::config::AgentConfig;
-use crate::artefacts::ArtefactKind;
+use crate::artefacts::{ArtefactError, ArtefactKind};
 use crate::kata_release::{ReleaseError, ResolvedRelease};
 use kata_launch::{
     measure_class, plan, Annotation, BootHashes, ClassRequest, ConfigError as KataError,
@@ -271,6 +271,12 @@ pub enum DeriveError {
         /// What is wrong with the file.
         cause: Box<CacheError>,
     },
+    /// The configuration is open for writing: it is read once closed.
+    #[error("{} is being written", path.display())]
+    BeingWritten {
+        /// The configuration.
+        path: PathBuf,
+    },
     /// The launch cannot be measured.
     #[error("{}: {cause}", path.display())]
     Measure {
@@ -311,7 +317,16 @@ impl DeriveError {
     /// Whether the error may go away by itself (a file caught while being
     /// written), so the previous result stands without being reported as broken.
     pub fn is_transient(&self) -> bool {
-        matches!(self, DeriveError::Artefact { cause, .. } if matches!(**cause, CacheError::Changed { .. }))
+        matches!(self, DeriveError::BeingWritten { .. })
+            || matches!(
+            self,
+            DeriveError::Artefact { cause, .. } if matches!(
+                **cause,
+                CacheError::Changed { .. }
+                    | CacheError::BeingWritten { .. }
+                    | CacheError::Artefact(ArtefactError::Stopped { .. })
+            )
+        )
     }
 }
 
@@ -356,10 +371,20 @@ fn warm(config: &KataConfig, cache: &mut ArtefactCache) {
     if todo.len() < 2 {
         return; // one file: hashed in place, no thread needed
     }
+    if todo
+        .iter()
+        .any(|(kind, path)| cache.check_not_busy(*kind, path).is_err())
+    {
+        return; // the sequential pass reports it
+    }
+    let control = cache.control().clone();
     let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = todo
             .iter()
-            .map(|(kind, path)| s.spawn(move || (path, hash_uncached(*kind, path))))
+            .map(|(kind, path)| {
+                let control = &control;
+                s.spawn(move || (path, hash_uncached(*kind, path, control)))
+            })
             .collect();
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
     });

@@ -27,6 +27,7 @@ use self::metrics::Metrics;
 use self::registrar::{Desired, Registrar, Report};
 use self::status::{unix_now, AgentStatus, ClassState, ClassStatus, FileNote, LaunchView};
 use self::watch::{Interest, Relevance, Watcher};
+use crate::artefacts::ArtefactKind;
 use crate::systemd::Notifier;
 use anyhow::Context;
 use kata_launch::{runtime_class_from_file_name, KataConfig};
@@ -47,8 +48,10 @@ struct Tracked {
     derived_at: Option<u64>,
     error: Option<String>,
     /// The file gives nothing to register any more (not confidential, mode
-    /// not wanted): its digests are removed.
+    /// not wanted) and has for the grace period: its digests are removed.
     skipped: bool,
+    /// Since when the file has given nothing to register.
+    skipped_since: Option<(Instant, u64)>,
     missing_since: Option<(Instant, u64)>,
 }
 
@@ -101,12 +104,17 @@ impl Daemon {
             .map(|p| glob::Pattern::new(p))
             .collect::<Result<Vec<_>, _>>()
             .context("kata_configs")?;
+        let cache = ArtefactCache::with_control(crate::artefacts::ReadControl {
+            max_kernel: config.max_kernel_bytes,
+            max_initrd: config.max_initrd_bytes,
+            ..crate::artefacts::ReadControl::default()
+        });
         Ok(Daemon {
             releases: crate::kata_release::ReleaseProbe::new(config.kata_release()),
             platform,
             config,
             host,
-            cache: ArtefactCache::new(),
+            cache,
             patterns,
             classes: BTreeMap::new(),
             orphans: BTreeMap::new(),
@@ -119,16 +127,41 @@ impl Daemon {
         })
     }
 
-    /// The configuration files present now, in a stable order.
-    fn config_files(&self) -> Vec<PathBuf> {
+    /// The configuration files present now, in a stable order, and the
+    /// directories that could not be read, with why. A file that cannot be
+    /// looked at is listed (reading it reports why); only one that does not
+    /// exist is left out.
+    fn config_files(&self) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) {
         let mut files = BTreeSet::new();
+        let mut unreadable = Vec::new();
         for pattern in &self.config.kata_configs {
-            match glob::glob(pattern) {
-                Ok(paths) => files.extend(paths.filter_map(Result::ok).filter(|p| p.is_file())),
-                Err(e) => warn!("kata_configs {pattern:?}: {e}"),
+            let paths = match glob::glob(pattern) {
+                Ok(paths) => paths,
+                Err(e) => {
+                    warn!("kata_configs {pattern:?}: {e}");
+                    continue;
+                }
+            };
+            for entry in paths {
+                match entry {
+                    Ok(p) => match std::fs::metadata(&p) {
+                        Ok(m) if !m.is_file() => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        _ => {
+                            files.insert(p);
+                        }
+                    },
+                    Err(e) => {
+                        let path = e.path().to_path_buf();
+                        let error = std::io::Error::from(e);
+                        if error.kind() != std::io::ErrorKind::NotFound {
+                            unreadable.push((path, error));
+                        }
+                    }
+                }
             }
         }
-        files.into_iter().collect()
+        (files.into_iter().collect(), unreadable)
     }
 
     /// When the next grace period ends, if any runs.
@@ -136,9 +169,17 @@ impl Daemon {
         let grace = Duration::from_secs(self.config.stale_grace_seconds);
         self.classes
             .values()
-            .filter_map(|t| t.missing_since.map(|(at, _)| at + grace))
+            .filter_map(|t| {
+                let skipping = t.skipped_since.filter(|_| !t.skipped);
+                t.missing_since.or(skipping).map(|(at, _)| at + grace)
+            })
             .chain(self.orphans.values().map(|(at, _)| *at + grace))
             .min()
+    }
+
+    /// Raised to stop a pass's long reads; lowered by the caller before a pass.
+    pub fn stop_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        Arc::clone(&self.cache.control().stop)
     }
 
     /// Takes note of classes the broker holds for this node that no file gives.
@@ -157,9 +198,13 @@ impl Daemon {
         self.publish_status();
     }
 
-    /// Re-derives every configuration and updates the desired state.
-    pub fn pass(&mut self) -> PassOutcome {
+    /// Re-derives every configuration and updates the desired state, leaving
+    /// alone the files in `busy` (real paths of files open for writing).
+    pub fn pass(&mut self, busy: std::collections::HashSet<PathBuf>) -> PassOutcome {
         let started = Instant::now();
+        self.cache.set_busy(busy);
+        let now = (Instant::now(), unix_now());
+        let grace = Duration::from_secs(self.config.stale_grace_seconds);
         let misses_before = self.cache.stats().misses;
         let mut out = PassOutcome {
             interest: Interest {
@@ -171,7 +216,20 @@ impl Daemon {
         let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
         let mut skipped = Vec::new();
         let mut errors = Vec::new();
-        for file in self.config_files() {
+        let (files, unreadable) = self.config_files();
+        for (dir, e) in &unreadable {
+            let message = format!(
+                "cannot read the directory: {e}; the digests of the configurations in it stay registered"
+            );
+            warn!(dir = %dir.display(), "{message}");
+            errors.push(FileNote {
+                config: dir.clone(),
+                reason: message,
+            });
+            // It may hold the configurations that are missing: watch its parent.
+            out.interest.files.insert(dir.clone());
+        }
+        for file in files {
             out.interest.files.insert(file.clone());
             let name = file
                 .file_name()
@@ -209,6 +267,7 @@ impl Daemon {
                     derived_at: None,
                     error: None,
                     skipped: false,
+                    skipped_since: None,
                     missing_since: None,
                 });
             tracked.config.clone_from(&file);
@@ -219,13 +278,33 @@ impl Daemon {
                         info!(config = %file.display(), "{class}: configuration usable again");
                     }
                     tracked.skipped = false;
+                    tracked.skipped_since = None;
                     tracked.last_good = Some(*c);
                     tracked.derived_at = Some(unix_now());
                 }
                 Ok(Derived::Skipped { reason, .. }) => {
                     tracked.error = None;
-                    tracked.skipped = true;
-                    tracked.last_good = None;
+                    // Like a file that disappears, one that stops giving
+                    // launches (a save caught half-way, say) keeps what was
+                    // registered for the grace period.
+                    let since = *tracked.skipped_since.get_or_insert(now);
+                    let reason = if tracked.skipped || now.0 >= since.0 + grace {
+                        tracked.skipped = true;
+                        tracked.last_good = None;
+                        reason
+                    } else {
+                        if since.0 == now.0 {
+                            warn!(
+                                config = %file.display(),
+                                "{class}: {reason}; its digests stay registered for {} s",
+                                grace.as_secs()
+                            );
+                        }
+                        format!(
+                            "{reason}; the digests registered for it stay for {} s",
+                            grace.as_secs()
+                        )
+                    };
                     skipped.push(FileNote {
                         config: file.clone(),
                         reason,
@@ -251,11 +330,18 @@ impl Daemon {
                 }
             }
         }
-        let now = (Instant::now(), unix_now());
-        let grace = Duration::from_secs(self.config.stale_grace_seconds);
         let mut expired = Vec::new();
         for (class, t) in &mut self.classes {
             if seen.contains_key(class) {
+                continue;
+            }
+            if let Some((dir, e)) = unreadable.iter().find(|(d, _)| t.config.starts_with(d)) {
+                // Not known to be gone: an error, not a deletion.
+                t.error = Some(format!(
+                    "cannot read {}: {e}; the last good digests stay registered",
+                    dir.display()
+                ));
+                out.interest.files.insert(t.config.clone());
                 continue;
             }
             let since = *t.missing_since.get_or_insert_with(|| {
@@ -280,9 +366,11 @@ impl Daemon {
             self.classes.remove(&class);
             self.removed.insert(class);
         }
+        // While a directory cannot be read, no class is known to be gone.
         let orphans_expired: Vec<String> = self
             .orphans
             .iter()
+            .filter(|_| unreadable.is_empty())
             .filter(|(_, (at, _))| now.0 >= *at + grace)
             .map(|(c, _)| c.clone())
             .collect();
@@ -332,6 +420,11 @@ impl Daemon {
         file: &Path,
         deps: &mut BTreeSet<PathBuf>,
     ) -> Result<Derived, derive::DeriveError> {
+        if self.cache.check_not_busy(ArtefactKind::Firmware, file).is_err() {
+            return Err(derive::DeriveError::BeingWritten {
+                path: file.to_path_buf(),
+            });
+        }
         let text = crate::artefacts::read_config_text(file).map_err(|cause| {
             derive::DeriveError::Read {
                 path: file.to_path_buf(),
@@ -385,7 +478,7 @@ impl Daemon {
             let unchanged = previous.get(class) == self.desired.get(class);
             let state = if t.error.is_some() {
                 ClassState::Error
-            } else if t.missing_since.is_some() {
+            } else if t.missing_since.is_some() || t.skipped_since.is_some() {
                 ClassState::Stale
             } else if unchanged && old.is_some_and(|o| o.registered_at.is_some()) {
                 ClassState::Registered
@@ -407,7 +500,7 @@ impl Daemon {
                     registered_digests: old.and_then(|o| o.registered_digests),
                     config_error: t.error.clone(),
                     registration_error: old.and_then(|o| o.registration_error.clone()),
-                    stale_since: t.missing_since.map(|(_, unix)| unix),
+                    stale_since: t.missing_since.or(t.skipped_since).map(|(_, unix)| unix),
                     kata_release: t.last_good.as_ref().map(|c| c.release.to_string()),
                     warnings: t
                         .last_good
@@ -500,13 +593,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    // On a worker thread, not the block_on thread: the passes run in
+    // On a worker thread, not the block_on thread: the drift scan runs in
     // block_in_place, which hands this worker's other tasks to the second worker.
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         tokio::spawn(serve(config, log_target))
             .await
             .context("the daemon's task failed")?
-    })
+    });
+    // A pass stopped by the flag ends within a chunk; do not wait longer.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result
 }
 
 async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> anyhow::Result<()> {
@@ -579,7 +675,7 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
             Err(e) => status::PlatformView::Unavailable(e),
         });
     }
-    let mut daemon = Daemon::new(
+    let daemon = Daemon::new(
         config.clone(),
         host,
         platform_note,
@@ -587,20 +683,22 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
         metrics.clone(),
         Arc::clone(&drift),
     )?;
+    let stop = daemon.stop_flag();
     let (desired_tx, desired_rx) = tokio_watch::channel((0u64, Desired::new()));
     let (report_tx, mut report_rx) = mpsc::unbounded_channel();
-
-    let first = tokio::task::block_in_place(|| daemon.pass());
-    apply_watches(&mut watcher, &first.interest, &metrics, &status);
-    let _ = desired_tx.send(daemon.desired());
-    let registrar = Registrar::new(
-        config.clone(),
-        node.clone(),
-        Arc::clone(&status),
-        metrics.clone(),
-        report_tx,
-    );
-    let registrar_task = tokio::spawn(registrar.run(desired_rx));
+    // Started once the first pass has said what this node should hold: before
+    // that, everything the broker holds would look orphaned.
+    let mut registrar = Some((
+        Registrar::new(
+            config.clone(),
+            node.clone(),
+            Arc::clone(&status),
+            metrics.clone(),
+            report_tx,
+        ),
+        desired_rx,
+    ));
+    let mut registrar_task = None;
 
     let http_task = http.map(|(listener, bound)| {
         if let Some(addr) = bound {
@@ -615,21 +713,12 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
         };
         tokio::spawn(http::serve(listener, state))
     });
-
-    let classes = daemon.desired().1.len();
-    info!(
-        node = %node,
-        kbs = %config.kbs_target(),
-        logging = ?log_target,
-        "host agent started: {classes} runtime classes derived, {} files watched",
-        watcher.watched_files()
-    );
     set_activity(
         &status,
         &notifier,
         &format!(
-            "registering {classes} runtime classes with the key broker at {}",
-            config.kbs_target()
+            "deriving launches from {}",
+            config.kata_configs.join(", ")
         ),
     );
 
@@ -638,15 +727,23 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
 
     let settle = Duration::from_millis(config.settle_ms);
     let write_settle = Duration::from_millis(config.write_settle_ms);
+    // Passes run on a blocking thread, so that signals, the watchdog and
+    // events are served while a large file is hashed; the daemon travels with
+    // its pass and comes back with the outcome.
+    let mut idle: Option<Daemon> = Some(daemon);
+    let mut running: Option<tokio::task::JoinHandle<(Daemon, PassOutcome)>> = None;
+    let mut orphans_waiting: Vec<String> = Vec::new();
+    let mut desired_now = (0u64, Desired::new());
     // When to run the next pass, and whether it waits on a file being written.
-    let mut due: Option<(tokio::time::Instant, bool)> = first
-        .retry_soon
-        .then(|| (tokio::time::Instant::now() + write_settle, true));
+    let mut due: Option<(tokio::time::Instant, bool)> = Some((tokio::time::Instant::now(), false));
     let mut ready = false;
     let mut kbs_waiting_noted = false;
     use tokio_stream::StreamExt as _;
     loop {
-        let stale_at = daemon.next_deadline().map(tokio::time::Instant::from_std);
+        let stale_at = idle
+            .as_ref()
+            .and_then(Daemon::next_deadline)
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
             event = events.next() => {
                 let Some(event) = event else { break };
@@ -657,6 +754,11 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
                 let now = tokio::time::Instant::now();
                 let relevance = watcher.classify(&event.wd, event.mask, event.name.as_deref());
                 tracing::debug!(mask = ?event.mask, name = ?event.name, ?relevance, "inotify event");
+                if relevance != Relevance::None && running.is_some() {
+                    // What the pass is reading may be what changed: stop it,
+                    // and the pass below starts over.
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 match relevance {
                     Relevance::None => {}
                     Relevance::Writing => {
@@ -673,27 +775,68 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
                     }
                 }
             }
-            () = sleep_until_opt(due.map(|(t, _)| t)) => {
+            () = sleep_until_opt(due.map(|(t, _)| t)), if running.is_none() => {
                 due = None;
-                let outcome = tokio::task::block_in_place(|| daemon.pass());
+                if let Some(mut daemon) = idle.take() {
+                    if !orphans_waiting.is_empty() {
+                        daemon.adopt_orphans(std::mem::take(&mut orphans_waiting));
+                    }
+                    stop.store(false, std::sync::atomic::Ordering::Relaxed);
+                    let busy = watcher.being_written();
+                    running = Some(tokio::task::spawn_blocking(move || {
+                        let outcome = daemon.pass(busy);
+                        (daemon, outcome)
+                    }));
+                }
+            }
+            () = sleep_until_opt(stale_at), if running.is_none() => {
+                due = Some((tokio::time::Instant::now(), false));
+            }
+            joined = join_opt(&mut running), if running.is_some() => {
+                running = None;
+                let (mut daemon, outcome) = joined.context("a pass over the Kata configurations failed")?;
                 apply_watches(&mut watcher, &outcome.interest, &metrics, &status);
-                if outcome.changed {
-                    let _ = desired_tx.send(daemon.desired());
+                if !orphans_waiting.is_empty() {
+                    daemon.adopt_orphans(std::mem::take(&mut orphans_waiting));
+                }
+                let first = registrar.is_some();
+                if outcome.changed || first {
+                    desired_now = daemon.desired();
+                    let _ = desired_tx.send(desired_now.clone());
+                }
+                if let Some((r, rx)) = registrar.take() {
+                    registrar_task = Some(tokio::spawn(r.run(rx)));
+                    let classes = desired_now.1.len();
+                    info!(
+                        node = %node,
+                        kbs = %config.kbs_target(),
+                        logging = ?log_target,
+                        "host agent started: {classes} runtime classes derived, {} files watched",
+                        watcher.watched_files()
+                    );
+                    set_activity(
+                        &status,
+                        &notifier,
+                        &format!(
+                            "registering {classes} runtime classes with the key broker at {}",
+                            config.kbs_target()
+                        ),
+                    );
                 }
                 if outcome.retry_soon {
-                    due = Some((tokio::time::Instant::now() + write_settle, true));
+                    let at = tokio::time::Instant::now() + write_settle;
+                    if due.is_none_or(|(t, _)| t > at) {
+                        due = Some((at, true));
+                    }
                 }
-            }
-            () = sleep_until_opt(stale_at) => {
-                let outcome = tokio::task::block_in_place(|| daemon.pass());
-                apply_watches(&mut watcher, &outcome.interest, &metrics, &status);
-                if outcome.changed {
-                    let _ = desired_tx.send(daemon.desired());
-                }
+                idle = Some(daemon);
             }
             report = report_rx.recv() => match report {
-                Some(Report::InStep { .. }) => {
-                    let classes = daemon.desired().1.values().filter(|d| !d.is_empty()).count();
+                Some(Report::InStep { generation }) => {
+                    if generation != desired_now.0 {
+                        continue;
+                    }
+                    let classes = desired_now.1.values().filter(|d| !d.is_empty()).count();
                     if !ready {
                         ready = true;
                         metrics.ready.set(1);
@@ -702,7 +845,7 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
                         info!("first registration complete: {classes} runtime classes registered");
                     }
                     kbs_waiting_noted = false;
-                    let activity = if daemon.desired().1.is_empty() {
+                    let activity = if desired_now.1.is_empty() {
                         format!(
                             "nothing to register: no confidential Kata configuration in {}; watching for one",
                             config.kata_configs.join(", ")
@@ -716,7 +859,10 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
                     set_activity(&status, &notifier, &activity);
                     tokio::task::block_in_place(|| drift.scan_and_log());
                 }
-                Some(Report::Orphans(classes)) => daemon.adopt_orphans(classes),
+                Some(Report::Orphans(classes)) => match idle.as_mut() {
+                    Some(daemon) => daemon.adopt_orphans(classes),
+                    None => orphans_waiting.extend(classes),
+                },
                 None => break,
             },
             _ = watchdog.tick(), if watchdog_every.is_some() => {
@@ -733,14 +879,28 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
         }
     }
+    // A pass still hashing stops at its next chunk.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     notifier.stopping();
     drop(desired_tx);
-    registrar_task.abort();
+    if let Some(t) = registrar_task {
+        t.abort();
+    }
     if let Some(t) = http_task {
         t.abort();
     }
     info!("stopped");
     Ok(())
+}
+
+/// The outcome of the pass in `running`, or never when none runs.
+async fn join_opt<T>(
+    running: &mut Option<tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match running {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Until `at`, or forever.

@@ -297,6 +297,7 @@ impl Registrar {
     ) -> Result<(), Failure> {
         if let Some(h) = held.as_ref() {
             if differs(want, h).is_empty() {
+                self.mark_held(want, h);
                 return Ok(());
             }
         }
@@ -305,7 +306,37 @@ impl Registrar {
             Ok(()) => self.note_kbs(Ok(())),
             Err(f) => self.note_kbs(Err(&f.message)),
         }
+        if let Some(h) = held.as_ref() {
+            self.mark_held(want, h);
+        }
         result
+    }
+
+    /// Marks registered every class whose status does not say so yet although
+    /// the broker holds exactly what is wanted: a configuration fixed to give
+    /// the digests registered before needs no call, but is registered.
+    fn mark_held(&self, want: &Desired, held: &BTreeMap<String, Vec<Digest>>) {
+        let unmarked: Vec<(String, u32)> = {
+            let Ok(s) = self.status.lock() else {
+                return;
+            };
+            want.iter()
+                .filter(|(_, reg)| !reg.is_empty())
+                .filter(|(class, _)| {
+                    s.classes.get(*class).is_some_and(|c| {
+                        c.state == ClassState::Pending || c.registered_at.is_none()
+                    })
+                })
+                .filter_map(|(class, reg)| {
+                    let set = canonical(&reg.digests);
+                    (held.get(class).map(|h| canonical(h)) == Some(set.clone()))
+                        .then(|| (class.clone(), u32::try_from(set.len()).unwrap_or(u32::MAX)))
+                })
+                .collect()
+        };
+        for (class, count) in unmarked {
+            self.mark(&class, Ok(count));
+        }
     }
 
     async fn step_connected(
