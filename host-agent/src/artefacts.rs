@@ -415,7 +415,10 @@ mod tests {
             ..ReadControl::default()
         };
         let e = open(ArtefactKind::Initrd, &p, &control).unwrap_err();
-        assert!(e.to_string().contains(&format!("{CHUNK}-byte limit")), "{e}");
+        assert!(
+            e.to_string().contains(&format!("{CHUNK}-byte limit")),
+            "{e}"
+        );
         let (mut f, _) = open(ArtefactKind::Kernel, &p, &control).unwrap();
         control.stop.store(true, Ordering::Relaxed);
         let e = sha256_open(ArtefactKind::Kernel, &p, &mut f, &control).unwrap_err();

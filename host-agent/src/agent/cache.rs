@@ -9,9 +9,9 @@
 use crate::artefacts::{
     open_artefact, read_firmware_open, sha256_open, ArtefactError, ArtefactKind, ReadControl,
 };
-use std::collections::HashSet;
 use sev_core::{FirmwareImage, KernelHashes, LaunchDigest, MeasureError, SevMode, VmShape};
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -264,9 +264,7 @@ impl ArtefactCache {
                 return Ok(Arc::clone(fw));
             }
         }
-        let (key, bytes) = read_stable(kind, path, &self.control, |f| {
-            read_firmware_open(path, f)
-        })?;
+        let (key, bytes) = read_stable(kind, path, &self.control, |f| read_firmware_open(path, f))?;
         self.stats.misses += 1;
         let image = FirmwareImage::new(bytes).map_err(|e| CacheError::Measure {
             path: path.to_path_buf(),

@@ -319,14 +319,14 @@ impl DeriveError {
     pub fn is_transient(&self) -> bool {
         matches!(self, DeriveError::BeingWritten { .. })
             || matches!(
-            self,
-            DeriveError::Artefact { cause, .. } if matches!(
-                **cause,
-                CacheError::Changed { .. }
-                    | CacheError::BeingWritten { .. }
-                    | CacheError::Artefact(ArtefactError::Stopped { .. })
+                self,
+                DeriveError::Artefact { cause, .. } if matches!(
+                    **cause,
+                    CacheError::Changed { .. }
+                        | CacheError::BeingWritten { .. }
+                        | CacheError::Artefact(ArtefactError::Stopped { .. })
+                )
             )
-        )
     }
 }
 

@@ -198,9 +198,40 @@ impl Daemon {
         self.publish_status();
     }
 
+    /// What to watch, from the configurations alone, before any artefact is
+    /// hashed: so that a change to a large file is seen while it is hashed.
+    fn early_interest(&self, files: &[PathBuf]) -> Interest {
+        let mut interest = Interest {
+            patterns: self.patterns.clone(),
+            files: files.iter().cloned().collect(),
+        };
+        for file in files {
+            let Ok(text) = crate::artefacts::read_config_text(file) else {
+                continue;
+            };
+            if let Ok(config) = KataConfig::parse(file, &text) {
+                interest.files.extend(artefact_paths(&config));
+            }
+        }
+        for t in self.classes.values() {
+            interest.files.insert(t.config.clone());
+            if let Some(l) = t.last_good.as_ref().and_then(|c| c.launches.first()) {
+                interest.files.insert(l.firmware.clone());
+                interest.files.insert(l.kernel.clone());
+                interest.files.extend(l.initrd.clone());
+            }
+        }
+        interest
+    }
+
     /// Re-derives every configuration and updates the desired state, leaving
     /// alone the files in `busy` (real paths of files open for writing).
-    pub fn pass(&mut self, busy: std::collections::HashSet<PathBuf>) -> PassOutcome {
+    /// `early` is handed what to watch before anything is hashed.
+    pub fn pass(
+        &mut self,
+        busy: std::collections::HashSet<PathBuf>,
+        early: &dyn Fn(Interest),
+    ) -> PassOutcome {
         let started = Instant::now();
         self.cache.set_busy(busy);
         let now = (Instant::now(), unix_now());
@@ -217,6 +248,7 @@ impl Daemon {
         let mut skipped = Vec::new();
         let mut errors = Vec::new();
         let (files, unreadable) = self.config_files();
+        early(self.early_interest(&files));
         for (dir, e) in &unreadable {
             let message = format!(
                 "cannot read the directory: {e}; the digests of the configurations in it stay registered"
@@ -420,7 +452,11 @@ impl Daemon {
         file: &Path,
         deps: &mut BTreeSet<PathBuf>,
     ) -> Result<Derived, derive::DeriveError> {
-        if self.cache.check_not_busy(ArtefactKind::Firmware, file).is_err() {
+        if self
+            .cache
+            .check_not_busy(ArtefactKind::Firmware, file)
+            .is_err()
+        {
             return Err(derive::DeriveError::BeingWritten {
                 path: file.to_path_buf(),
             });
@@ -684,6 +720,7 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
         Arc::clone(&drift),
     )?;
     let stop = daemon.stop_flag();
+    let (early_tx, mut early_rx) = mpsc::unbounded_channel::<Interest>();
     let (desired_tx, desired_rx) = tokio_watch::channel((0u64, Desired::new()));
     let (report_tx, mut report_rx) = mpsc::unbounded_channel();
     // Started once the first pass has said what this node should hold: before
@@ -716,10 +753,7 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
     set_activity(
         &status,
         &notifier,
-        &format!(
-            "deriving launches from {}",
-            config.kata_configs.join(", ")
-        ),
+        &format!("deriving launches from {}", config.kata_configs.join(", ")),
     );
 
     let watchdog_every = notifier.watchdog_interval();
@@ -783,8 +817,12 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
                     }
                     stop.store(false, std::sync::atomic::Ordering::Relaxed);
                     let busy = watcher.being_written();
+                    tracing::debug!(busy = busy.len(), "pass starts");
+                    let early = early_tx.clone();
                     running = Some(tokio::task::spawn_blocking(move || {
-                        let outcome = daemon.pass(busy);
+                        let outcome = daemon.pass(busy, &|interest| {
+                            let _ = early.send(interest);
+                        });
                         (daemon, outcome)
                     }));
                 }
@@ -792,9 +830,15 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
             () = sleep_until_opt(stale_at), if running.is_none() => {
                 due = Some((tokio::time::Instant::now(), false));
             }
+            Some(interest) = early_rx.recv() => {
+                apply_watches(&mut watcher, &interest, &metrics, &status);
+            }
             joined = join_opt(&mut running), if running.is_some() => {
                 running = None;
                 let (mut daemon, outcome) = joined.context("a pass over the Kata configurations failed")?;
+                tracing::debug!(changed = outcome.changed, retry_soon = outcome.retry_soon, "pass done");
+                // The pass's early watches give way to its final ones.
+                while early_rx.try_recv().is_ok() {}
                 apply_watches(&mut watcher, &outcome.interest, &metrics, &status);
                 if !orphans_waiting.is_empty() {
                     daemon.adopt_orphans(std::mem::take(&mut orphans_waiting));

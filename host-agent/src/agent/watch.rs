@@ -261,7 +261,10 @@ impl Watcher {
             };
             match self.watches.add(dir, dir_mask()) {
                 Ok(wd) => {
-                    self.by_wd.entry(wd.clone()).or_default().insert(dir.clone());
+                    self.by_wd
+                        .entry(wd.clone())
+                        .or_default()
+                        .insert(dir.clone());
                     self.dirs.insert(dir.clone(), Watched { wd, id });
                 }
                 Err(e) => failed.push((dir.clone(), e)),
@@ -457,7 +460,11 @@ mod tests {
         }
         symlink("kata-3.2", root.join("kata")).unwrap();
         std::fs::write(root.join("kernels/vmlinuz-6.1"), b"k").unwrap();
-        symlink("../../kernels/vmlinuz-6.1", root.join("kata-3.2/share/vmlinuz-sev")).unwrap();
+        symlink(
+            "../../kernels/vmlinuz-6.1",
+            root.join("kata-3.2/share/vmlinuz-sev"),
+        )
+        .unwrap();
         symlink("vmlinuz-sev", root.join("kata-3.2/share/vmlinuz.container")).unwrap();
         let mut found = HashMap::new();
         let end = resolve_into(&root.join("kata/share/vmlinuz.container"), &mut found);
@@ -473,7 +480,10 @@ mod tests {
             n
         };
         assert_eq!(names("."), ["kata", "kata-3.2", "kernels"]);
-        assert_eq!(names("kata-3.2/share"), ["vmlinuz-sev", "vmlinuz.container"]);
+        assert_eq!(
+            names("kata-3.2/share"),
+            ["vmlinuz-sev", "vmlinuz.container"]
+        );
         assert_eq!(names("kernels"), ["vmlinuz-6.1"]);
 
         // Changing the middle link is seen.
@@ -505,10 +515,11 @@ mod tests {
         // Both a path through the link and one straight to v1: one inode, two
         // paths, one descriptor.
         let interest = Interest {
-            patterns: vec![
-                glob::Pattern::new(&format!("{}/defaults/configuration-*.toml", root.display()))
-                    .unwrap(),
-            ],
+            patterns: vec![glob::Pattern::new(&format!(
+                "{}/defaults/configuration-*.toml",
+                root.display()
+            ))
+            .unwrap()],
             files: [root.join("v1/configuration-a.toml")].into_iter().collect(),
         };
         w.set_interest(&interest);
@@ -550,7 +561,10 @@ mod tests {
         let mut ino = Inotify::init().unwrap();
         let mut w = Watcher::new(ino.watches());
         w.set_interest(&files(&[&kernel]));
-        let mut f = std::fs::OpenOptions::new().append(true).open(&kernel).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&kernel)
+            .unwrap();
         f.write_all(b"half").unwrap();
         assert!(events(&mut ino, &mut w).contains(&Relevance::Writing));
         assert!(w.being_written().contains(&kernel));

@@ -10,6 +10,7 @@
     clippy::panic
 )]
 
+mod layouts;
 mod provision;
 mod rig;
 mod snp;

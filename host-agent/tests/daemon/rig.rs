@@ -107,6 +107,16 @@ impl Agent {
     }
 }
 
+/// How to start the agent beyond the rig's defaults.
+#[derive(Default)]
+pub struct AgentStart {
+    /// Environment variables added.
+    pub env: Vec<(String, String)>,
+    /// Without the capabilities that let root read whatever the permission
+    /// bits say, as an unprivileged agent would be.
+    pub without_dac_override: bool,
+}
+
 pub struct Rig {
     pub dir: tempfile::TempDir,
     pub sample: sample_artefacts::Sample,
@@ -292,20 +302,37 @@ impl Rig {
 
     /// Starts `host-agent run` with a notify socket of its own.
     pub fn start_agent(&self) -> Agent {
+        self.start_agent_with(&AgentStart::default())
+    }
+
+    /// As [`Rig::start_agent`], started as `how` says.
+    pub fn start_agent_with(&self, how: &AgentStart) -> Agent {
         let notify_path = self.dir.path().join(format!("notify-{}", rand_suffix()));
         let notify = UnixDatagram::bind(&notify_path).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_host-agent"))
+        let bin = env!("CARGO_BIN_EXE_host-agent");
+        let mut command = if how.without_dac_override && rustix::process::geteuid().is_root() {
+            // Root keeps its uid but loses the capabilities that let it
+            // ignore permission bits (util-linux's setpriv; after exec, root's
+            // capabilities are its bounding set). Another user needs no drop.
+            let mut c = Command::new("setpriv");
+            c.args(["--bounding-set", "-dac_override,-dac_read_search", "--"])
+                .arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        };
+        command
             .arg("run")
             .arg("--config")
             .arg(&self.agent_config)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")
             .env_remove("JOURNAL_STREAM")
+            .envs(how.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
         let (found, log) = collect_stderr(&mut child, "host-agent: listening on ");
         let addr = match found.recv_timeout(Duration::from_secs(30)) {
             Ok(a) => a.parse().unwrap(),
