@@ -545,3 +545,62 @@ async fn started_broken_then_fixed_to_the_digests_held_the_status_says_registere
     assert_eq!(s.classes[CLASS].registered_digests, Some(2), "{s:?}");
     assert_eq!(rig.registered().await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_command_line_or_configuration_is_an_error_that_keeps_the_digests() {
+    let rig = Rig::new("");
+    let agent = rig.start_agent();
+    agent.wait_notify("READY=1", Duration::from_secs(30));
+    let before = rig.registered().await;
+    let good = rig.kata_config_text();
+    let error_with = |needle: &'static str| {
+        move |s: &AgentStatus| {
+            s.classes
+                .get(CLASS)
+                .and_then(|c| c.config_error.as_deref())
+                .is_some_and(|e| e.contains(needle))
+        }
+    };
+
+    // QEMU refuses a command line this long: so does the agent.
+    let long = good.replace(
+        "agent.enable_signature_verification=false",
+        &format!(
+            "agent.enable_signature_verification=false x={}",
+            "a".repeat(4096)
+        ),
+    );
+    rig.replace(&rig.sample.config, long.as_bytes());
+    let s = wait_status(
+        &agent,
+        "the command-line error",
+        error_with("kernel_params"),
+    )
+    .await;
+    assert_eq!(s.classes[CLASS].state, ClassState::Error, "{s:?}");
+    assert_eq!(rig.registered().await, before);
+
+    // A 50 MB configuration is refused unread.
+    let huge = good.replace(
+        "agent.enable_signature_verification=false",
+        &format!(
+            "agent.enable_signature_verification=false x={}",
+            "a".repeat(50 << 20)
+        ),
+    );
+    rig.replace(&rig.sample.config, huge.as_bytes());
+    wait_status(
+        &agent,
+        "the size error",
+        error_with("limit for a configuration"),
+    )
+    .await;
+    assert_eq!(rig.registered().await, before);
+
+    rig.replace(&rig.sample.config, good.as_bytes());
+    wait_status(&agent, "registered", |s| {
+        registered_state(s) && s.classes[CLASS].config_error.is_none()
+    })
+    .await;
+    assert_eq!(rig.registered().await, before);
+}
