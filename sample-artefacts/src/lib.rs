@@ -140,37 +140,7 @@ impl FirmwareSpec {
         if let Some(eip) = self.reset_eip {
             entries.push((SEV_ES_RESET_BLOCK_GUID, eip.to_le_bytes().to_vec()));
         }
-        if let Some(sections) = &self.sections {
-            // The metadata sits 8 KiB from the end, clear of the footer table.
-            let offset = 0x2000usize;
-            let start = self.size - offset;
-            let len = 16 + 12 * sections.len();
-            let mut meta = Vec::with_capacity(len);
-            meta.extend_from_slice(b"ASEV");
-            meta.extend_from_slice(&(len as u32).to_le_bytes());
-            meta.extend_from_slice(&1u32.to_le_bytes());
-            meta.extend_from_slice(&(sections.len() as u32).to_le_bytes());
-            for (gpa, size, kind) in sections {
-                meta.extend_from_slice(&gpa.to_le_bytes());
-                meta.extend_from_slice(&size.to_le_bytes());
-                meta.extend_from_slice(&kind.to_le_bytes());
-            }
-            if len < offset - 0x400 {
-                data[start..start + len].copy_from_slice(&meta);
-                entries.push((SEV_METADATA_GUID, (offset as u32).to_le_bytes().to_vec()));
-            }
-        }
-        // Entries grow backwards from the footer: the first listed sits nearest it.
-        let mut table = Vec::new();
-        for (guid, value) in entries.iter().rev() {
-            table.extend_from_slice(value);
-            table.extend_from_slice(&((value.len() + 18) as u16).to_le_bytes());
-            table.extend_from_slice(&guid.efi_bytes());
-        }
-        table.extend_from_slice(&((table.len() + 18) as u16).to_le_bytes());
-        table.extend_from_slice(&FOOTER_TABLE_GUID.efi_bytes());
-        let end = self.size - 32;
-        data[end - table.len()..end].copy_from_slice(&table);
+        lay_out_footer(&mut data, entries, self.sections.as_deref());
         data
     }
 }
@@ -186,6 +156,53 @@ pub struct Sample {
     pub kernel: PathBuf,
     /// The initrd.
     pub initrd: PathBuf,
+}
+
+/// Lays out, in `data`, what QEMU reads at the end of a firmware or SVSM
+/// image: SEV metadata describing `sections` (gpa, size, type) 8 KiB from the
+/// end, when given, and the footer table holding `entries` (the first listed
+/// nearest the footer) plus the metadata's entry, ending 32 bytes from the
+/// end. Images under 12 KiB are left as they are.
+pub fn lay_out_footer(
+    data: &mut [u8],
+    mut entries: Vec<(Guid, Vec<u8>)>,
+    sections: Option<&[(u32, u32, u32)]>,
+) {
+    let size = data.len();
+    if size < 0x3000 {
+        return;
+    }
+    if let Some(sections) = sections {
+        // The metadata sits 8 KiB from the end, clear of the footer table.
+        let offset = 0x2000usize;
+        let start = size - offset;
+        let len = 16 + 12 * sections.len();
+        let mut meta = Vec::with_capacity(len);
+        meta.extend_from_slice(b"ASEV");
+        meta.extend_from_slice(&(len as u32).to_le_bytes());
+        meta.extend_from_slice(&1u32.to_le_bytes());
+        meta.extend_from_slice(&(sections.len() as u32).to_le_bytes());
+        for (gpa, size, kind) in sections {
+            meta.extend_from_slice(&gpa.to_le_bytes());
+            meta.extend_from_slice(&size.to_le_bytes());
+            meta.extend_from_slice(&kind.to_le_bytes());
+        }
+        if len < offset - 0x400 {
+            data[start..start + len].copy_from_slice(&meta);
+            entries.push((SEV_METADATA_GUID, (offset as u32).to_le_bytes().to_vec()));
+        }
+    }
+    // Entries grow backwards from the footer: the first listed sits nearest it.
+    let mut table = Vec::new();
+    for (guid, value) in entries.iter().rev() {
+        table.extend_from_slice(value);
+        table.extend_from_slice(&((value.len() + 18) as u16).to_le_bytes());
+        table.extend_from_slice(&guid.efi_bytes());
+    }
+    table.extend_from_slice(&((table.len() + 18) as u16).to_le_bytes());
+    table.extend_from_slice(&FOOTER_TABLE_GUID.efi_bytes());
+    let end = size - 32;
+    data[end - table.len()..end].copy_from_slice(&table);
 }
 
 /// A Kata SEV configuration in the shape CoCo ships, naming `firmware`, `kernel`

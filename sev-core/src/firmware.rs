@@ -219,7 +219,8 @@ impl<'a> Firmware<'a> {
             .map(|(_, v)| *v)
     }
 
-    fn entry_u32(&self, guid: Guid) -> Result<Option<u32>, FirmwareError> {
+    /// The little-endian `u32` a footer entry starts with, if the entry is present.
+    pub fn entry_u32(&self, guid: Guid) -> Result<Option<u32>, FirmwareError> {
         match self.entry(guid) {
             None => Ok(None),
             Some(v) => le_u32(v, 0)

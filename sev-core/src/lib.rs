@@ -25,6 +25,9 @@ pub mod measure;
 pub mod policy;
 pub mod secret_table;
 pub mod session;
+pub mod svsm;
+#[cfg(test)]
+mod test_image;
 pub mod vcpu;
 pub mod vmsa;
 
@@ -33,5 +36,6 @@ pub use guid::Guid;
 pub use hashes::KernelHashes;
 pub use image::FirmwareImage;
 pub use measure::{launch_digest, LaunchDigest, MeasureError, Measurement, SevMode, VmShape};
+pub use svsm::{SvsmError, SvsmLaunch};
 pub use vcpu::VcpuSignature;
 pub use vmsa::{VmmType, VmsaFpu};

@@ -6,9 +6,15 @@
 //! the firmware alone ([`Measurement::begin`]), so callers can hash the kernel and
 //! initrd concurrently, and ends when their digests are known
 //! ([`Measurement::finish`]).
+//!
+//! For SNP the firmware's share of the chain can also be computed once
+//! ([`snp_ovmf_hash`]) and resumed from later
+//! ([`Measurement::begin_snp_from_ovmf_hash`]), and callers that need the VMSA
+//! pages themselves (to write them out) get them from [`launch_vmsa_pages`] and
+//! hand the same pages to [`Measurement::finish_with_vmsas`].
 
-use crate::firmware::{Firmware, FirmwareError, SectionKind};
-use crate::gctx::{Gctx, PageType, LD_SIZE};
+use crate::firmware::{Firmware, FirmwareError, MetadataSection, SectionKind};
+use crate::gctx::{Gctx, PageType, Sha384Digest, LD_SIZE};
 use crate::hashes::{KernelHashes, PAGE_SIZE};
 use crate::vcpu::VcpuSignature;
 use crate::vmsa::{vmsa_page, VmmType, VmsaFpu, BSP_EIP};
@@ -218,6 +224,9 @@ enum State {
 pub struct Measurement {
     mode: SevMode,
     state: State,
+    /// Whether the firmware's own pages went into `state` (false when an SNP
+    /// measurement resumes from a precomputed firmware digest).
+    firmware_pages: bool,
 }
 
 /// Checks everything about the firmware that a launch in `mode` needs, before any
@@ -227,6 +236,17 @@ pub fn check_firmware(
     mode: SevMode,
     with_kernel: bool,
 ) -> Result<(), MeasureError> {
+    check(fw, mode, with_kernel, true)
+}
+
+/// [`check_firmware`], where `firmware_pages` says whether the image's own pages
+/// are measured (they must then be whole pages for SNP).
+fn check(
+    fw: &Firmware<'_>,
+    mode: SevMode,
+    with_kernel: bool,
+    firmware_pages: bool,
+) -> Result<(), MeasureError> {
     if with_kernel && !fw.supports_kernel_hashes()? {
         return Err(MeasureError::NoKernelHashes);
     }
@@ -234,31 +254,58 @@ pub fn check_firmware(
         return Err(MeasureError::NoResetBlock { mode });
     }
     if mode == SevMode::Snp {
-        if fw.data().len() % PAGE_SIZE != 0 {
+        if firmware_pages && fw.data().len() % PAGE_SIZE != 0 {
             return Err(MeasureError::UnalignedFirmware {
                 len: fw.data().len(),
             });
         }
         let sections = fw.metadata_sections()?.ok_or(MeasureError::NoSevMetadata)?;
-        for s in &sections {
-            match s.kind {
-                SectionKind::Unknown(t) => return Err(MeasureError::UnknownSection(t)),
-                SectionKind::SecMem | SectionKind::SvsmCaa | SectionKind::KernelHashes
-                    if s.size as usize % PAGE_SIZE != 0 =>
-                {
-                    return Err(MeasureError::UnalignedSection {
-                        gpa: s.gpa,
-                        size: s.size,
-                    })
-                }
-                _ => {}
-            }
-        }
+        check_sections(&sections)?;
         if with_kernel && !sections.iter().any(|s| s.kind == SectionKind::KernelHashes) {
             return Err(MeasureError::NoSnpKernelHashesSection);
         }
     }
     Ok(())
+}
+
+/// Checks that every SEV metadata section has a known type and that the ranges
+/// added page by page are whole pages.
+pub(crate) fn check_sections(sections: &[MetadataSection]) -> Result<(), MeasureError> {
+    for s in sections {
+        match s.kind {
+            SectionKind::Unknown(t) => return Err(MeasureError::UnknownSection(t)),
+            SectionKind::SecMem | SectionKind::SvsmCaa | SectionKind::KernelHashes
+                if s.size as usize % PAGE_SIZE != 0 =>
+            {
+                return Err(MeasureError::UnalignedSection {
+                    gpa: s.gpa,
+                    size: s.size,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The SNP launch digest of the firmware's pages alone, the first link of every
+/// SNP launch digest with this firmware: what `sev-snp-measure --mode
+/// snp:ovmf-hash` prints, and what [`Measurement::begin_snp_from_ovmf_hash`]
+/// resumes from.
+///
+/// Like `sev-snp-measure`, it wants only whole pages and well-formed SEV metadata
+/// (if any); it does not ask for the reset block or any section, since those are
+/// read when the launch is finished.
+pub fn snp_ovmf_hash(fw: &Firmware<'_>) -> Result<Sha384Digest, MeasureError> {
+    if fw.data().len() % PAGE_SIZE != 0 {
+        return Err(MeasureError::UnalignedFirmware {
+            len: fw.data().len(),
+        });
+    }
+    fw.metadata_sections()?;
+    let mut g = Gctx::new();
+    g.update_normal_pages(fw.gpa(), fw.data());
+    Ok(g.launch_digest())
 }
 
 impl Measurement {
@@ -277,7 +324,27 @@ impl Measurement {
                 State::Gctx(g)
             }
         };
-        Ok(Measurement { mode, state })
+        Ok(Measurement {
+            mode,
+            state,
+            firmware_pages: true,
+        })
+    }
+
+    /// Starts an SNP measurement from the firmware's digest computed earlier by
+    /// [`snp_ovmf_hash`], instead of from the firmware's pages. `fw` is still
+    /// needed, for its reset block and SEV metadata; its pages are not read.
+    pub fn begin_snp_from_ovmf_hash(
+        fw: &Firmware<'_>,
+        ovmf_hash: Sha384Digest,
+        with_kernel: bool,
+    ) -> Result<Self, MeasureError> {
+        check(fw, SevMode::Snp, with_kernel, false)?;
+        Ok(Measurement {
+            mode: SevMode::Snp,
+            state: State::Gctx(Gctx::resume(ovmf_hash)),
+            firmware_pages: false,
+        })
     }
 
     /// Adds the kernel hashes (if a kernel is booted) and the VMSAs, and returns
@@ -288,10 +355,28 @@ impl Measurement {
         hashes: Option<&KernelHashes>,
         shape: &VmShape,
     ) -> Result<LaunchDigest, MeasureError> {
-        check_firmware(fw, self.mode, hashes.is_some())?;
+        check(fw, self.mode, hashes.is_some(), self.firmware_pages)?;
         if self.mode != SevMode::Sev && shape.vcpus == 0 {
             return Err(MeasureError::NoVcpus { mode: self.mode });
         }
+        let vmsas = launch_vmsa_pages(fw, self.mode, shape)?;
+        self.finish_with_vmsas(fw, hashes, shape.vmm, vmsas)
+    }
+
+    /// Like [`Measurement::finish`], with the VMSA pages given: normally those of
+    /// [`launch_vmsa_pages`] for the same firmware, mode and shape, collected by a
+    /// caller that also wants to keep them. Any number of pages is accepted,
+    /// including none (a launch with no vCPUs, which only `sev-snp-measure`
+    /// computes); SEV takes none and ignores them. `vmm` decides how SNP adds the
+    /// metadata pages.
+    pub fn finish_with_vmsas(
+        self,
+        fw: &Firmware<'_>,
+        hashes: Option<&KernelHashes>,
+        vmm: VmmType,
+        vmsas: impl IntoIterator<Item = [u8; PAGE_SIZE]>,
+    ) -> Result<LaunchDigest, MeasureError> {
+        check(fw, self.mode, hashes.is_some(), self.firmware_pages)?;
         match self.state {
             State::Sha256(mut h) => {
                 if let Some(k) = hashes {
@@ -300,14 +385,14 @@ impl Measurement {
                 if self.mode == SevMode::Sev {
                     return Ok(LaunchDigest::Sev(h.finalize().into()));
                 }
-                for page in vmsa_pages(fw, self.mode, shape, 0)? {
+                for page in vmsas {
                     h.update(page);
                 }
                 Ok(LaunchDigest::SevEs(h.finalize().into()))
             }
             State::Gctx(mut g) => {
-                snp_metadata_pages(&mut g, fw, hashes, shape.vmm)?;
-                for page in vmsa_pages(fw, self.mode, shape, shape.guest_features)? {
+                snp_metadata_pages(&mut g, fw, hashes, vmm)?;
+                for page in vmsas {
                     g.update_vmsa(&page);
                 }
                 Ok(LaunchDigest::Snp(g.launch_digest()))
@@ -326,30 +411,79 @@ pub fn launch_digest(
     Measurement::begin(fw, mode, hashes.is_some())?.finish(fw, hashes, shape)
 }
 
-/// The VMSA pages of all vCPUs: the bootstrap processor, then the others, whose
-/// state differs only in the start address.
-fn vmsa_pages(
+/// The initial VMSA pages of a launch, one per vCPU in order: the bootstrap
+/// processor's, then the others', whose state differs only in the start address.
+///
+/// SEV has none. SEV-ES pages carry no guest features, SNP pages carry
+/// `shape.guest_features`. `shape.vcpus` may be 0, giving no pages.
+pub fn launch_vmsa_pages(
     fw: &Firmware<'_>,
     mode: SevMode,
     shape: &VmShape,
-    sev_features: u64,
-) -> Result<impl Iterator<Item = [u8; PAGE_SIZE]>, MeasureError> {
+) -> Result<VmsaPages, MeasureError> {
+    let (sev_features, count) = match mode {
+        SevMode::Sev => return Ok(VmsaPages::none()),
+        SevMode::SevEs => (0, shape.vcpus),
+        SevMode::Snp => (shape.guest_features, shape.vcpus),
+    };
     let ap_eip = fw
         .sev_es_reset_eip()?
         .ok_or(MeasureError::NoResetBlock { mode })?;
-    if ap_eip == 0 && shape.vcpus > 1 {
-        return Err(MeasureError::ZeroResetVector {
-            vcpus: shape.vcpus - 1,
-        });
+    if ap_eip == 0 && count > 1 {
+        return Err(MeasureError::ZeroResetVector { vcpus: count - 1 });
     }
     let bsp = vmsa_page(BSP_EIP, sev_features, shape.vcpu_sig, shape.vmm, shape.fpu);
     let ap = vmsa_page(ap_eip, sev_features, shape.vcpu_sig, shape.vmm, shape.fpu);
-    Ok((0..shape.vcpus).map(move |i| if i == 0 { bsp } else { ap }))
+    Ok(VmsaPages {
+        bsp: Box::new(bsp),
+        ap: Box::new(ap),
+        next: 0,
+        count,
+    })
+}
+
+/// The VMSA pages of a launch, one per vCPU, made as they are taken (a launch
+/// may have hundreds of vCPUs, all but one with the same page).
+#[derive(Debug, Clone)]
+pub struct VmsaPages {
+    bsp: Box<[u8; PAGE_SIZE]>,
+    ap: Box<[u8; PAGE_SIZE]>,
+    next: u32,
+    count: u32,
+}
+
+impl VmsaPages {
+    fn none() -> VmsaPages {
+        VmsaPages {
+            bsp: Box::new([0; PAGE_SIZE]),
+            ap: Box::new([0; PAGE_SIZE]),
+            next: 0,
+            count: 0,
+        }
+    }
+}
+
+impl Iterator for VmsaPages {
+    type Item = [u8; PAGE_SIZE];
+
+    fn next(&mut self) -> Option<[u8; PAGE_SIZE]> {
+        if self.next >= self.count {
+            return None;
+        }
+        let page = if self.next == 0 { *self.bsp } else { *self.ap };
+        self.next += 1;
+        Some(page)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = usize::try_from(self.count - self.next).unwrap_or(usize::MAX);
+        (left, Some(left))
+    }
 }
 
 /// Extends the GCTX with the pages the SEV metadata asks the VMM to add, in the
 /// metadata's order, the way QEMU (or EC2 and GCE) populate them.
-fn snp_metadata_pages(
+pub(crate) fn snp_metadata_pages(
     g: &mut Gctx,
     fw: &Firmware<'_>,
     hashes: Option<&KernelHashes>,
@@ -395,4 +529,159 @@ fn snp_metadata_pages(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firmware::{SEV_ES_RESET_BLOCK_GUID, SEV_HASH_TABLE_RV_GUID};
+    use crate::test_image::image;
+
+    const SECTIONS: &[(u32, u32, u32)] = &[
+        (0x80_0000, 0x2000, 1),
+        (0x80_2000, 0x1000, 2),
+        (0x80_3000, 0x1000, 3),
+        (0x80_4000, 0x1000, 0x10),
+    ];
+
+    fn amdsev_like(len: usize) -> Vec<u8> {
+        let mut table = 0x80_4c00u32.to_le_bytes().to_vec();
+        table.extend_from_slice(&0x400u32.to_le_bytes());
+        image(
+            len,
+            3,
+            &[
+                (SEV_HASH_TABLE_RV_GUID, table),
+                (SEV_ES_RESET_BLOCK_GUID, 0x80_1004u32.to_le_bytes().to_vec()),
+            ],
+            Some(SECTIONS),
+        )
+    }
+
+    fn shape(vcpus: u32) -> VmShape {
+        VmShape {
+            vcpus,
+            vcpu_sig: VcpuSignature(0x00a0_0f11),
+            guest_features: 0x21,
+            vmm: VmmType::Qemu,
+            fpu: VmsaFpu::Reset,
+        }
+    }
+
+    fn hashes() -> KernelHashes {
+        KernelHashes {
+            kernel: [1; 32],
+            initrd: [2; 32],
+            cmdline: [3; 32],
+        }
+    }
+
+    #[test]
+    fn resuming_from_the_ovmf_hash_gives_the_full_digest() {
+        let data = amdsev_like(0x4000);
+        let fw = Firmware::parse(&data).unwrap();
+        let k = hashes();
+        for vmm in [VmmType::Qemu, VmmType::Ec2, VmmType::Gce] {
+            let shape = VmShape { vmm, ..shape(3) };
+            let full = launch_digest(&fw, SevMode::Snp, Some(&k), &shape).unwrap();
+            let seed = snp_ovmf_hash(&fw).unwrap();
+            let resumed = Measurement::begin_snp_from_ovmf_hash(&fw, seed, true)
+                .unwrap()
+                .finish(&fw, Some(&k), &shape)
+                .unwrap();
+            assert_eq!(resumed, full);
+        }
+        let mut g = Gctx::new();
+        g.update_normal_pages(fw.gpa(), &data);
+        assert_eq!(snp_ovmf_hash(&fw).unwrap(), g.launch_digest());
+    }
+
+    #[test]
+    fn the_ovmf_hash_wants_whole_pages_but_a_resumed_launch_does_not() {
+        let mut data = amdsev_like(0x4000);
+        data.insert(0, 0);
+        let fw = Firmware::parse(&data).unwrap();
+        assert_eq!(
+            snp_ovmf_hash(&fw),
+            Err(MeasureError::UnalignedFirmware { len: 0x4001 })
+        );
+        let m = Measurement::begin_snp_from_ovmf_hash(&fw, [7; LD_SIZE], false).unwrap();
+        assert!(m.finish(&fw, None, &shape(1)).is_ok());
+    }
+
+    #[test]
+    fn given_vmsa_pages_measure_as_the_computed_ones() {
+        let data = amdsev_like(0x4000);
+        let fw = Firmware::parse(&data).unwrap();
+        for mode in SevMode::ALL {
+            let shape = shape(4);
+            let pages: Vec<_> = launch_vmsa_pages(&fw, mode, &shape).unwrap().collect();
+            let expected = if mode == SevMode::Sev { 0 } else { 4 };
+            assert_eq!(pages.len(), expected, "{mode}");
+            let begun = Measurement::begin(&fw, mode, false).unwrap();
+            let given = begun
+                .clone()
+                .finish_with_vmsas(&fw, None, shape.vmm, pages.clone())
+                .unwrap();
+            assert_eq!(given, begun.finish(&fw, None, &shape).unwrap(), "{mode}");
+        }
+        let pages: Vec<_> = launch_vmsa_pages(&fw, SevMode::Snp, &shape(3))
+            .unwrap()
+            .collect();
+        assert_ne!(pages[0], pages[1]);
+        assert_eq!(pages[1], pages[2]);
+        let es: Vec<_> = launch_vmsa_pages(&fw, SevMode::SevEs, &shape(1))
+            .unwrap()
+            .collect();
+        assert_ne!(es[0], pages[0], "SEV-ES VMSAs carry no guest features");
+    }
+
+    #[test]
+    fn no_vcpus_is_refused_by_finish_but_measurable_with_no_vmsas() {
+        let data = amdsev_like(0x4000);
+        let fw = Firmware::parse(&data).unwrap();
+        let begun = Measurement::begin(&fw, SevMode::SevEs, false).unwrap();
+        assert_eq!(
+            begun.clone().finish(&fw, None, &shape(0)),
+            Err(MeasureError::NoVcpus {
+                mode: SevMode::SevEs
+            })
+        );
+        assert_eq!(
+            launch_vmsa_pages(&fw, SevMode::SevEs, &shape(0))
+                .unwrap()
+                .count(),
+            0
+        );
+        let none = begun
+            .finish_with_vmsas(&fw, None, VmmType::Qemu, [])
+            .unwrap();
+        let sev = launch_digest(&fw, SevMode::Sev, None, &shape(0)).unwrap();
+        assert_eq!(
+            none.as_bytes(),
+            sev.as_bytes(),
+            "SEV-ES with no VMSAs hashes the firmware alone"
+        );
+    }
+
+    #[test]
+    fn a_zero_reset_vector_allows_one_vcpu_only() {
+        let data = image(
+            0x4000,
+            3,
+            &[(SEV_ES_RESET_BLOCK_GUID, vec![0; 4])],
+            Some(SECTIONS),
+        );
+        let fw = Firmware::parse(&data).unwrap();
+        assert_eq!(
+            launch_vmsa_pages(&fw, SevMode::Snp, &shape(1))
+                .unwrap()
+                .count(),
+            1
+        );
+        assert_eq!(
+            launch_vmsa_pages(&fw, SevMode::Snp, &shape(2)).unwrap_err(),
+            MeasureError::ZeroResetVector { vcpus: 1 }
+        );
+    }
 }

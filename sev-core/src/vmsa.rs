@@ -184,9 +184,61 @@ pub fn vmsa_page(
     p.0
 }
 
+/// The VMSA page of every vCPU of an SNP guest whose first code is an SVSM
+/// (COCONUT-SVSM under QEMU), as `sev-snp-measure` 0.0.13 computes it for its
+/// `snp:svsm` mode: all vCPUs start in 32-bit protected mode at `eip` (the
+/// SVSM's entry point, an absolute address), with flat segments, SEV_FEATURES
+/// 0x1 (SNP active) and the CPUID signature in RDX.
+///
+/// The x87 control word is left 0 while MXCSR is 0x1f80: that is what the
+/// reference implementation produces (its structure has no field by the name it
+/// sets the control word through), and digests are compared with it.
+pub fn svsm_vmsa_page(eip: u64, sig: VcpuSignature) -> [u8; VMSA_SIZE] {
+    let mut p = Page([0u8; VMSA_SIZE]);
+    let flat_data = (16, 0xc93, 0xffff_ffff, 0);
+    for at in [SEG_ES, SEG_SS, SEG_DS, SEG_FS] {
+        p.seg(at, flat_data.0, flat_data.1, flat_data.2, flat_data.3);
+    }
+    p.seg(SEG_CS, 8, 0xc9b, 0xffff_ffff, 0);
+    p.seg(SEG_GS, 0, 0x93, 0xffff, 0);
+    p.seg(SEG_GDTR, 0, 0, 0xffff, 0);
+    p.seg(SEG_IDTR, 0, 0, 0xffff, 0);
+    p.seg(SEG_LDTR, 0, 0x82, 0xffff, 0);
+    p.seg(SEG_TR, 0, 0x8b, 0xffff, 0);
+    p.u64(EFER, 0x1000);
+    p.u64(CR4, 0x40);
+    p.u64(CR0, 0x11); // protected mode, extension type
+    p.u64(DR7, 0x400);
+    p.u64(DR6, 0xffff_0ff0);
+    p.u64(RFLAGS, 0x2);
+    p.u64(RIP, eip);
+    p.u64(G_PAT, 0x0007_0406_0007_0406);
+    p.u64(RDX, u64::from(sig.0));
+    p.u64(SEV_FEATURES, 0x1);
+    p.u64(XCR0, 0x1);
+    p.u32(MXCSR, 0x1f80);
+    p.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn svsm_vcpus_start_flat_in_protected_mode() {
+        let p = svsm_vmsa_page(0xffbf_f000 + 0x1234, VcpuSignature(0x00a1_0f10));
+        assert_eq!(
+            &p[SEG_CS..SEG_CS + 16],
+            &[8, 0, 0x9b, 0x0c, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(&p[SEG_GS..SEG_GS + 4], &[0, 0, 0x93, 0]);
+        assert_eq!(&p[CR0..CR0 + 8], &0x11u64.to_le_bytes());
+        assert_eq!(&p[RIP..RIP + 8], &0xffc0_0234u64.to_le_bytes());
+        assert_eq!(&p[RDX..RDX + 8], &0x00a1_0f10u64.to_le_bytes());
+        assert_eq!(&p[SEV_FEATURES..SEV_FEATURES + 8], &1u64.to_le_bytes());
+        assert_eq!(&p[MXCSR..MXCSR + 4], &0x1f80u32.to_le_bytes());
+        assert_eq!(&p[X87_FCW..X87_FCW + 2], &[0, 0]);
+    }
 
     #[test]
     fn bsp_state_for_qemu() {
