@@ -121,13 +121,28 @@ fn shim_version_output(shim: &Path) -> Result<String, ReleaseError> {
         shim: shim.to_path_buf(),
         reason,
     };
-    let mut child = Command::new(shim)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| fail(format!("cannot run it: {e}")))?;
+    // ETXTBSY: the file is open for writing somewhere (a package upgrade
+    // replacing it, or a process forked while it was written and not yet
+    // exec'd); that passes within moments.
+    let mut tries = 0;
+    let mut child = loop {
+        let spawned = Command::new(shim)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        match spawned {
+            Err(e)
+                if e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error())
+                    && tries < 20 =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            other => break other.map_err(|e| fail(format!("cannot run it: {e}")))?,
+        }
+    };
     let reader = child.stdout.take().map(|out| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
