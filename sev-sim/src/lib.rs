@@ -41,6 +41,7 @@ mod sevcert;
 pub mod shim;
 pub mod snp_platform;
 pub mod tls_files;
+pub mod trustee_process;
 
 pub use error::SimError;
 pub use measure::{launch_digest_sev, launch_digest_sev_es, CpuType};
