@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/keybroker.proto",
         "proto/kbsadmin.proto",
         "proto/kbsstatus.proto",
+        "proto/rvps.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

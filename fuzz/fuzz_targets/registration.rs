@@ -93,6 +93,7 @@ fn fixture() -> Fixture {
             node: "node-1".into(),
             inputs: reg.inputs,
             launches: reg.launches,
+            platform: None,
         },
         _dir: dir,
     }

@@ -338,13 +338,19 @@ pub fn derive_all(config: &AgentConfig) -> anyhow::Result<BTreeMap<String, Class
             config.kata_configs.join(", ")
         );
     }
+    // Sent with SNP launches, as the daemon does; absent off an SNP host.
+    let platform =
+        crate::platform::read_platform(std::path::Path::new(crate::platform::SEV_DEVICE)).ok();
     for file in files {
         let (_, derived) = derive_file(&file, config, &host, &mut cache)?;
         if let Derived::Launches(c) = derived {
             if out.contains_key(&c.runtime_class) {
                 continue; // the first file of a class wins, as in the daemon
             }
-            out.insert(c.runtime_class.clone(), registration_of(&c, &host, None));
+            out.insert(
+                c.runtime_class.clone(),
+                registration_of(&c, &host, platform.as_ref()),
+            );
         }
     }
     Ok(out)
@@ -362,6 +368,7 @@ async fn register_class(
         node: node.to_string(),
         inputs: reg.inputs.clone(),
         launches: reg.launches.clone(),
+        platform: reg.platform.clone(),
     };
     let class = reg
         .inputs

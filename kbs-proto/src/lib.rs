@@ -26,6 +26,13 @@ pub mod kbsstatus {
     tonic::include_proto!("kbsstatus");
 }
 
+/// The `reference` package: Trustee's standalone RVPS, which the broker
+/// writes reference values to when told to.
+#[allow(missing_docs, clippy::all, clippy::pedantic)] // generated code
+pub mod rvps {
+    tonic::include_proto!("reference");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

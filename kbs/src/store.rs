@@ -12,8 +12,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod approvals;
 mod sealing;
+mod trustee;
 pub use approvals::{ApprovalRow, TokenRow};
 pub use sealing::{AtRestKey, KeyError};
+pub use trustee::{NodeTcb, PlatformTcb, TcbPin};
 
 /// The at-rest key [`Store::open`] keeps beside the database when the kbs is
 /// given none of its own.
@@ -224,6 +226,9 @@ pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
     key: AtRestKey,
+    /// Bumped after every committed change of what Trustee's reference values
+    /// are made of (digests, reported TCBs, pins).
+    reference_changes: tokio::sync::watch::Sender<u64>,
 }
 
 const SCHEMA: &str = "
@@ -309,6 +314,15 @@ CREATE TABLE IF NOT EXISTS registration_inputs (
 );
 CREATE INDEX IF NOT EXISTS registration_inputs_by_input ON registration_inputs (kind, id);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS platform_tcbs (
+    node TEXT PRIMARY KEY,
+    bootloader INTEGER NOT NULL,
+    tee INTEGER NOT NULL,
+    snp INTEGER NOT NULL,
+    microcode INTEGER NOT NULL,
+    product TEXT NOT NULL,
+    reported_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     hash BLOB NOT NULL UNIQUE,
@@ -459,6 +473,7 @@ impl Store {
             path,
             conn: Mutex::new(conn),
             key,
+            reference_changes: tokio::sync::watch::Sender::new(0),
         };
         store.check_or_seal()?;
         Ok(store)
@@ -784,7 +799,9 @@ impl Store {
             }
             tx.execute_batch(END_UNREGISTERED_CONNECTIONS)?;
             tx.commit()
-        })
+        })?;
+        self.reference_changed();
+        Ok(())
     }
 
     /// Every registered digest as (node, runtime class, record, origin).

@@ -138,6 +138,7 @@ fn request(reg: &ClassRegistration, node: &str) -> RegisterLaunchesRequest {
         node: node.into(),
         inputs: reg.inputs.clone(),
         launches: reg.launches.clone(),
+        platform: reg.platform.clone(),
     }
 }
 

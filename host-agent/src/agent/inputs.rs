@@ -6,6 +6,7 @@
 //! operator would run, with this node's file paths.
 
 use super::derive::{ClassLaunches, HostFacts};
+use crate::platform::PlatformTcb;
 use kbs_proto::kbsadmin::{Digest, LaunchInputs, NodeLaunch};
 use sev_core::SevMode;
 use std::collections::BTreeSet;
@@ -22,6 +23,8 @@ pub struct ClassRegistration {
     pub launches: Vec<NodeLaunch>,
     /// The files the inputs were read from, by approval kind.
     pub files: Vec<(String, PathBuf)>,
+    /// The platform's TCB, sent with SNP launches.
+    pub platform: Option<kbs_proto::kbsadmin::PlatformTcb>,
 }
 
 impl ClassRegistration {
@@ -39,7 +42,7 @@ impl ClassRegistration {
 /// The digests the broker gets for a class. Each says where it came from: the
 /// file, the pod shape, the Kata release, and for SNP the platform's TCB, which
 /// Trustee's reference values for the same launch need beside the digest.
-pub fn digests_of(c: &ClassLaunches, platform: Option<&str>) -> Vec<Digest> {
+pub fn digests_of(c: &ClassLaunches, platform: Option<&PlatformTcb>) -> Vec<Digest> {
     c.launches
         .iter()
         .map(|l| {
@@ -66,11 +69,12 @@ pub fn digests_of(c: &ClassLaunches, platform: Option<&str>) -> Vec<Digest> {
         .collect()
 }
 
-/// Everything the broker needs to register `c` by its inputs.
+/// Everything the broker needs to register `c` by its inputs; `platform` is
+/// the platform's TCB, sent when `c` has SNP launches.
 pub fn registration_of(
     c: &ClassLaunches,
     host: &HostFacts,
-    platform: Option<&str>,
+    platform: Option<&PlatformTcb>,
 ) -> ClassRegistration {
     let digests = digests_of(c, platform);
     let launches: Vec<NodeLaunch> = c
@@ -118,11 +122,21 @@ pub fn registration_of(
         pod_cpus: pod_cpus.into_iter().collect(),
         annotations: annotations.into_iter().collect(),
     };
+    let has_snp = c.launches.iter().any(|l| l.sev_mode == SevMode::Snp);
     ClassRegistration {
         digests,
         inputs: Some(inputs),
         launches,
         files,
+        platform: platform
+            .filter(|_| has_snp)
+            .map(|t| kbs_proto::kbsadmin::PlatformTcb {
+                bootloader: u32::from(t.bootloader),
+                tee: u32::from(t.tee),
+                snp: u32::from(t.snp),
+                microcode: u32::from(t.microcode),
+                product: t.product.clone(),
+            }),
     }
 }
 

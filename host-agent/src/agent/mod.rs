@@ -62,7 +62,7 @@ pub struct Daemon {
     cache: ArtefactCache,
     releases: crate::kata_release::ReleaseProbe,
     /// The platform's TCB, as registered with SNP digests.
-    platform: Option<String>,
+    platform: Option<crate::platform::PlatformTcb>,
     patterns: Vec<glob::Pattern>,
     classes: BTreeMap<String, Tracked>,
     /// Classes the broker held for this node at start that no file gives.
@@ -93,7 +93,7 @@ impl Daemon {
     pub fn new(
         config: AgentConfig,
         host: HostFacts,
-        platform: Option<String>,
+        platform: Option<crate::platform::PlatformTcb>,
         status: Arc<Mutex<AgentStatus>>,
         metrics: Metrics,
         drift: Arc<drift_check::DriftChecker>,
@@ -418,7 +418,7 @@ impl Daemon {
             } else if let Some(c) = &t.last_good {
                 desired.insert(
                     class.clone(),
-                    inputs::registration_of(c, &self.host, self.platform.as_deref()),
+                    inputs::registration_of(c, &self.host, self.platform.as_ref()),
                 );
             }
         }
@@ -703,7 +703,7 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
         Err(e) => info!("SNP platform TCB not available: {e}"),
     }
     info!("SNP VMSAs: {}", host.snp_vmsa_summary());
-    let platform_note = platform.as_ref().ok().map(ToString::to_string);
+    let platform_tcb = platform.as_ref().ok().cloned();
     if let Ok(mut s) = status.lock() {
         s.snp_host = host.snp_vmsa_summary();
         s.platform = Some(match platform {
@@ -714,7 +714,7 @@ async fn serve(config: AgentConfig, log_target: crate::systemd::LogTarget) -> an
     let daemon = Daemon::new(
         config.clone(),
         host,
-        platform_note,
+        platform_tcb,
         Arc::clone(&status),
         metrics.clone(),
         Arc::clone(&drift),

@@ -167,6 +167,7 @@ impl Registrar {
                             node: self.node.clone(),
                             inputs: Some(inputs.clone()),
                             launches: reg.launches.clone(),
+                            platform: reg.platform.clone(),
                         })
                         .await;
                     match asked {

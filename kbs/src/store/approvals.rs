@@ -174,6 +174,11 @@ impl Store {
             tx.commit()?;
             Ok((revoked, digests))
         })
+        .inspect(|(_, digests)| {
+            if *digests > 0 {
+                self.reference_changed();
+            }
+        })
     }
 
     /// Stores a new token (by its hash).
