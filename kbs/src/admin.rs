@@ -34,7 +34,8 @@ use kbs_proto::kbsadmin::{
     RegisterLaunchesResponse, RegisteredDigest, ReplaceDigestsRequest, ReplaceDigestsResponse,
     RevokeRequest, RevokeResponse, RevokeTokenRequest, RevokeTokenResponse, SetKeysetRequest,
     SetKeysetResponse, SetResourceRequest, SetResourceResponse, SetSecretRequest,
-    SetSecretResponse, TokenInfo, WhoAmIRequest, WhoAmIResponse,
+    SetSecretResponse, SetTcbPinRequest, SetTcbPinResponse, TokenInfo, TrusteeStatusRequest,
+    TrusteeStatusResponse, WhoAmIRequest, WhoAmIResponse,
 };
 use std::collections::HashSet;
 use std::future::Future;
@@ -427,12 +428,33 @@ impl Admin for AdminService {
                         MAX_CONFIG,
                     )?;
                 }
+                let platform = match &r.platform {
+                    None => None,
+                    Some(p) => {
+                        check_text("platform.product", &p.product, MAX_ID)?;
+                        let tcb = crate::trustee::status::tcb_from_proto(p).ok_or_else(|| {
+                            Status::invalid_argument("platform: a TCB field over 255")
+                        })?;
+                        Some((tcb, p.product.clone()))
+                    }
+                };
+                let snp = r
+                    .launches
+                    .iter()
+                    .any(|l| l.digest.as_ref().is_some_and(|d| d.mode == "snp"));
                 let class = inputs.runtime_class.clone();
                 let mode = self.broker.registration();
                 let b = Arc::clone(&self.broker);
                 let n = node.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
-                    register(&b, mode, &n, &inputs, &r.launches)
+                    let done = register(&b, mode, &n, &inputs, &r.launches);
+                    // The TCB counts once the node's SNP launches do.
+                    if let (Ok(_), Some((tcb, product)), true) = (&done, &platform, snp) {
+                        if let Err(e) = b.store().set_node_tcb(&n, tcb, product) {
+                            error!(error = %e, "admin: cannot record the node's TCB");
+                        }
+                    }
+                    done
                 })
                 .await
                 .map_err(|e| {
@@ -838,6 +860,53 @@ impl Admin for AdminService {
             Ok(ListRecordsResponse {
                 records: records.into_iter().map(AttestationRecord::from).collect(),
             })
+        })
+        .await
+    }
+
+    async fn trustee_status(
+        &self,
+        request: Request<TrusteeStatusRequest>,
+    ) -> Result<Response<TrusteeStatusResponse>, Status> {
+        Caller::of(&request)?.require_operator("reading the Trustee status")?;
+        self.counted("TrusteeStatus", async move {
+            let b = Arc::clone(&self.broker);
+            tokio::task::spawn_blocking(move || crate::trustee::status::status(&b))
+                .await
+                .map_err(|e| {
+                    error!(error = %e, "admin: store task failed");
+                    Status::internal("internal error")
+                })?
+                .map_err(|e| internal(&e))
+        })
+        .await
+    }
+
+    async fn set_tcb_pin(
+        &self,
+        request: Request<SetTcbPinRequest>,
+    ) -> Result<Response<SetTcbPinResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        caller.require_operator("pinning TCB values")?;
+        let r = request.into_inner();
+        self.counted("SetTcbPin", async move {
+            let pin = match (r.clear, &r.pin) {
+                (true, _) => crate::store::TcbPin::default(),
+                (false, Some(p)) => crate::trustee::status::pin_from_proto(p).map_err(|field| {
+                    Status::invalid_argument(format!("pin.{field}: at most 255"))
+                })?,
+                (false, None) => {
+                    return Err(Status::invalid_argument("pin: missing (or set clear)"))
+                }
+            };
+            if !r.clear && pin.is_empty() {
+                return Err(Status::invalid_argument(
+                    "pin: no field set (or set clear to remove the pins)",
+                ));
+            }
+            self.store(move |s| s.set_tcb_pin(&pin)).await?;
+            info!(caller = %caller.name, ?pin, "admin: TCB pin set");
+            Ok(SetTcbPinResponse {})
         })
         .await
     }

@@ -111,6 +111,9 @@ pub enum AdminCommand {
     Token(crate::approve_cli::TokenCommand),
     /// Show who the kbs takes this caller for (role and node).
     Whoami,
+    /// Trustee's SNP reference values as the broker keeps them (operator only).
+    #[command(subcommand)]
+    Trustee(crate::trustee_cli::TrusteeCommand),
 }
 
 /// `kbs admin digests ...`
@@ -564,6 +567,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         } => crate::approve_cli::revoke(&mut client, kind, id, runtime_class, json).await?,
         AdminCommand::Token(cmd) => crate::approve_cli::token(&mut client, cmd, json).await?,
         AdminCommand::Whoami => crate::approve_cli::whoami(&mut client, json).await?,
+        AdminCommand::Trustee(cmd) => crate::trustee_cli::run(&mut client, cmd, json).await?,
     }
     Ok(())
 }

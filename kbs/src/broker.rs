@@ -386,6 +386,7 @@ pub struct Broker {
     tokens: crate::credentials::TokenTable,
     firmware: crate::registration::FirmwareImages,
     refusals: crate::refusal_log::RefusalLog,
+    trustee: crate::trustee::Board,
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -412,6 +413,7 @@ impl Broker {
                 std::time::Duration::from_secs(60),
             ),
             policy,
+            trustee: crate::trustee::Board::default(),
         }
     }
 
@@ -454,6 +456,16 @@ impl Broker {
     /// The store, for the admin API.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The status of the Trustee instances the broker writes to.
+    pub fn trustee(&self) -> &crate::trustee::Board {
+        &self.trustee
+    }
+
+    /// Whether nodes' own digests (origin `node`) count: open registration.
+    pub fn honours_node_digests(&self) -> bool {
+        self.policy.registration == crate::registration::RegistrationMode::Open
     }
 
     /// Records a refusal, unless its kind has had its share this minute

@@ -238,6 +238,68 @@ pub struct Args {
     /// Address serving Prometheus metrics at GET /metrics, or "none".
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_listen: OrNone<SocketAddr>,
+    /// A Trustee KBS whose SNP reference values this broker keeps (repeat for
+    /// several): it becomes their single writer, writing the union of every
+    /// node's SNP measurements and TCBs (what counts under --registration) to
+    /// snp_launch_measurement, snp_bootloader, snp_tee_svn, snp_snp_svn and
+    /// snp_microcode. Nothing is written to Trustee without this or
+    /// --trustee-rvps. Needs --trustee-admin-key and --trustee-admin-issuer, or
+    /// --trustee-admin-token-file.
+    #[arg(long = "trustee-url", value_name = "URL", help_heading = "Trustee")]
+    pub trustee_urls: Vec<String>,
+    /// The private key (PKCS#8 PEM: Ed25519, ECDSA P-256/P-384 or RSA) whose
+    /// public half Trustee's admin configuration trusts: the broker signs a
+    /// short-lived admin token with it for each call.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Trustee",
+        requires = "trustee_admin_issuer",
+        conflicts_with = "trustee_admin_token_file"
+    )]
+    pub trustee_admin_key: Option<PathBuf>,
+    /// The issuer Trustee's admin configuration names for that key (`iss`).
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "Trustee",
+        requires = "trustee_admin_key"
+    )]
+    pub trustee_admin_issuer: Option<String>,
+    /// The audience of the admin tokens (`aud`).
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "Trustee",
+        default_value = "KBS"
+    )]
+    pub trustee_admin_audience: String,
+    /// The role claim of the admin tokens, which Trustee's ACL matches against
+    /// the paths it allows; give the broker a role that allows only
+    /// reference-value and resource-policy.
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "Trustee",
+        default_value = "admin"
+    )]
+    pub trustee_admin_role: String,
+    /// A ready admin token instead of a key, read at every call (so that it can
+    /// be rotated in place).
+    #[arg(long, value_name = "FILE", help_heading = "Trustee")]
+    pub trustee_admin_token_file: Option<PathBuf>,
+    /// A CA certificate (PEM) for the Trustee KBS's TLS certificate, beside
+    /// the system's roots.
+    #[arg(long, value_name = "FILE", help_heading = "Trustee")]
+    pub trustee_ca_file: Option<PathBuf>,
+    /// A standalone Trustee RVPS (gRPC, HOST:PORT) to write the same reference
+    /// values to (repeat for several).
+    #[arg(long = "trustee-rvps", value_name = "ADDR", help_heading = "Trustee")]
+    pub trustee_rvps: Vec<String>,
+    /// How often each Trustee is read back and corrected when it differs
+    /// (restarted on empty storage, overwritten by someone else).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, help_heading = "Trustee", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub trustee_reconcile_seconds: u64,
 }
 
 /// A configuration the kbs refuses to start with: the process exits with
@@ -494,6 +556,8 @@ pub fn load_admin_tls(cert: &Path, key: &Path) -> Result<ServerTlsConfig, AdminT
 /// Everything checked before any port is bound.
 struct Prepared {
     broker: Arc<Broker>,
+    /// The Trustee instances to write reference values to.
+    trustees: Vec<crate::trustee::client::Target>,
     /// Held while the kbs serves: a second kbs on the directory is refused.
     _lock: crate::data_dir::DataDirLock,
     token: Option<AdminToken>,
@@ -574,8 +638,10 @@ fn prepare(args: &Args) -> anyhow::Result<Prepared> {
             }
         }
     }
+    let trustees = trustee_targets(args)?;
     let own = crate::admin::own_uid();
     Ok(Prepared {
+        trustees,
         broker,
         _lock: lock,
         token,
@@ -583,6 +649,56 @@ fn prepare(args: &Args) -> anyhow::Result<Prepared> {
         tls,
         allowed: AllowedUids::with_roles(own, args.admin_uid.clone()),
     })
+}
+
+/// The Trustee instances named on the command line, with their credentials
+/// checked now (a key that cannot be read fails the start).
+fn trustee_targets(args: &Args) -> anyhow::Result<Vec<crate::trustee::client::Target>> {
+    use crate::trustee::client::Target;
+    use crate::trustee::token::{AdminKey, TokenSource};
+    let mut out = Vec::new();
+    if !args.trustee_urls.is_empty() {
+        let ca = args
+            .trustee_ca_file
+            .as_deref()
+            .map(|p| std::fs::read(p).with_context(|| format!("--trustee-ca-file {}", p.display())))
+            .transpose()?;
+        for url in &args.trustee_urls {
+            let tokens = match (
+                &args.trustee_admin_key,
+                &args.trustee_admin_issuer,
+                &args.trustee_admin_token_file,
+            ) {
+                (Some(key), Some(issuer), None) => TokenSource::Minted {
+                    key: AdminKey::load(key).context("--trustee-admin-key")?,
+                    issuer: issuer.clone(),
+                    audience: args.trustee_admin_audience.clone(),
+                    role: args.trustee_admin_role.clone(),
+                },
+                (None, None, Some(file)) => {
+                    // Read once now, so that a missing file fails the start.
+                    TokenSource::File(file.clone())
+                        .token()
+                        .context("--trustee-admin-token-file")?;
+                    TokenSource::File(file.clone())
+                }
+                _ => bail!(
+                    "--trustee-url {url}: give --trustee-admin-key with --trustee-admin-issuer, \
+                     or --trustee-admin-token-file, for the broker's admin calls to Trustee"
+                ),
+            };
+            out.push(
+                Target::kbs(url, tokens, ca.as_deref())
+                    .map_err(|e| anyhow::anyhow!("--trustee-url: {e}"))?,
+            );
+        }
+    } else if args.trustee_admin_key.is_some() || args.trustee_admin_token_file.is_some() {
+        warn!("Trustee admin credentials given without --trustee-url: they are not used");
+    }
+    for addr in &args.trustee_rvps {
+        out.push(Target::rvps(addr).map_err(|e| anyhow::anyhow!("--trustee-rvps: {e}"))?);
+    }
+    Ok(out)
 }
 
 /// The admin service with room for a firmware upload (`kbs admin approve
@@ -607,6 +723,7 @@ async fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::Tc
 /// is a [`ConfigError`].
 pub async fn serve(args: Args) -> anyhow::Result<()> {
     let Prepared {
+        trustees,
         broker,
         _lock,
         token,
@@ -673,6 +790,34 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
                 }
             }
         });
+    }
+
+    // The single writer of Trustee's SNP reference values.
+    if trustees.is_empty() {
+        info!("no --trustee-url or --trustee-rvps: no Trustee reference values are written");
+    } else {
+        let settings = crate::trustee::sync::Settings {
+            reconcile: Duration::from_secs(args.trustee_reconcile_seconds),
+        };
+        let names: Vec<String> = trustees
+            .iter()
+            .map(crate::trustee::client::Target::name)
+            .collect();
+        info!(trustees = %names.join(", "), "keeping Trustee's SNP reference values");
+        let stop_rx = stop_tx.subscribe();
+        for handle in
+            crate::trustee::sync::spawn(&broker, trustees, &settings, &metrics, move || {
+                let mut rx = stop_rx.clone();
+                Box::pin(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+            })
+        {
+            servers.spawn(async move {
+                let _ = handle.await;
+                Ok(())
+            });
+        }
     }
 
     // The keybroker protocol and the guests' reports, with gRPC health.

@@ -21,3 +21,5 @@ pub mod registration;
 pub mod report;
 pub mod store;
 pub mod trust;
+pub mod trustee;
+pub mod trustee_cli;

@@ -9,6 +9,7 @@ use crate::broker::RefusalReason;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::future::Future;
@@ -82,6 +83,12 @@ struct Reason {
     reason: &'static str,
 }
 
+/// A Trustee the operator named (`--trustee-url`, `--trustee-rvps`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TrusteeLabel {
+    trustee: String,
+}
+
 type HistogramFamily = Family<Rpc, Histogram, fn() -> Histogram>;
 
 /// The broker's metrics.
@@ -96,6 +103,10 @@ pub struct Metrics {
     guest_reports: Family<Outcome, Counter>,
     connections_closed: Family<Reason, Counter>,
     accept_errors: Counter,
+    trustee_writes: Family<TrusteeLabel, Counter>,
+    trustee_failures: Family<TrusteeLabel, Counter>,
+    trustee_in_step: Family<TrusteeLabel, Gauge>,
+    trustee_policy: Family<TrusteeLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -127,6 +138,10 @@ impl Metrics {
         let guest_reports = Family::<Outcome, Counter>::default();
         let connections_closed = Family::<Reason, Counter>::default();
         let accept_errors = Counter::default();
+        let trustee_writes = Family::<TrusteeLabel, Counter>::default();
+        let trustee_failures = Family::<TrusteeLabel, Counter>::default();
+        let trustee_in_step = Family::<TrusteeLabel, Gauge>::default();
+        let trustee_policy = Family::<TrusteeLabel, Gauge>::default();
         for reason in ["total_cap", "source_cap", "timeout", "evicted"] {
             drop(connections_closed.get_or_create(&Reason { reason }));
         }
@@ -181,7 +196,32 @@ impl Metrics {
             "Keybroker accept() failures (e.g. out of file descriptors)",
             accept_errors.clone(),
         );
+        registry.register(
+            "trustee_writes",
+            "Registrations of reference values written to a Trustee, by Trustee",
+            trustee_writes.clone(),
+        );
+        registry.register(
+            "trustee_failures",
+            "Failed attempts to read or write a Trustee's reference values, by Trustee",
+            trustee_failures.clone(),
+        );
+        registry.register(
+            "trustee_in_step",
+            "1 when a Trustee was last seen holding exactly the reference values the broker owns",
+            trustee_in_step.clone(),
+        );
+        registry.register(
+            "trustee_policy_affirming",
+            "Whether a Trustee's resource policy requires an affirming verdict: 1 yes, 0 no, \
+             -1 unknown (reference values decide nothing unless it does)",
+            trustee_policy.clone(),
+        );
         Metrics {
+            trustee_writes,
+            trustee_failures,
+            trustee_in_step,
+            trustee_policy,
             connections_closed,
             accept_errors,
             registry,
@@ -193,6 +233,36 @@ impl Metrics {
             admin_auth_failures,
             guest_reports,
         }
+    }
+
+    /// Counts a write of reference values to `trustee`.
+    pub fn trustee_write(&self, trustee: &str) {
+        self.trustee_writes
+            .get_or_create(&TrusteeLabel {
+                trustee: trustee.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed attempt on `trustee` and marks it out of step.
+    pub fn trustee_failure(&self, trustee: &str) {
+        let label = TrusteeLabel {
+            trustee: trustee.to_string(),
+        };
+        self.trustee_failures.get_or_create(&label).inc();
+        self.trustee_in_step.get_or_create(&label).set(0);
+    }
+
+    /// Records whether `trustee` holds what it should, and its policy
+    /// verdict (1 affirming, 0 not, -1 unknown).
+    pub fn trustee_state(&self, trustee: &str, in_step: bool, policy: i64) {
+        let label = TrusteeLabel {
+            trustee: trustee.to_string(),
+        };
+        self.trustee_in_step
+            .get_or_create(&label)
+            .set(i64::from(in_step));
+        self.trustee_policy.get_or_create(&label).set(policy);
     }
 
     /// Counts a guest report by outcome.
