@@ -52,6 +52,11 @@ struct Args {
     /// print its path, instead of removing it.
     #[arg(long)]
     keep: bool,
+    /// Add a last step with a real Trustee v0.21.0 (the relying party of SNP
+    /// guests): the broker keeps its SNP reference values. Needs Trustee's
+    /// binaries, which `bash scripts/setup-test-env` builds (or TRUSTEE_BIN_DIR).
+    #[arg(long)]
+    trustee: bool,
 }
 
 fn main() -> ExitCode {
@@ -397,7 +402,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         .tempdir()
         .context("cannot create a temporary directory")?;
     let dir = tmp.path().to_path_buf();
-    let outcome = flow(&bins, &dir).await;
+    let outcome = flow(&bins, &dir, args.trustee).await;
     if args.keep {
         let kept = tmp.keep();
         println!();
@@ -414,7 +419,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     outcome
 }
 
-async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
+async fn flow(bins: &Bins, dir: &Path, with_trustee: bool) -> anyhow::Result<()> {
     println!("Attested confidential serverless, end to end, on this machine (simulated SEV).");
 
     step(
@@ -687,6 +692,165 @@ async fn flow(bins: &Bins, dir: &Path) -> anyhow::Result<()> {
         bail!("the host agent did not stop cleanly on SIGTERM");
     }
     drop(kbs);
+    if with_trustee {
+        trustee_step(bins, dir, &sample, &ark, &socket)?;
+    }
+    Ok(())
+}
+
+/// Step 10: the broker as the single writer of a real Trustee's SNP
+/// reference values.
+fn trustee_step(
+    bins: &Bins,
+    dir: &Path,
+    sample: &sample_artefacts::Sample,
+    ark: &Path,
+    socket: &Path,
+) -> anyhow::Result<()> {
+    use sev_sim::trustee_process::{TrusteeOptions, TrusteeProcess};
+    step(
+        10,
+        "Trustee: the broker keeps a real Trustee's SNP reference values",
+    );
+    let trustee = TrusteeProcess::start(TrusteeOptions {
+        rust_log: "warn".into(),
+        ..TrusteeOptions::default()
+    })
+    .context("starting Trustee (build it with: bash scripts/setup-test-env)")?;
+    println!(
+        "   Trustee v0.21.0 (KBS with its built-in RVPS) on {}",
+        trustee.url()
+    );
+    // The sample as an SNP guest of Kata 4.1.
+    let snp_config = sample.config.with_file_name("configuration-qemu-snp.toml");
+    let text = std::fs::read_to_string(&sample.config)?
+        .replace("sev_snp_guest = false", "sev_snp_guest = true");
+    std::fs::write(&snp_config, text)?;
+    let out = run_tool(
+        &bins.host_agent,
+        &[
+            "digests",
+            "--kata-config",
+            &snp_config.to_string_lossy(),
+            "--kata-version",
+            "4.1.0",
+            "--pod-cpus",
+            "0,1,2",
+            "--json",
+        ],
+    )?;
+    let launches: Vec<serde_json::Value> =
+        serde_json::from_str(&out).context("host-agent digests --json")?;
+    let digests: Vec<String> = launches
+        .iter()
+        .filter_map(|l| {
+            Some(format!(
+                "snp:{}:{}:EPYC-v4",
+                l["digest"].as_str()?,
+                l["vcpus"].as_u64()?
+            ))
+        })
+        .collect();
+    println!(
+        "   the sample as a Kata 4.1 SNP guest: {} launches (pods with 0, 1, 2 CPUs)",
+        digests.len()
+    );
+    let key = trustee.admin_key_path().to_string_lossy().into_owned();
+    let args = [
+        "--trustee-url",
+        &trustee.url(),
+        "--trustee-admin-key",
+        &key,
+        "--trustee-admin-issuer",
+        trustee.issuer(),
+    ];
+    println!(
+        "   $ kbs ... --trustee-url {} --trustee-admin-key {key} --trustee-admin-issuer {}",
+        trustee.url(),
+        trustee.issuer()
+    );
+    let kbs = KbsProcess::start_with(
+        &bins.kbs,
+        &dir.join("kbs-data"),
+        socket,
+        ark,
+        &args
+            .iter()
+            .map(Into::into)
+            .collect::<Vec<std::ffi::OsString>>(),
+    )
+    .context("restarting the key broker with Trustee")?;
+    let sock = socket.to_string_lossy().into_owned();
+    let kbs_admin = |args: &[&str]| -> anyhow::Result<String> {
+        println!("   $ kbs admin {}", args.join(" "));
+        let mut all = vec!["admin", "--socket", sock.as_str()];
+        all.extend_from_slice(args);
+        run_tool(&bins.kbs, &all)
+    };
+    let mut replace = vec![
+        "digests",
+        "replace",
+        "--node",
+        NODE,
+        "--runtime-class",
+        "kata-qemu-snp",
+    ];
+    for d in &digests {
+        replace.push("--digest");
+        replace.push(d);
+    }
+    show(&kbs_admin(&replace)?);
+    show(&kbs_admin(&[
+        "trustee",
+        "tcb",
+        "set",
+        "--bootloader",
+        "10",
+        "--tee",
+        "0",
+        "--snp",
+        "23",
+        "--microcode",
+        "213",
+    ])?);
+    let want: Vec<String> = launches
+        .iter()
+        .filter_map(|l| l["digest"].as_str().map(str::to_string))
+        .collect();
+    let started = Instant::now();
+    let held = loop {
+        let held = trustee
+            .get_reference_value("snp_launch_measurement")
+            .map_err(|e| anyhow!("reading Trustee: {e}"))?;
+        let list: Vec<String> = held
+            .as_ref()
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if want.iter().all(|w| list.contains(w)) {
+            break list;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("Trustee did not get the SNP measurements within 20 s: it holds {held:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "   Trustee holds them {} ms later (read with Trustee's kbs-client get-reference-value):",
+        started.elapsed().as_millis()
+    );
+    for h in &held {
+        println!("     snp_launch_measurement  {h}");
+    }
+    show(&kbs_admin(&["trustee", "status"])?);
+    println!("   Trustee affirms only what the fleet registered; with the affirming resource");
+    println!("   policy (kbs-client config set-resource-policy --affirming) that decides releases");
+    drop(kbs);
+    drop(trustee);
     Ok(())
 }
 

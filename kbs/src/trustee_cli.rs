@@ -106,22 +106,23 @@ pub async fn run(client: &mut Client, cmd: TrusteeCommand, json: bool) -> anyhow
                 println!("  last check  {}", when(i.last_check_at));
                 println!("  policy      {}", i.policy);
                 for n in &i.names {
-                    let held = if n.held.is_empty() {
-                        "absent".to_string()
+                    let missing = !n.missing.is_empty() && n.missing != "[]";
+                    let extra = !n.extra.is_empty() && n.extra != "[]";
+                    let line = if n.held.is_empty() {
+                        format!("absent; wants {}", shorten(&n.want))
+                    } else if !missing && !extra {
+                        format!("holds {}, as it should", shorten(&n.held))
                     } else {
-                        shorten(&n.held)
+                        let mut l = format!("holds {}", shorten(&n.held));
+                        if missing {
+                            l.push_str(&format!("; missing {}", shorten(&n.missing)));
+                        }
+                        if extra {
+                            l.push_str(&format!("; not ours {}", shorten(&n.extra)));
+                        }
+                        l
                     };
-                    let mut line = format!("  {:<24} holds {held}", n.name);
-                    if !n.missing.is_empty() && n.missing != "[]" {
-                        line.push_str(&format!("; missing {}", shorten(&n.missing)));
-                    }
-                    if !n.extra.is_empty() && n.extra != "[]" {
-                        line.push_str(&format!("; not ours {}", shorten(&n.extra)));
-                    }
-                    if n.held.is_empty() || (n.missing.is_empty() && n.extra.is_empty()) {
-                        line.push_str(&format!("; wants {}", shorten(&n.want)));
-                    }
-                    println!("{line}");
+                    println!("  {:<24} {line}", n.name);
                 }
             }
             for t in &r.reported {
