@@ -20,9 +20,11 @@ use tracing::{info, warn, Instrument as _};
 /// Trustee's RVPS keeps a value for a year; rewriting monthly keeps it far
 /// from expiring.
 pub const REFRESH_AFTER: Duration = Duration::from_secs(30 * 86_400);
-/// Quiet time after a change before writing, so that a burst of
-/// registrations (a fleet restarting) gives one write.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Quiet time after a change before writing. Changes that arrive while a
+/// write is in flight are taken together by the next one anyway (the writer
+/// is sequential), so a burst of registrations (a fleet restarting) gives a
+/// few writes, not one each; this only gathers what arrives at once.
+pub const DEBOUNCE: Duration = Duration::from_millis(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
