@@ -318,9 +318,14 @@ impl Daemon {
                     tracked.error = None;
                     // Like a file that disappears, one that stops giving
                     // launches (a save caught half-way, say) keeps what was
-                    // registered for the grace period.
+                    // registered for the grace period. One that never gave
+                    // any (a plain, non-confidential configuration beside the
+                    // others) is skipped at once.
                     let since = *tracked.skipped_since.get_or_insert(now);
-                    let reason = if tracked.skipped || now.0 >= since.0 + grace {
+                    let reason = if tracked.skipped
+                        || tracked.last_good.is_none()
+                        || now.0 >= since.0 + grace
+                    {
                         tracked.skipped = true;
                         tracked.last_good = None;
                         reason

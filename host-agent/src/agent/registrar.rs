@@ -63,6 +63,10 @@ pub struct Registrar {
     status: Arc<Mutex<AgentStatus>>,
     metrics: Metrics,
     reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    /// The platform TCB last sent with each class's SNP launches, since the
+    /// connection was made: the broker's digest list does not show it, and a
+    /// firmware update changes it without changing a digest.
+    platforms_sent: Mutex<BTreeMap<String, kbs_proto::kbsadmin::PlatformTcb>>,
 }
 
 /// A failure, with whether to drop the connection.
@@ -86,7 +90,26 @@ impl Registrar {
             status,
             metrics,
             reports,
+            platforms_sent: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Classes whose desired state differs from what the broker holds.
+    fn differs(&self, want: &Desired, held: &BTreeMap<String, Vec<Digest>>) -> Vec<String> {
+        let sent = self
+            .platforms_sent
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        let mut out = differs(want, held);
+        for (class, reg) in want {
+            if let Some(p) = &reg.platform {
+                if sent.get(class) != Some(p) && !out.contains(class) {
+                    out.push(class.clone());
+                }
+            }
+        }
+        out
     }
 
     async fn connect(&self) -> Result<Client, Failure> {
@@ -276,6 +299,9 @@ impl Registrar {
                         // restarted since: learn what it holds again.
                         client = None;
                         held = None;
+                        if let Ok(mut m) = self.platforms_sent.lock() {
+                            m.clear();
+                        }
                     }
                     // Wait out the backoff; a new desired state does not cut it
                     // short, so a flapping broker is not hammered.
@@ -297,7 +323,7 @@ impl Registrar {
         want: &Desired,
     ) -> Result<(), Failure> {
         if let Some(h) = held.as_ref() {
-            if differs(want, h).is_empty() {
+            if self.differs(want, h).is_empty() {
                 self.mark_held(want, h);
                 return Ok(());
             }
@@ -380,7 +406,7 @@ impl Registrar {
         // still fails, so that it is retried (with backoff) until an operator
         // approves what it needs.
         let mut refused = None;
-        for class in differs(want, h) {
+        for class in self.differs(want, h) {
             let Some(reg) = want.get(&class) else {
                 continue;
             };
@@ -388,6 +414,12 @@ impl Registrar {
                 Ok(count) => {
                     self.metrics.registered(&class);
                     self.mark(&class, Ok(count));
+                    if let Ok(mut m) = self.platforms_sent.lock() {
+                        match &reg.platform {
+                            Some(p) => m.insert(class.clone(), p.clone()),
+                            None => m.remove(&class),
+                        };
+                    }
                     if reg.is_empty() {
                         h.remove(&class);
                     } else {
@@ -479,6 +511,48 @@ mod tests {
             canonical(&[d("sev", 2), d("sev", 1)])
         );
         assert_ne!(canonical(&[d("sev", 1)]), canonical(&[d("seves", 1)]));
+    }
+
+    #[test]
+    fn a_new_platform_tcb_is_sent_although_the_digests_are_held() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let r = Registrar::new(
+            AgentConfig::default(),
+            "n".into(),
+            Arc::new(Mutex::new(AgentStatus::default())),
+            Metrics::new(),
+            tx,
+        );
+        let tcb = |snp| kbs_proto::kbsadmin::PlatformTcb {
+            bootloader: 3,
+            tee: 0,
+            snp,
+            microcode: 209,
+            product: "Milan".into(),
+        };
+        let reg = ClassRegistration {
+            digests: vec![d("snp", 7)],
+            platform: Some(tcb(8)),
+            ..ClassRegistration::default()
+        };
+        let want: Desired = [("kata-qemu-snp".to_string(), reg)].into_iter().collect();
+        let held: BTreeMap<String, Vec<Digest>> =
+            [("kata-qemu-snp".to_string(), vec![d("snp", 7)])]
+                .into_iter()
+                .collect();
+        // Held, but this connection never sent the TCB: sent once.
+        assert_eq!(r.differs(&want, &held), ["kata-qemu-snp"]);
+        r.platforms_sent
+            .lock()
+            .unwrap()
+            .insert("kata-qemu-snp".into(), tcb(8));
+        assert!(r.differs(&want, &held).is_empty());
+        // A firmware update: the same digests, a new TCB.
+        r.platforms_sent
+            .lock()
+            .unwrap()
+            .insert("kata-qemu-snp".into(), tcb(7));
+        assert_eq!(r.differs(&want, &held), ["kata-qemu-snp"]);
     }
 
     #[test]
