@@ -448,9 +448,15 @@ impl Admin for AdminService {
                 let n = node.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
                     let done = register(&b, mode, &n, &inputs, &r.launches);
-                    // The TCB counts once the node's SNP launches do.
-                    if let (Ok(_), Some((tcb, product)), true) = (&done, &platform, snp) {
-                        if let Err(e) = b.store().set_node_tcb(&n, tcb, product) {
+                    // The TCB counts once the node's SNP launches do; SNP
+                    // launches without one mean the node cannot read it
+                    // any more, and what it reported before is dropped.
+                    if let (Ok(_), true) = (&done, snp) {
+                        let recorded = match &platform {
+                            Some((tcb, product)) => b.store().set_node_tcb(&n, tcb, product),
+                            None => b.store().clear_node_tcb(&n),
+                        };
+                        if let Err(e) = recorded {
                             error!(error = %e, "admin: cannot record the node's TCB");
                         }
                     }

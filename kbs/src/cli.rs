@@ -275,8 +275,10 @@ pub struct Args {
     )]
     pub trustee_admin_audience: String,
     /// The role claim of the admin tokens, which Trustee's ACL matches against
-    /// the paths it allows; give the broker a role that allows only
-    /// reference-value and resource-policy.
+    /// the paths it allows; the broker needs only /kbs/v0/reference-value (it
+    /// reads the resource policy when allowed). Trustee does not tie roles to
+    /// issuers, so the key can sign any role: it is as strong as Trustee's
+    /// admin. For less, give a ready token with a restricted role instead.
     #[arg(
         long,
         value_name = "NAME",
@@ -814,7 +816,8 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
             })
         {
             servers.spawn(async move {
-                let _ = handle.await;
+                // It ends only when the kbs stops; a panic is an error.
+                handle.await.context("the Trustee writer failed")?;
                 Ok(())
             });
         }

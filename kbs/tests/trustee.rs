@@ -398,16 +398,24 @@ async fn under_approved_registration_tcb_values_come_from_the_pins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standalone_rvps_is_written_over_grpc() {
+async fn a_standalone_rvps_and_another_trustee_are_written_alike() {
     let Some(mut rig) = Rig::new(TrusteeOptions::grpc()) else {
         return;
     };
+    // A second Trustee, with its built-in RVPS, written through its KBS.
+    let other = TrusteeProcess::start(TrusteeOptions::default()).unwrap();
     let addr = rig.trustee.rvps_addr().unwrap();
     rig.start_kbs(
         "open",
         vec![
             "--trustee-rvps".into(),
             addr.clone().into(),
+            "--trustee-url".into(),
+            other.url().into(),
+            "--trustee-admin-key".into(),
+            other.admin_key_path().into(),
+            "--trustee-admin-issuer".into(),
+            other.issuer().into(),
             "--trustee-reconcile-seconds".into(),
             "1".into(),
         ],
@@ -424,9 +432,49 @@ async fn a_standalone_rvps_is_written_over_grpc() {
         &json!([m(0x0a), m(0x0b)]),
         || held_by(t, MEASUREMENT),
     );
+    // The other Trustee holds the same.
+    wait_for(
+        "the values in the other Trustee",
+        &json!([m(0x0a), m(0x0b)]),
+        || held_by(&other, MEASUREMENT),
+    );
     // Overwritten in the RVPS: corrected.
     t.rvps_register(&json!({ MEASUREMENT: [m(0xff)] })).unwrap();
     wait_for("the correction", &json!([m(0x0a), m(0x0b)]), || {
         t.rvps_query(MEASUREMENT).unwrap()
     });
+    // One down does not hold the other up.
+    drop(other);
+    rig.register("node-b", &[m(0x0c)], None).await;
+    wait_for(
+        "the RVPS while the other Trustee is gone",
+        &json!([m(0x0a), m(0x0b), m(0x0c)]),
+        || t.rvps_query(MEASUREMENT).unwrap(),
+    );
+    let s = rig.status();
+    assert_eq!(s["instances"].as_array().unwrap().len(), 2, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_may_only_write_reference_values_is_enough() {
+    let opts = TrusteeOptions {
+        role: "reference-values".into(),
+        allowed_endpoints: "^/kbs/v0/reference-value(/.*)?$".into(),
+        ..TrusteeOptions::default()
+    };
+    let Some(mut rig) = Rig::new(opts) else {
+        return;
+    };
+    let key = rig.trustee.admin_key_path().to_path_buf();
+    let mut args = rig.trustee_args(&key);
+    args.extend(["--trustee-admin-role".into(), "reference-values".into()]);
+    rig.start_kbs("open", args);
+    rig.register("node-a", &[m(0x05)], None).await;
+    wait_for("the value", &json!([m(0x05)]), || {
+        held_by(&rig.trustee, MEASUREMENT)
+    });
+    let s = rig.status();
+    let policy = s["instances"][0]["policy"].as_str().unwrap().to_string();
+    assert!(policy.contains("may not read the resource policy"), "{s}");
+    assert!(s["instances"][0]["last_error"].is_null(), "{s}");
 }

@@ -35,7 +35,9 @@ pub struct NodeTcb {
     pub reported_at: i64,
 }
 
-/// The operator's minimums; an unset field follows what nodes report.
+/// The operator's minimums. An unset field follows what nodes report under
+/// open registration, and is empty (no value affirmed) under approved
+/// registration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TcbPin {
     /// Minimum boot loader SVN.
@@ -114,6 +116,16 @@ impl Store {
             Ok(old != Some((tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode)))
         })?;
         if changed {
+            self.reference_changed();
+        }
+        Ok(())
+    }
+
+    /// Forgets the TCB `node` reported.
+    pub fn clear_node_tcb(&self, node: &str) -> Result<(), StoreError> {
+        let removed =
+            self.with(|c| c.execute("DELETE FROM platform_tcbs WHERE node = ?1", params![node]))?;
+        if removed > 0 {
             self.reference_changed();
         }
         Ok(())
@@ -237,6 +249,10 @@ mod tests {
         // A node without SNP digests does not count.
         store.set_node_tcb("n3", &tcb, "Milan").unwrap();
         assert_eq!(store.node_tcbs().unwrap().len(), 1);
+        store.clear_node_tcb("n1").unwrap();
+        assert!(changes.has_changed().unwrap());
+        assert!(store.node_tcbs().unwrap().is_empty());
+        store.set_node_tcb("n1", &tcb, "Milan").unwrap();
         store
             .replace_digests("n1", "kata-qemu-snp", &[], Origin::Node, &[])
             .unwrap();

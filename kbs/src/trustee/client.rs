@@ -29,9 +29,9 @@ pub enum TrusteeError {
     /// Trustee refused the broker's admin token.
     #[error(
         "{target}: refused the broker's admin token ({detail}); check that Trustee's admin \
-         configuration trusts the key given with --trustee-admin-key for the issuer given with \
-         --trustee-admin-issuer, and that its ACL grants the role reference-value and \
-         resource-policy"
+         configuration trusts the key of --trustee-admin-key for the issuer of \
+         --trustee-admin-issuer (or accepts the token of --trustee-admin-token-file), and that \
+         its ACL grants the token's role the path /kbs/v0/reference-value"
     )]
     Unauthorized {
         /// The KBS URL.
@@ -76,11 +76,18 @@ impl std::fmt::Display for PolicyVerdict {
     }
 }
 
-/// Judges a resource policy's Rego text: does it release only on an
-/// affirming EAR status? A policy that never mentions the status cannot.
+/// Judges a resource policy's Rego text, by what its rules (comments left
+/// out) mention: one that never looks at the EAR status for "affirming"
+/// cannot require it. This is a heuristic: a policy that mentions both is
+/// taken as requiring it.
 pub fn judge_policy(rego: &str) -> PolicyVerdict {
-    let mentions_status = rego.contains("ear.status");
-    let mentions_affirming = rego.contains("affirming");
+    let rules: String = rego
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mentions_status = rules.contains("ear.status");
+    let mentions_affirming = rules.contains("affirming");
     if mentions_status && mentions_affirming {
         PolicyVerdict::Affirming
     } else {
@@ -139,6 +146,13 @@ impl Target {
         let url = url.trim_end_matches('/').to_string();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!("{url:?}: expected an http:// or https:// URL"));
+        }
+        // The admin token must not cross a network in clear.
+        if url.starts_with("http://") && !is_loopback_url(&url) {
+            return Err(format!(
+                "{url}: plain HTTP to a host other than loopback would send the admin token in \
+                 clear; use https://"
+            ));
         }
         let mut builder = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
@@ -213,6 +227,14 @@ impl Target {
                 // tells the two apart.
                 if text.contains("No reference value found") || status == 404 {
                     return Ok(None);
+                }
+                // And for a failure of its RVPS (a remote one down, say).
+                if text.contains("RvpsError") {
+                    return Err(TrusteeError::Failed {
+                        target: self.name(),
+                        what: "reading a reference value",
+                        detail: format!("Trustee's RVPS: {}", shorten(&text)),
+                    });
                 }
                 Err(self.http_error(status, &text, "reading a reference value"))
             }
@@ -347,6 +369,21 @@ impl Target {
     }
 }
 
+/// Whether an `http://` URL names a loopback host.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.trim_start_matches("http://");
+    let host_port = rest.split('/').next().unwrap_or_default();
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A policy as Trustee may return it: base64url of the Rego text, or the
 /// text itself.
 fn decode_policy(p: &str) -> String {
@@ -369,6 +406,12 @@ mod tests {
                          any_not_affirming if {\n some _, submod in input.submods\n \
                          submod[\"ear.status\"] != \"affirming\"\n}\n";
         assert_eq!(judge_policy(affirming), PolicyVerdict::Affirming);
+        let commented =
+            "package policy\n# checks ear.status == affirming, one day\nallow := true\n";
+        assert!(matches!(
+            judge_policy(commented),
+            PolicyVerdict::NotAffirming(_)
+        ));
         let default = "package policy\ndefault allow = false\nallow if {\n plugin == \"resource\"\n \
                        not input[\"submods\"][\"cpu0\"][\"ear.veraison.annotated-evidence\"][\"sample\"]\n}\n";
         assert!(matches!(
@@ -390,6 +433,24 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("http"), "{e}");
+        let e = Target::kbs(
+            "http://trustee.example:8080",
+            TokenSource::File("/t".into()),
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("in clear"), "{e}");
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080/",
+            "http://localhost:1",
+        ] {
+            assert!(
+                Target::kbs(ok, TokenSource::File("/t".into()), None).is_ok(),
+                "{ok}"
+            );
+        }
         assert!(Target::rvps("127.0.0.1:50003").is_ok());
     }
 }

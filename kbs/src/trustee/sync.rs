@@ -4,8 +4,9 @@
 //! (debounced), then reads it back; on start, every reconcile period and after
 //! any failure it reads what Trustee holds and writes again if anything
 //! differs (Trustee restarted on empty storage, someone overwrote a name);
-//! and it rewrites at least every [`REFRESH_AFTER`], well before Trustee's
-//! values expire. While Trustee is down it retries with backoff.
+//! and it rewrites at least every [`REFRESH_AFTER`] of its own uptime, so that
+//! a Trustee that enforces the expiry it records (a year ahead) never reaches
+//! it. While Trustee is down it retries with backoff.
 
 use super::client::{PolicyVerdict, Target, TrusteeError};
 use super::values::{differences, Difference, ReferenceValues, NAMES};
@@ -17,13 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn, Instrument as _};
 
-/// Trustee's RVPS keeps a value for a year; rewriting monthly keeps it far
-/// from expiring.
+/// Trustee's RVPS records an expiry a year ahead of each registration;
+/// rewriting monthly keeps far from it.
 pub const REFRESH_AFTER: Duration = Duration::from_secs(30 * 86_400);
-/// Quiet time after a change before writing. Changes that arrive while a
-/// write is in flight are taken together by the next one anyway (the writer
-/// is sequential), so a burst of registrations (a fleet restarting) gives a
-/// few writes, not one each; this only gathers what arrives at once.
+/// A fixed wait after a change before writing, to gather what arrives at
+/// once. Changes that arrive while a write is in flight are taken together by
+/// the next one anyway (the writer is sequential), so a burst of
+/// registrations (a fleet restarting) gives a few writes, not one each.
 pub const DEBOUNCE: Duration = Duration::from_millis(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -250,9 +251,13 @@ impl Writer {
         let mut why = if refresh { Why::Refresh } else { Why::Changed };
         if *check || written.is_none() {
             let held = read_all(&self.target).await?;
+            // The broker's role needs only the reference-value path: a
+            // policy it may not read is unknown, not a failure.
             let policy = match self.target.policy().await {
                 Ok(p) => p,
-                Err(e @ TrusteeError::Unauthorized { .. }) => return Err(e.into()),
+                Err(TrusteeError::Unauthorized { .. }) => PolicyVerdict::Unknown(
+                    "the broker's admin role may not read the resource policy".into(),
+                ),
                 Err(e) => PolicyVerdict::Unknown(format!("cannot read it: {e}")),
             };
             self.note_policy(&policy);

@@ -10,8 +10,9 @@ use base64::Engine as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// How long a minted token is valid. Trustee allows 60 s of clock skew.
-const TOKEN_TTL_SECS: u64 = 300;
+/// How long a minted token is valid (Trustee allows 60 s of clock skew
+/// besides): short, since a token seen on the way can be replayed until then.
+const TOKEN_TTL_SECS: u64 = 120;
 /// Largest key or token file read.
 const MAX_FILE: u64 = 64 * 1024;
 

@@ -110,10 +110,14 @@ pub struct Difference {
     pub absent: bool,
     /// Held but not a list (someone wrote another shape).
     pub malformed: bool,
-    /// Wanted, not held.
+    /// Wanted, not held (the first hundred).
     pub missing: Vec<Value>,
-    /// Held, not wanted.
+    /// Held, not wanted (the first hundred).
     pub extra: Vec<Value>,
+    /// How many are missing.
+    pub missing_count: usize,
+    /// How many are held and not wanted.
+    pub extra_count: usize,
 }
 
 impl Difference {
@@ -126,21 +130,27 @@ impl Difference {
             return format!("{}: not a list", self.name);
         }
         let mut parts = Vec::new();
-        if !self.missing.is_empty() {
-            parts.push(format!("{} missing", self.missing.len()));
+        if self.missing_count > 0 {
+            parts.push(format!("{} missing", self.missing_count));
         }
-        if !self.extra.is_empty() {
-            parts.push(format!("{} not ours", self.extra.len()));
+        if self.extra_count > 0 {
+            parts.push(format!("{} not ours", self.extra_count));
         }
         format!("{}: {}", self.name, parts.join(", "))
     }
 }
 
-/// Canonical form of a value for comparison: measurements compare without
-/// case, numbers by value.
+/// Most values of one name worth comparing: more is not what the broker
+/// wrote (a fleet has far fewer launches), and is treated as malformed.
+pub const MAX_HELD_VALUES: usize = 100_000;
+/// Values kept of a difference, for status.
+const KEPT: usize = 100;
+
+/// Canonical form of a value for comparison: strings exactly (Trustee's
+/// policy compares them exactly), numbers by value.
 fn canonical(v: &Value) -> String {
     match v {
-        Value::String(s) => format!("s:{}", s.to_ascii_lowercase()),
+        Value::String(s) => format!("s:{s}"),
         Value::Number(n) => format!("n:{n}"),
         other => format!("j:{other}"),
     }
@@ -159,30 +169,33 @@ pub fn differences(
             name: name.clone(),
             ..Difference::default()
         };
-        match held.get(name).cloned().flatten() {
+        match held.get(name).and_then(Option::as_ref) {
             None => {
                 d.absent = true;
-                d.missing.clone_from(values);
+                d.missing_count = values.len();
+                d.missing = values.iter().take(KEPT).cloned().collect();
             }
-            Some(Value::Array(h)) => {
+            Some(Value::Array(h)) if h.len() <= MAX_HELD_VALUES => {
                 let have: BTreeSet<String> = h.iter().map(canonical).collect();
                 let wanted: BTreeSet<String> = values.iter().map(canonical).collect();
-                d.missing = values
+                let missing: Vec<&Value> = values
                     .iter()
                     .filter(|v| !have.contains(&canonical(v)))
-                    .cloned()
                     .collect();
-                d.extra = h
+                let extra: Vec<&Value> = h
                     .iter()
                     .filter(|v| !wanted.contains(&canonical(v)))
-                    .cloned()
                     .collect();
+                d.missing_count = missing.len();
+                d.extra_count = extra.len();
+                d.missing = missing.into_iter().take(KEPT).cloned().collect();
+                d.extra = extra.into_iter().take(KEPT).cloned().collect();
             }
             Some(_) => d.malformed = true,
         }
         // An absent name that should be an empty list is no difference that
         // matters to a verifier, but it is written all the same.
-        if d.absent || d.malformed || !d.missing.is_empty() || !d.extra.is_empty() {
+        if d.absent || d.malformed || d.missing_count > 0 || d.extra_count > 0 {
             out.push(d);
         }
     }
@@ -265,9 +278,15 @@ mod tests {
             .collect();
         held.insert(
             MEASUREMENT.into(),
-            Some(serde_json::json!(["BB".repeat(48), "aa".repeat(48)])),
+            Some(serde_json::json!(["bb".repeat(48), "aa".repeat(48)])),
         );
         assert!(differences(&want, &held).is_empty());
+        // Trustee compares strings exactly: upper case is not ours.
+        held.insert(
+            MEASUREMENT.into(),
+            Some(serde_json::json!(["BB".repeat(48), "aa".repeat(48)])),
+        );
+        assert_eq!(differences(&want, &held)[0].extra_count, 1);
 
         held.insert(
             MEASUREMENT.into(),
