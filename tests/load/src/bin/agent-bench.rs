@@ -16,6 +16,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use kbs_load::percentile;
 use kbs_proto::admin_client;
 use kbs_proto::kbsadmin::{ApproveRequest, ListDigestsRequest};
 use std::os::unix::net::UnixDatagram;
@@ -94,18 +95,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a rank within the slice
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64)).ceil() as usize;
-    sorted
-        .get(rank.saturating_sub(1).min(sorted.len() - 1))
-        .copied()
-        .unwrap_or(f64::NAN)
 }
 
 fn summary(name: &str, mut ms: Vec<f64>) {

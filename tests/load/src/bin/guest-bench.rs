@@ -8,6 +8,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use kbs_load::percentile;
 use kbs_proto::admin_client;
 use kbs_proto::kbsadmin::{Digest, ReplaceDigestsRequest, SetResourceRequest};
 use sev_sim::guest_view::GuestView;
@@ -31,15 +32,6 @@ struct Args {
     /// Launches to verify.
     #[arg(long, default_value_t = 50)]
     runs: usize,
-}
-
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a rank within the slice
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * (sorted.len() as f64)).ceil() as usize;
-    sorted
-        .get(rank.saturating_sub(1).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(f64::NAN)
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -10,6 +10,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use kbs_load::percentile;
 use kbs_proto::kbsadmin::{Digest, LaunchInputs, NodeLaunch, RegisterLaunchesRequest};
 use sev_sim::trustee_process::{TrusteeOptions, TrusteeProcess};
 use std::path::PathBuf;
@@ -24,15 +25,6 @@ struct Args {
     /// Registrations to time.
     #[arg(long, default_value_t = 50)]
     runs: usize,
-}
-
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // a rank within the slice
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * (sorted.len() as f64)).ceil() as usize;
-    sorted
-        .get(rank.saturating_sub(1).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(f64::NAN)
 }
 
 fn summary(name: &str, mut ms: Vec<f64>) -> (f64, f64) {
