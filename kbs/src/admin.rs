@@ -246,8 +246,16 @@ impl AdminService {
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
+        self.blocking(move |b| f(b.store())).await
+    }
+
+    /// Runs `f` on the broker off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Broker) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
         let b = Arc::clone(&self.broker);
-        tokio::task::spawn_blocking(move || f(b.store()))
+        tokio::task::spawn_blocking(move || f(&b))
             .await
             .map_err(|e| {
                 error!(error = %e, "admin: store task failed");
@@ -876,14 +884,7 @@ impl Admin for AdminService {
     ) -> Result<Response<TrusteeStatusResponse>, Status> {
         Caller::of(&request)?.require_operator("reading the Trustee status")?;
         self.counted("TrusteeStatus", async move {
-            let b = Arc::clone(&self.broker);
-            tokio::task::spawn_blocking(move || crate::trustee::status::status(&b))
-                .await
-                .map_err(|e| {
-                    error!(error = %e, "admin: store task failed");
-                    Status::internal("internal error")
-                })?
-                .map_err(|e| internal(&e))
+            self.blocking(crate::trustee::status::status).await
         })
         .await
     }
