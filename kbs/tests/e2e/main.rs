@@ -654,13 +654,25 @@ async fn health_becomes(rig: &Rig, want: tonic_health::pb::health_check_response
 async fn a_flood_of_refused_calls_adds_a_bounded_number_of_records() {
     let mut rig = Rig::start(&["--refusal-records-per-minute", "50"]);
     let before = rig.store().records(0, 100_000).unwrap().len();
-    // 20,000 GetOnlineSecret calls with client ids nobody issued, from 8
-    // clients at once.
+    // 20,001 GetOnlineSecret calls with client ids nobody issued, 20,000 of
+    // them from 8 clients at once.
     let channel = tonic::transport::Endpoint::from_shared(rig.kbs.uri())
         .unwrap()
         .connect()
         .await
         .unwrap();
+    // One call first, so that the client has the broker's HTTP/2 settings
+    // (4 streams a connection) before 8 callers share the connection: a
+    // stream opened beyond the limit before they arrive is refused, which
+    // tonic reports as Unavailable.
+    let e = KeyBrokerServiceClient::new(channel.clone())
+        .get_online_secret(OnlineSecretRequest {
+            client_id: uuid::Uuid::new_v4().to_string(),
+            secret_requests: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let mut c = KeyBrokerServiceClient::new(channel.clone());
@@ -691,7 +703,7 @@ async fn a_flood_of_refused_calls_adds_a_bounded_number_of_records() {
     assert!(
         summary
             .reason
-            .starts_with("client id unknown or expired (and 19950 more like it in "),
+            .starts_with("client id unknown or expired (and 19951 more like it in "),
         "{summary:?}"
     );
 }
