@@ -6,7 +6,9 @@
 //! - a platform and its PSP ([`SimPlatform`], [`SimLaunch`]): the CEK, OCA,
 //!   PEK and PDH chain, and LAUNCH_START, LAUNCH_MEASURE and LAUNCH_SECRET;
 //! - the Kata shim's pre-attestation as a gRPC client of the KBS ([`shim`]);
-//! - the guest's view of the injected secrets ([`efi_secret`], [`guest_view`]).
+//! - the guest's view of the injected secrets ([`efi_secret`], [`guest_view`]);
+//! - an SEV-SNP chip for guests ([`snp_guest`]): fake AMD roots, a VCEK,
+//!   signed attestation reports and a simulated `/dev/sev-guest` on a socket.
 //!
 //! The PSP side is written here against OpenSSL and shares no code with the
 //! key broker's session cryptography, so the two check each other; launch
@@ -30,6 +32,7 @@
 mod bytes;
 pub mod efi_secret;
 mod error;
+pub mod guest_components;
 pub mod guest_view;
 pub mod kbs_process;
 mod kdf;
@@ -39,6 +42,7 @@ mod psp;
 mod roots;
 mod sevcert;
 pub mod shim;
+pub mod snp_guest;
 pub mod snp_platform;
 pub mod tls_files;
 pub mod trustee_process;
