@@ -996,6 +996,8 @@ impl From<crate::store::AttestationRecord> for AttestationRecord {
             failed_checks: a.failed_checks,
             reported_at: a.reported_at,
             guest_client: a.guest_client,
+            tee: a.tee,
+            chip_id: a.chip_id,
         }
     }
 }
@@ -1017,6 +1019,8 @@ impl From<AttestationRecord> for crate::store::AttestationRecord {
             failed_checks: a.failed_checks,
             reported_at: a.reported_at,
             guest_client: a.guest_client,
+            tee: a.tee,
+            chip_id: a.chip_id,
         }
     }
 }

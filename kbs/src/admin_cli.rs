@@ -578,6 +578,7 @@ fn records_table(rows: &[crate::store::AttestationRecord]) -> String {
     let mut lines = vec![[
         "ID".to_string(),
         "TIME (UTC)".into(),
+        "TEE".into(),
         "CALL".into(),
         "OUTCOME".into(),
         "LAUNCH OR CLIENT".into(),
@@ -598,14 +599,20 @@ fn records_table(rows: &[crate::store::AttestationRecord]) -> String {
         lines.push([
             a.id.to_string(),
             at,
+            a.tee.clone(),
             a.rpc.clone(),
             a.outcome.clone(),
-            a.launch_id.clone(),
+            if a.launch_id.is_empty() && !a.chip_id.is_empty() {
+                // An SNP guest has no launch id: its chip says where it ran.
+                format!("chip {}", a.chip_id.get(..16).unwrap_or(&a.chip_id))
+            } else {
+                a.launch_id.clone()
+            },
             if guest.is_empty() { "-".into() } else { guest },
             a.reason.clone(),
         ]);
     }
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 8];
     for l in &lines {
         for (w, cell) in widths.iter_mut().zip(l) {
             *w = (*w).max(cell.chars().count());

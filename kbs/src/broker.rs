@@ -378,6 +378,19 @@ pub struct ReportAccepted {
     pub path_works: bool,
 }
 
+/// An SNP guest's report as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnpReportAccepted {
+    /// When it was recorded, Unix seconds.
+    pub recorded_at: i64,
+    /// Every check passed, the guest's and the broker's.
+    pub confirmed: bool,
+    /// The failed checks, the guest's and the broker's.
+    pub failed_checks: Vec<String>,
+    /// The registered launches the measurement matches, for people.
+    pub launches: Vec<String>,
+}
+
 /// The key broker.
 pub struct Broker {
     store: Store,
@@ -387,6 +400,9 @@ pub struct Broker {
     firmware: crate::registration::FirmwareImages,
     refusals: crate::refusal_log::RefusalLog,
     trustee: crate::trustee::Board,
+    /// The roots SNP guests' chips must chain to: AMD's, plus any extra
+    /// given with --snp-insecure-root.
+    snp_roots: snp_attestation::TrustedRoots,
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -414,7 +430,15 @@ impl Broker {
             ),
             policy,
             trustee: crate::trustee::Board::default(),
+            snp_roots: snp_attestation::TrustedRoots::amd(),
         }
+    }
+
+    /// The broker, also trusting `roots` for SNP guests' chips (tests and
+    /// simulators; AMD's roots are always trusted).
+    pub fn with_snp_roots(mut self, roots: snp_attestation::TrustedRoots) -> Broker {
+        self.snp_roots = roots;
+        self
     }
 
     /// Writes the summaries of refusals that were not recorded one by one,
@@ -799,6 +823,152 @@ impl Broker {
             ReportOutcome::Unknown => {
                 refuse("report for a launch without a report key");
                 Err(BrokerError::ReportNotVerified)
+            }
+        }
+    }
+
+    /// A fresh nonce for an SNP guest's report, and when it expires.
+    pub fn snp_nonce(&self) -> Result<(Vec<u8>, i64), BrokerError> {
+        let key = self.store.snp_nonce_key()?;
+        let expires_at = crate::store::now().saturating_add(crate::snp_report::NONCE_TTL_SECS);
+        Ok((
+            crate::snp_report::mint_nonce(&key, expires_at, random()),
+            expires_at,
+        ))
+    }
+
+    /// The registered launches with `measurement` that count under the
+    /// registration mode.
+    pub fn snp_lookup(
+        &self,
+        measurement: &[u8],
+    ) -> Result<Vec<crate::store::SnpLaunch>, BrokerError> {
+        if measurement.len() != 48 {
+            return Err(invalid(
+                "measurement",
+                format!(
+                    "an SNP launch measurement is 48 bytes, got {}",
+                    measurement.len()
+                ),
+            ));
+        }
+        let honour_node = self.policy.registration == crate::registration::RegistrationMode::Open;
+        Ok(self.store.snp_launches(measurement, honour_node)?)
+    }
+
+    /// Verifies and records an SNP guest's report: the chip's signature and
+    /// chain, the binding of the body, the nonce; then the broker's own
+    /// checks (registered measurement, policy) decide whether the guest is
+    /// confirmed. `body`, `report` and `cert_table` are the request's bytes,
+    /// `parsed` what [`crate::snp_report::parse`] made of them.
+    pub fn snp_report(
+        &self,
+        parsed: &crate::snp_report::ParsedSnpBody,
+        body: &[u8],
+        report: &[u8],
+        cert_table: &[u8],
+    ) -> Result<SnpReportAccepted, BrokerError> {
+        let refuse = |reason: RefusalReason, message: String| {
+            self.record(&NewRecord {
+                rpc: "SnpReport",
+                reason: &message,
+                description: &parsed.client,
+                ..Default::default()
+            });
+            refused(reason, message)
+        };
+        let entries = snp_attestation::decode_cert_table(cert_table)
+            .map_err(|e| invalid("cert_table", e.to_string()))?;
+        let chain = snp_attestation::CertChain::from_table(&entries);
+        let verified = snp_attestation::verify(report, &chain, &self.snp_roots).map_err(|e| {
+            refuse(
+                RefusalReason::UntrustedChain,
+                format!("the attestation report does not verify: {e}"),
+            )
+        })?;
+        if !crate::snp_report::bound_to(&verified.report, body) {
+            return Err(refuse(
+                RefusalReason::ReportNotVerified,
+                "the attestation report's REPORT_DATA is not SHA-512 of the body".into(),
+            ));
+        }
+        let key = self.store.snp_nonce_key()?;
+        crate::snp_report::check_nonce(&key, &parsed.nonce, crate::store::now())
+            .map_err(|e| refuse(RefusalReason::ReportNotVerified, e.to_string()))?;
+        let measurement = verified.report.measurement;
+        let launches = self.snp_lookup(&measurement)?;
+        let (confirmed, failed_checks) =
+            crate::snp_report::judge(&verified, parsed, !launches.is_empty());
+        let status = if confirmed {
+            "confirmed"
+        } else {
+            "path_broken"
+        };
+        let chip = if verified.report.flags.mask_chip_key() {
+            vec![0; 64]
+        } else {
+            verified.report.chip_id.to_vec()
+        };
+        let described: Vec<String> = launches.iter().map(|l| l.describe()).collect();
+        let digest = crate::store::hex(&measurement);
+        let verdict = if confirmed {
+            "guest confirmed the secret path".to_string()
+        } else {
+            format!("guest's secret path broken: {}", failed_checks.join(", "))
+        };
+        let description = format!(
+            "{} on {}; {}",
+            parsed.client,
+            verified.product.name(),
+            if described.is_empty() {
+                "measurement not registered".to_string()
+            } else {
+                described.join("; ")
+            }
+        );
+        let record = NewRecord {
+            rpc: "SnpReport",
+            ok: true,
+            reason: &verdict,
+            digest: &digest,
+            // SNP policy bits above 31 are reserved.
+            policy: u32::try_from(verified.report.policy.0 & 0xffff_ffff).unwrap_or(0),
+            firmware: &{
+                let (major, minor, build) = verified.report.current_version;
+                format!("{major}.{minor}.{build}")
+            },
+            description: &description,
+            ..Default::default()
+        };
+        let stored = crate::store::SnpGuestReport {
+            nonce: parsed.nonce.clone(),
+            chip_id: chip,
+            measurement: measurement.to_vec(),
+            status: status.into(),
+            failed_checks: failed_checks.clone(),
+            client: parsed.client.clone(),
+            body: body.to_vec(),
+            report: report.to_vec(),
+        };
+        match self.store.record_snp_report(&stored, &record)? {
+            crate::store::SnpReportOutcome::Recorded(recorded_at) => {
+                info!(measurement = %digest, status, failed = ?failed_checks, product = verified.product.name(), "SNP guest report recorded");
+                Ok(SnpReportAccepted {
+                    recorded_at,
+                    confirmed,
+                    failed_checks,
+                    launches: described,
+                })
+            }
+            crate::store::SnpReportOutcome::Replayed => {
+                self.record(&NewRecord {
+                    rpc: "SnpReport",
+                    reason: "report replayed",
+                    digest: &digest,
+                    description: &parsed.client,
+                    ..Default::default()
+                });
+                Err(BrokerError::AlreadyReported)
             }
         }
     }

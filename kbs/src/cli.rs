@@ -108,6 +108,12 @@ pub struct Args {
     /// its private key can impersonate a PSP and receive secrets. Repeatable.
     #[arg(long, value_name = "FILE")]
     pub insecure_trust_anchor: Vec<PathBuf>,
+    /// INSECURE, for test rigs and the SNP simulator: also trust this SEV-SNP
+    /// root for SNP guests' reports: a PEM or DER file with the ARK, optionally
+    /// followed by its ASK. Anyone with its private key can forge a guest's
+    /// report. Repeatable. AMD's roots (Milan, Genoa, Turin) are always trusted.
+    #[arg(long, value_name = "FILE")]
+    pub snp_insecure_root: Vec<PathBuf>,
     /// Accept guests whose policy allows debugging (NODBG clear); their memory is
     /// readable by the host.
     #[arg(long)]
@@ -400,7 +406,28 @@ pub fn broker(args: &Args) -> anyhow::Result<(Broker, crate::data_dir::DataDirLo
         refusal_records_per_minute: args.refusal_records_per_minute,
         require_policy: args.require_policy,
     };
-    Ok((Broker::new(store, trust, policy), lock))
+    let mut snp_roots = snp_attestation::TrustedRoots::amd();
+    for path in &args.snp_insecure_root {
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("--snp-insecure-root {}: {e}", path.display()))?;
+        let mut certs = snp_attestation::der_from_pem_or_der(&bytes)
+            .map_err(|e| anyhow::anyhow!("--snp-insecure-root {}: {e}", path.display()))?
+            .into_iter();
+        let ark = certs.next().ok_or_else(|| {
+            anyhow::anyhow!("--snp-insecure-root {}: no certificate", path.display())
+        })?;
+        snp_roots = snp_roots
+            .with_extra_root(ark, certs.next(), None)
+            .map_err(|e| anyhow::anyhow!("--snp-insecure-root {}: {e}", path.display()))?;
+        warn!(
+            root = %path.display(),
+            "INSECURE: trusting an extra SNP root; whoever holds its private key can forge guests' reports"
+        );
+    }
+    Ok((
+        Broker::new(store, trust, policy).with_snp_roots(snp_roots),
+        lock,
+    ))
 }
 
 /// A future that completes on SIGINT or SIGTERM. The handlers are installed

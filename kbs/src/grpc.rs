@@ -9,7 +9,10 @@ use crate::metrics::{GuestReportOutcome, Metrics};
 use crate::trust::TrustError;
 use base64::Engine as _;
 use kbs_proto::kbsstatus::guest_status_server::GuestStatus;
-use kbs_proto::kbsstatus::{ReportAck, SignedReport};
+use kbs_proto::kbsstatus::{
+    ReportAck, SignedReport, SnpLaunch, SnpLookupReply, SnpLookupRequest, SnpNonce,
+    SnpNonceRequest, SnpReportAck, SnpSignedReport,
+};
 use kbs_proto::keybroker::key_broker_service_server::KeyBrokerService;
 use kbs_proto::keybroker::{
     BundleRequest, BundleResponse, OnlineSecretRequest, OnlineSecretResponse, RequestDetails,
@@ -289,6 +292,101 @@ impl GuestStatus for KeyBroker {
             }
             Err(status) => {
                 self.metrics.guest_report(GuestReportOutcome::Refused);
+                Err(status)
+            }
+        }
+    }
+
+    async fn snp_nonce(
+        &self,
+        _request: Request<SnpNonceRequest>,
+    ) -> Result<Response<SnpNonce>, Status> {
+        let span = info_span!("SnpNonce");
+        self.counted("SnpNonce", async {
+            let (nonce, expires_at) = run(&self.broker, |b| b.snp_nonce()).await?;
+            Ok(SnpNonce { nonce, expires_at })
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn snp_lookup(
+        &self,
+        request: Request<SnpLookupRequest>,
+    ) -> Result<Response<SnpLookupReply>, Status> {
+        let r = request.into_inner();
+        let span = info_span!("SnpLookup", measurement = %crate::store::hex(&r.measurement));
+        self.counted("SnpLookup", async move {
+            let launches = run(&self.broker, move |b| b.snp_lookup(&r.measurement)).await?;
+            Ok(SnpLookupReply {
+                launches: launches
+                    .into_iter()
+                    .map(|l| SnpLaunch {
+                        node: l.node,
+                        runtime_class: l.runtime_class,
+                        vcpus: l.vcpus,
+                        vcpu_type: l.vcpu_type,
+                        config: l.config,
+                    })
+                    .collect(),
+            })
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn snp_report(
+        &self,
+        request: Request<SnpSignedReport>,
+    ) -> Result<Response<SnpReportAck>, Status> {
+        let r = request.into_inner();
+        let span = info_span!(
+            "SnpReport",
+            body_len = r.body.len(),
+            certs_len = r.cert_table.len()
+        );
+        let result = self
+            .counted("SnpReport", async {
+                let parsed =
+                    crate::snp_report::parse(&r.body, &r.attestation_report, &r.cert_table)?;
+                let SnpSignedReport {
+                    body,
+                    attestation_report,
+                    cert_table,
+                } = r;
+                run(&self.broker, move |b| {
+                    b.snp_report(&parsed, &body, &attestation_report, &cert_table)
+                })
+                .await
+            })
+            .instrument(span)
+            .await;
+        match result {
+            Ok(accepted) => {
+                let a = accepted.into_inner();
+                self.metrics.tee_guest_report(
+                    "snp",
+                    if a.confirmed {
+                        GuestReportOutcome::Confirmed
+                    } else {
+                        GuestReportOutcome::PathBroken
+                    },
+                );
+                Ok(Response::new(SnpReportAck {
+                    recorded_at: a.recorded_at,
+                    status: if a.confirmed {
+                        "confirmed"
+                    } else {
+                        "path_broken"
+                    }
+                    .into(),
+                    failed_checks: a.failed_checks,
+                    launches: a.launches,
+                }))
+            }
+            Err(status) => {
+                self.metrics
+                    .tee_guest_report("snp", GuestReportOutcome::Refused);
                 Err(status)
             }
         }

@@ -19,6 +19,7 @@ pub mod policy_requirement;
 pub mod refusal_log;
 pub mod registration;
 pub mod report;
+pub mod snp_report;
 pub mod store;
 pub mod trust;
 pub mod trustee;

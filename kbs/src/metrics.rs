@@ -39,11 +39,6 @@ struct Rpc {
     rpc: &'static str,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct Outcome {
-    outcome: &'static str,
-}
-
 /// What became of a guest report, for `kbs_guest_reports_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GuestReportOutcome {
@@ -74,6 +69,12 @@ impl GuestReportOutcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GuestOutcome {
+    tee: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct Listener {
     listener: &'static str,
 }
@@ -100,7 +101,7 @@ pub struct Metrics {
     admin_requests: Family<RpcCode, Counter>,
     admin_duration: HistogramFamily,
     admin_auth_failures: Family<Listener, Counter>,
-    guest_reports: Family<Outcome, Counter>,
+    guest_reports: Family<GuestOutcome, Counter>,
     connections_closed: Family<Reason, Counter>,
     accept_errors: Counter,
     trustee_writes: Family<TrusteeLabel, Counter>,
@@ -135,7 +136,7 @@ impl Metrics {
         let admin_requests = Family::<RpcCode, Counter>::default();
         let admin_duration: HistogramFamily = Family::new_with_constructor(histogram);
         let admin_auth_failures = Family::<Listener, Counter>::default();
-        let guest_reports = Family::<Outcome, Counter>::default();
+        let guest_reports = Family::<GuestOutcome, Counter>::default();
         let connections_closed = Family::<Reason, Counter>::default();
         let accept_errors = Counter::default();
         let trustee_writes = Family::<TrusteeLabel, Counter>::default();
@@ -146,8 +147,13 @@ impl Metrics {
             drop(connections_closed.get_or_create(&Reason { reason }));
         }
         // Every outcome from the start, so that a rate over zero reads as zero.
-        for o in GuestReportOutcome::ALL {
-            drop(guest_reports.get_or_create(&Outcome { outcome: o.label() }));
+        for tee in ["sev", "snp"] {
+            for o in GuestReportOutcome::ALL {
+                drop(guest_reports.get_or_create(&GuestOutcome {
+                    tee,
+                    outcome: o.label(),
+                }));
+            }
         }
         registry.register(
             "requests",
@@ -181,7 +187,8 @@ impl Metrics {
         );
         registry.register(
             "guest_reports",
-            "Guest reports on the secret delivery path (kbsstatus.GuestStatus/Report), by outcome",
+            "Guest reports on the secret delivery path (kbsstatus.GuestStatus Report and SnpReport), \
+             by TEE (sev, snp) and outcome",
             guest_reports.clone(),
         );
         registry.register(
@@ -265,10 +272,16 @@ impl Metrics {
         self.trustee_policy.get_or_create(&label).set(policy);
     }
 
-    /// Counts a guest report by outcome.
+    /// Counts an SEV guest's report by outcome.
     pub fn guest_report(&self, outcome: GuestReportOutcome) {
+        self.tee_guest_report("sev", outcome);
+    }
+
+    /// Counts a guest report of `tee` (`sev` or `snp`) by outcome.
+    pub fn tee_guest_report(&self, tee: &'static str, outcome: GuestReportOutcome) {
         self.guest_reports
-            .get_or_create(&Outcome {
+            .get_or_create(&GuestOutcome {
+                tee,
                 outcome: outcome.label(),
             })
             .inc();
@@ -412,10 +425,18 @@ mod tests {
         m.guest_report(GuestReportOutcome::Confirmed);
         m.guest_report(GuestReportOutcome::Refused);
         m.guest_report(GuestReportOutcome::Refused);
+        m.tee_guest_report("snp", GuestReportOutcome::PathBroken);
         let text = m.encode();
-        assert!(text.contains("kbs_guest_reports_total{outcome=\"confirmed\"} 1"));
-        assert!(text.contains("kbs_guest_reports_total{outcome=\"path_broken\"} 0"));
-        assert!(text.contains("kbs_guest_reports_total{outcome=\"refused\"} 2"));
+        let reports = |tee: &str, outcome: &str, n: u32| {
+            text.contains(&format!(
+                "kbs_guest_reports_total{{tee=\"{tee}\",outcome=\"{outcome}\"}} {n}"
+            ))
+        };
+        assert!(reports("sev", "confirmed", 1), "{text}");
+        assert!(reports("sev", "path_broken", 0));
+        assert!(reports("sev", "refused", 2));
+        assert!(reports("snp", "path_broken", 1));
+        assert!(reports("snp", "confirmed", 0));
         assert!(text.contains("kbs_requests_total{rpc=\"GetSecret\",code=\"PermissionDenied\"} 1"));
         assert!(text
             .contains("kbs_refusals_total{rpc=\"GetSecret\",reason=\"measurement_mismatch\"} 1"));

@@ -12,9 +12,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod approvals;
 mod sealing;
+mod snp_guests;
 mod trustee;
 pub use approvals::{ApprovalRow, TokenRow};
 pub use sealing::{AtRestKey, KeyError};
+pub use snp_guests::{SnpGuestReport, SnpLaunch, SnpReportOutcome};
 pub use trustee::{NodeTcb, PlatformTcb, TcbPin};
 
 /// The at-rest key [`Store::open`] keeps beside the database when the kbs is
@@ -126,8 +128,10 @@ pub struct AttestationRecord {
     pub id: i64,
     /// Unix seconds.
     pub at: i64,
-    /// `GetBundle`, `GetSecret`, `GetOnlineSecret` or `Report`.
+    /// `GetBundle`, `GetSecret`, `GetOnlineSecret`, `Report` or `SnpReport`.
     pub rpc: String,
+    /// `sev` (SEV and SEV-ES pre-attestation) or `snp` (an SNP guest's report).
+    pub tee: String,
     /// Launch id, if known.
     pub launch_id: String,
     /// `ok` or `refused`.
@@ -151,6 +155,9 @@ pub struct AttestationRecord {
     pub reported_at: i64,
     /// The reporting client's self-description.
     pub guest_client: String,
+    /// An SNP guest's chip id, hexadecimal (empty for SEV, zeros when the
+    /// report masks it).
+    pub chip_id: String,
 }
 
 /// A guest's verified report on its launch, as stored.
@@ -323,6 +330,21 @@ CREATE TABLE IF NOT EXISTS platform_tcbs (
     product TEXT NOT NULL,
     reported_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS snp_guest_reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    nonce BLOB NOT NULL UNIQUE,
+    record_id INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    chip_id TEXT NOT NULL,
+    measurement TEXT NOT NULL,
+    status TEXT NOT NULL,
+    failed_checks TEXT NOT NULL,
+    client TEXT NOT NULL,
+    body BLOB NOT NULL,
+    report BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snp_guest_reports_by_record ON snp_guest_reports (record_id);
+CREATE INDEX IF NOT EXISTS snp_guest_reports_by_time ON snp_guest_reports (at);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     hash BLOB NOT NULL UNIQUE,
@@ -674,6 +696,13 @@ impl Store {
             "DELETE FROM launch_reports WHERE rowid IN \
              (SELECT rowid FROM launch_reports WHERE issued_at < ?1 LIMIT ?2)",
             records_before,
+        )?;
+        // A nonce stays refused as used for at least as long as it could be
+        // presented, whatever the retention.
+        purged.reports += batch(
+            "DELETE FROM snp_guest_reports WHERE id IN \
+             (SELECT id FROM snp_guest_reports WHERE at < ?1 ORDER BY id LIMIT ?2)",
+            records_before.min(t.saturating_sub(2 * crate::snp_report::NONCE_TTL_SECS)),
         )?;
         Ok(purged)
     }
@@ -1193,16 +1222,46 @@ impl Store {
             let mut st = c.prepare(
                 "SELECT r.id, r.at, r.rpc, r.launch_id, r.outcome, r.reason, r.digest, r.policy, \
                  r.firmware, r.description, \
-                 lr.launch_id IS NOT NULL, lr.reported_at, lr.path_works, lr.failed_checks, lr.client \
+                 lr.launch_id IS NOT NULL, lr.reported_at, lr.path_works, lr.failed_checks, lr.client, \
+                 sg.status, sg.failed_checks, sg.at, sg.client, sg.chip_id \
                  FROM records r LEFT JOIN launch_reports lr \
                  ON lr.launch_id = r.launch_id AND r.rpc = 'GetSecret' AND r.outcome = 'ok' \
+                 LEFT JOIN snp_guest_reports sg ON sg.record_id = r.id \
                  WHERE r.id > ?1 ORDER BY r.id LIMIT ?2",
             )?;
             let rows = st.query_map(params![after, limit], |r| {
+                // Written by this broker as a JSON list; anything else reads as none.
+                let checks = |s: Option<String>| -> Vec<String> {
+                    s.and_then(|s| serde_json::from_str(&s).ok())
+                        .unwrap_or_default()
+                };
+                let rpc: String = r.get(2)?;
+                if let Some(status) = r.get::<_, Option<String>>(15)? {
+                    return Ok(AttestationRecord {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        tee: "snp".into(),
+                        rpc,
+                        launch_id: r.get(3)?,
+                        outcome: r.get(4)?,
+                        reason: r.get(5)?,
+                        digest: r.get(6)?,
+                        policy: r.get(7)?,
+                        firmware: r.get(8)?,
+                        description: r.get(9)?,
+                        guest_status: status,
+                        failed_checks: checks(r.get(16)?),
+                        reported_at: r.get::<_, Option<i64>>(17)?.unwrap_or(0),
+                        guest_client: r.get::<_, Option<String>>(18)?.unwrap_or_default(),
+                        chip_id: r.get::<_, Option<String>>(19)?.unwrap_or_default(),
+                    });
+                }
                 Ok(AttestationRecord {
+                    tee: if rpc.starts_with("Snp") { "snp" } else { "sev" }.into(),
+                    chip_id: String::new(),
                     id: r.get(0)?,
                     at: r.get(1)?,
-                    rpc: r.get(2)?,
+                    rpc,
                     launch_id: r.get(3)?,
                     outcome: r.get(4)?,
                     reason: r.get(5)?,
@@ -1220,11 +1279,7 @@ impl Store {
                         (true, Some(_), Some(true)) => "confirmed".into(),
                         (true, Some(_), _) => "path_broken".into(),
                     },
-                    // Written by this broker as a JSON list; anything else reads as none.
-                    failed_checks: r
-                        .get::<_, Option<String>>(13)?
-                        .and_then(|s| serde_json::from_str(&s).ok())
-                        .unwrap_or_default(),
+                    failed_checks: checks(r.get(13)?),
                     reported_at: r.get::<_, Option<i64>>(11)?.unwrap_or(0),
                     guest_client: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
                 })

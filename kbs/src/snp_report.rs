@@ -1,0 +1,325 @@
+//! The SEV-SNP guest's report (`GuestStatus.SnpNonce`, `SnpReport`), free of
+//! gRPC and storage: the nonces the broker hands out, the decoding and bounds
+//! of a report body, and the judgement of a report whose chip signature has
+//! been verified.
+//!
+//! An SNP guest has no report key (Trustee, not this broker, released its
+//! secrets), so the report is bound to the chip: REPORT_DATA of an SNP
+//! attestation report is SHA-512 of the body's exact bytes, and the body
+//! carries a nonce of the broker's. Nonces are stateless: they carry their
+//! expiry and a MAC under a key kept in the database, so any replica can
+//! check one, and the table of recorded reports (a nonce is unique there)
+//! makes each usable once.
+
+use crate::broker::BrokerError;
+use hmac::{Hmac, Mac};
+use kbs_proto::kbsstatus::SnpReportBody;
+use prost::Message as _;
+use sha2::{Digest as _, Sha256, Sha512};
+use snp_attestation::{AttestationReport, Verified};
+use subtle::ConstantTimeEq;
+
+/// Largest `SnpSignedReport.body`, in bytes.
+pub const MAX_BODY: usize = 64 << 10;
+/// Largest `SnpSignedReport.cert_table`, in bytes.
+pub const MAX_CERT_TABLE: usize = 64 << 10;
+/// How long a nonce stays usable, in seconds.
+pub const NONCE_TTL_SECS: i64 = 600;
+/// Length of the key nonces are MACed with.
+pub const NONCE_KEY_LEN: usize = 32;
+
+const NONCE_VERSION: u8 = 1;
+const NONCE_RANDOM: usize = 16;
+const NONCE_TAG: usize = 16;
+/// Version, expiry (8 bytes), random part, tag.
+const NONCE_LEN: usize = 1 + 8 + NONCE_RANDOM + NONCE_TAG;
+
+/// What the broker's own checks are called in a recorded report.
+pub mod broker_check {
+    /// The measurement is not registered for any node (under the
+    /// registration mode in force).
+    pub const MEASUREMENT: &str = "broker: measurement registered";
+    /// The guest policy allows debugging: the host can read and write the
+    /// guest's memory, so nothing the guest says can be trusted.
+    pub const DEBUG: &str = "broker: policy forbids debugging";
+    /// The guest policy allows a migration agent.
+    pub const MIGRATION: &str = "broker: policy forbids a migration agent";
+}
+
+fn tag(key: &[u8; NONCE_KEY_LEN], signed: &[u8]) -> [u8; NONCE_TAG] {
+    let mut out = [0u8; NONCE_TAG];
+    // HMAC takes keys of any length, so this cannot fail.
+    if let Ok(mut m) = <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        m.update(signed);
+        let full = m.finalize().into_bytes();
+        for (o, b) in out.iter_mut().zip(full.iter()) {
+            *o = *b;
+        }
+    }
+    out
+}
+
+/// A nonce that expires at `expires_at` (Unix seconds), with `random` as its
+/// unique part.
+pub fn mint_nonce(
+    key: &[u8; NONCE_KEY_LEN],
+    expires_at: i64,
+    random: [u8; NONCE_RANDOM],
+) -> Vec<u8> {
+    let mut n = Vec::with_capacity(NONCE_LEN);
+    n.push(NONCE_VERSION);
+    n.extend_from_slice(&expires_at.to_be_bytes());
+    n.extend_from_slice(&random);
+    let t = tag(key, &n);
+    n.extend_from_slice(&t);
+    n
+}
+
+/// Why a nonce is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NonceError {
+    /// Wrong length, version or MAC: not one this broker issued.
+    #[error("the nonce was not issued by this broker")]
+    NotIssued,
+    /// Issued, but its time is up.
+    #[error("the nonce has expired (they last {NONCE_TTL_SECS} s)")]
+    Expired,
+}
+
+/// Checks that `nonce` was minted under `key` and has not expired at `now`.
+pub fn check_nonce(key: &[u8; NONCE_KEY_LEN], nonce: &[u8], now: i64) -> Result<(), NonceError> {
+    if nonce.len() != NONCE_LEN {
+        return Err(NonceError::NotIssued);
+    }
+    let (signed, sent_tag) = nonce.split_at(NONCE_LEN - NONCE_TAG);
+    let (version, rest) = signed.split_first().ok_or(NonceError::NotIssued)?;
+    let ok: bool = tag(key, signed).ct_eq(sent_tag).into();
+    if *version != NONCE_VERSION || !ok {
+        return Err(NonceError::NotIssued);
+    }
+    let expiry: [u8; 8] = rest
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(NonceError::NotIssued)?;
+    if i64::from_be_bytes(expiry) < now {
+        return Err(NonceError::Expired);
+    }
+    Ok(())
+}
+
+/// A report body whose fields passed the bounds checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedSnpBody {
+    /// The broker's nonce.
+    pub nonce: Vec<u8>,
+    /// The guest's verdict.
+    pub path_works: bool,
+    /// Names of the checks that failed, in report order.
+    pub failed_checks: Vec<String>,
+    /// How many checks the report holds.
+    pub checks: usize,
+    /// The client's self-description.
+    pub client: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> BrokerError {
+    BrokerError::InvalidArgument {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn bounded(field: &'static str, text: &str) -> Result<(), BrokerError> {
+    if text.len() > crate::report::MAX_STRING {
+        return Err(invalid(
+            field,
+            format!("longer than {} bytes", crate::report::MAX_STRING),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes and bounds-checks the request's fields (nothing is verified yet);
+/// every failure is an `InvalidArgument` naming the field.
+pub fn parse(
+    body: &[u8],
+    attestation_report: &[u8],
+    cert_table: &[u8],
+) -> Result<ParsedSnpBody, BrokerError> {
+    if body.len() > MAX_BODY {
+        return Err(invalid("body", format!("longer than {MAX_BODY} bytes")));
+    }
+    if attestation_report.len() != snp_attestation::REPORT_LEN {
+        return Err(invalid(
+            "attestation_report",
+            format!(
+                "an SNP attestation report is {} bytes, got {}",
+                snp_attestation::REPORT_LEN,
+                attestation_report.len()
+            ),
+        ));
+    }
+    if cert_table.len() > MAX_CERT_TABLE {
+        return Err(invalid(
+            "cert_table",
+            format!("longer than {MAX_CERT_TABLE} bytes"),
+        ));
+    }
+    let b = SnpReportBody::decode(body)
+        .map_err(|e| invalid("body", format!("not an encoded SnpReportBody: {e}")))?;
+    if b.nonce.len() > 64 {
+        return Err(invalid("body.nonce", "longer than 64 bytes"));
+    }
+    if b.checks.len() > crate::report::MAX_CHECKS {
+        return Err(invalid(
+            "body.checks",
+            format!("at most {}", crate::report::MAX_CHECKS),
+        ));
+    }
+    for c in &b.checks {
+        bounded("body.checks.name", &c.name)?;
+        bounded("body.checks.reason", &c.reason)?;
+    }
+    bounded("body.client", &b.client)?;
+    Ok(ParsedSnpBody {
+        nonce: b.nonce,
+        path_works: b.path_works,
+        failed_checks: b
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name.clone())
+            .collect(),
+        checks: b.checks.len(),
+        client: b.client,
+    })
+}
+
+/// Whether the report's REPORT_DATA is SHA-512 of `body`.
+pub fn bound_to(report: &AttestationReport, body: &[u8]) -> bool {
+    let digest = Sha512::digest(body);
+    report.report_data.ct_eq(digest.as_slice()).into()
+}
+
+/// The broker's judgement of a verified, bound report: the checks of its own
+/// that failed (given whether the measurement is registered), and whether
+/// the guest counts as confirmed.
+pub fn judge(verified: &Verified, body: &ParsedSnpBody, registered: bool) -> (bool, Vec<String>) {
+    let policy = verified.report.policy;
+    let mut failed = body.failed_checks.clone();
+    let mut own = Vec::new();
+    if !registered {
+        own.push(broker_check::MEASUREMENT);
+    }
+    if policy.debug() {
+        own.push(broker_check::DEBUG);
+    }
+    if policy.migrate_ma() {
+        own.push(broker_check::MIGRATION);
+    }
+    let confirmed = body.path_works && own.is_empty();
+    failed.extend(own.into_iter().map(String::from));
+    (confirmed, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kbs_proto::kbsstatus::Check;
+
+    const KEY: [u8; 32] = [9; 32];
+
+    #[test]
+    fn a_nonce_checks_until_it_expires_and_only_under_its_key() {
+        let n = mint_nonce(&KEY, 1_000, [1; 16]);
+        assert_eq!(n.len(), NONCE_LEN);
+        assert_eq!(check_nonce(&KEY, &n, 999), Ok(()));
+        assert_eq!(check_nonce(&KEY, &n, 1_000), Ok(()));
+        assert_eq!(check_nonce(&KEY, &n, 1_001), Err(NonceError::Expired));
+        assert_eq!(check_nonce(&[8; 32], &n, 999), Err(NonceError::NotIssued));
+        // A later expiry written over the old one breaks the tag.
+        let mut later = n.clone();
+        later[8] = later[8].wrapping_add(1);
+        assert_eq!(check_nonce(&KEY, &later, 999), Err(NonceError::NotIssued));
+        for cut in 0..n.len() {
+            assert_eq!(check_nonce(&KEY, &n[..cut], 0), Err(NonceError::NotIssued));
+        }
+        assert_ne!(n, mint_nonce(&KEY, 1_000, [2; 16]));
+    }
+
+    fn body(edit: impl FnOnce(&mut SnpReportBody)) -> Vec<u8> {
+        let mut b = SnpReportBody {
+            nonce: vec![1; NONCE_LEN],
+            checks: vec![
+                Check {
+                    name: "snp report".into(),
+                    passed: true,
+                    reason: String::new(),
+                },
+                Check {
+                    name: "resource".into(),
+                    passed: false,
+                    reason: "404".into(),
+                },
+            ],
+            path_works: false,
+            client: "guest-client 0.1".into(),
+        };
+        edit(&mut b);
+        b.encode_to_vec()
+    }
+
+    #[test]
+    fn malformed_requests_name_the_field() {
+        let report = vec![0u8; snp_attestation::REPORT_LEN];
+        let long = "x".repeat(crate::report::MAX_STRING + 1);
+        // Field, body, report, certificate table.
+        type Case = (&'static str, Vec<u8>, Vec<u8>, Vec<u8>);
+        let cases: Vec<Case> = vec![
+            ("body", vec![0xff; 8], report.clone(), vec![]),
+            ("body", vec![0; MAX_BODY + 1], report.clone(), vec![]),
+            ("attestation_report", body(|_| {}), vec![0; 100], vec![]),
+            ("attestation_report", body(|_| {}), vec![], vec![]),
+            (
+                "cert_table",
+                body(|_| {}),
+                report.clone(),
+                vec![0; MAX_CERT_TABLE + 1],
+            ),
+            (
+                "body.nonce",
+                body(|b| b.nonce = vec![0; 65]),
+                report.clone(),
+                vec![],
+            ),
+            (
+                "body.checks",
+                body(|b| b.checks = vec![Check::default(); 65]),
+                report.clone(),
+                vec![],
+            ),
+            (
+                "body.checks.reason",
+                body(|b| b.checks[1].reason = long.clone()),
+                report.clone(),
+                vec![],
+            ),
+            (
+                "body.client",
+                body(|b| b.client = long.clone()),
+                report.clone(),
+                vec![],
+            ),
+        ];
+        for (field, b, r, t) in cases {
+            match parse(&b, &r, &t) {
+                Err(BrokerError::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let p = parse(&body(|_| {}), &report, &[]).unwrap();
+        assert_eq!(p.failed_checks, vec!["resource".to_string()]);
+        assert_eq!(p.checks, 2);
+        assert!(!p.path_works);
+    }
+}

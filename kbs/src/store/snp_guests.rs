@@ -1,0 +1,238 @@
+//! SEV-SNP guests' reports: the key their nonces are MACed with, the
+//! registered launches a measurement matches, and the verified reports, one
+//! per nonce, each with its attestation record.
+
+use super::{hex, insert_record, now, NewRecord, Store, StoreError};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+/// Where the nonce key is kept in `meta`.
+const NONCE_KEY: &str = "snp-nonce-key";
+
+/// Most launches a lookup returns.
+pub const MAX_LAUNCHES: u32 = 64;
+
+/// A registered launch, as a guest's lookup sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnpLaunch {
+    /// The node that registered it.
+    pub node: String,
+    /// Its runtime class.
+    pub runtime_class: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// vCPU type or signature.
+    pub vcpu_type: String,
+    /// The Kata configuration it comes from.
+    pub config: String,
+}
+
+impl SnpLaunch {
+    /// One line for people: node, class, vCPUs and configuration.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} {} vCPU{} ({})",
+            self.node,
+            self.runtime_class,
+            self.vcpus,
+            if self.vcpus == 1 { "" } else { "s" },
+            self.config
+        )
+    }
+}
+
+/// A verified SNP guest report, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnpGuestReport {
+    /// The broker's nonce the body carried (unique: a second use is a replay).
+    pub nonce: Vec<u8>,
+    /// The chip's id (64 bytes), or zeros when the report masks it.
+    pub chip_id: Vec<u8>,
+    /// The launch measurement.
+    pub measurement: Vec<u8>,
+    /// "confirmed" or "path_broken".
+    pub status: String,
+    /// The guest's failed checks and the broker's.
+    pub failed_checks: Vec<String>,
+    /// The client's self-description.
+    pub client: String,
+    /// The exact body, kept for audit.
+    pub body: Vec<u8>,
+    /// The attestation report, kept for audit.
+    pub report: Vec<u8>,
+}
+
+/// What became of a request to store an SNP guest report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnpReportOutcome {
+    /// Stored; the Unix time it was recorded at.
+    Recorded(i64),
+    /// A report with this nonce is stored already; nothing changed.
+    Replayed,
+}
+
+impl Store {
+    /// The key nonces are MACed with: made on first use and kept, so that
+    /// every broker process over this database accepts the others' nonces.
+    pub fn snp_nonce_key(&self) -> Result<[u8; 32], StoreError> {
+        let fresh = {
+            use rand_core::RngCore as _;
+            let mut k = [0u8; 32];
+            rand_core::OsRng.fill_bytes(&mut k);
+            k
+        };
+        let stored: Vec<u8> = self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES (?1, ?2)",
+                params![NONCE_KEY, &fresh[..]],
+            )?;
+            c.query_row(
+                "SELECT value FROM meta WHERE name = ?1",
+                params![NONCE_KEY],
+                |r| r.get(0),
+            )
+        })?;
+        <[u8; 32]>::try_from(stored.as_slice()).map_err(|_| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: "the SNP nonce key",
+        })
+    }
+
+    /// The registered SNP launches with `measurement` that count: operator
+    /// and derived always, a node's own only when `honour_node`; at most
+    /// [`MAX_LAUNCHES`].
+    pub fn snp_launches(
+        &self,
+        measurement: &[u8],
+        honour_node: bool,
+    ) -> Result<Vec<SnpLaunch>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT node, runtime_class, vcpus, vcpu_type, config FROM digests \
+                 WHERE digest = ?1 AND mode = 'snp' AND (origin != 'node' OR ?2) \
+                 ORDER BY node, runtime_class, vcpus LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![measurement, honour_node, MAX_LAUNCHES], |r| {
+                Ok(SnpLaunch {
+                    node: r.get(0)?,
+                    runtime_class: r.get(1)?,
+                    vcpus: r.get(2)?,
+                    vcpu_type: r.get(3)?,
+                    config: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Stores a verified SNP guest report and its record in one
+    /// transaction, unless its nonce was used already.
+    pub fn record_snp_report(
+        &self,
+        report: &SnpGuestReport,
+        record: &NewRecord<'_>,
+    ) -> Result<SnpReportOutcome, StoreError> {
+        let t = now();
+        let failed = serde_json::to_string(&report.failed_checks).unwrap_or_else(|_| "[]".into());
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let used: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM snp_guest_reports WHERE nonce = ?1",
+                    params![report.nonce],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if used.is_some() {
+                return Ok(SnpReportOutcome::Replayed);
+            }
+            insert_record(&tx, t, record)?;
+            let record_id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO snp_guest_reports (nonce, record_id, at, chip_id, measurement, status, \
+                 failed_checks, client, body, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    report.nonce,
+                    record_id,
+                    t,
+                    hex(&report.chip_id),
+                    hex(&report.measurement),
+                    report.status,
+                    failed,
+                    report.client,
+                    report.body,
+                    report.report
+                ],
+            )?;
+            tx.commit()?;
+            Ok(SnpReportOutcome::Recorded(t))
+        })
+    }
+
+    /// How many SNP guest reports are stored, by status.
+    pub fn count_snp_reports(&self, status: &str) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM snp_guest_reports WHERE status = ?1",
+                params![status],
+                |r| r.get(0),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(nonce: u8) -> SnpGuestReport {
+        SnpGuestReport {
+            nonce: vec![nonce; 41],
+            chip_id: vec![0xab; 64],
+            measurement: vec![0xcd; 48],
+            status: "confirmed".into(),
+            failed_checks: vec![],
+            client: "guest-client test".into(),
+            body: vec![1, 2, 3],
+            report: vec![0; 1184],
+        }
+    }
+
+    #[test]
+    fn a_nonce_is_used_once_and_the_record_shows_the_chip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let record = NewRecord {
+            rpc: "SnpReport",
+            ok: true,
+            reason: "guest confirmed the secret path",
+            digest: &hex(&[0xcd; 48]),
+            ..Default::default()
+        };
+        assert!(matches!(
+            store.record_snp_report(&report(1), &record).unwrap(),
+            SnpReportOutcome::Recorded(_)
+        ));
+        assert_eq!(
+            store.record_snp_report(&report(1), &record).unwrap(),
+            SnpReportOutcome::Replayed
+        );
+        let mut broken = report(2);
+        broken.status = "path_broken".into();
+        broken.failed_checks = vec!["broker: measurement registered".into()];
+        store.record_snp_report(&broken, &record).unwrap();
+        assert_eq!(store.count_snp_reports("confirmed").unwrap(), 1);
+        assert_eq!(store.count_snp_reports("path_broken").unwrap(), 1);
+        let records = store.records(0, 10).unwrap();
+        assert_eq!(records.len(), 2, "the replay adds no record");
+        assert_eq!(records[0].guest_status, "confirmed");
+        assert_eq!(records[0].tee, "snp");
+        assert_eq!(records[0].chip_id, hex(&[0xab; 64]));
+        assert_eq!(records[1].guest_status, "path_broken");
+        assert_eq!(records[1].failed_checks, broken.failed_checks);
+        // The key is made once and kept.
+        let k = store.snp_nonce_key().unwrap();
+        assert_eq!(store.snp_nonce_key().unwrap(), k);
+        drop(store);
+        assert_eq!(Store::open(dir.path()).unwrap().snp_nonce_key().unwrap(), k);
+    }
+}
