@@ -10,8 +10,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Checks from inside an SEV guest that its secrets arrived through the
-/// PSP-protected path, and reports the outcome to the key broker.
+/// Checks from inside a confidential guest that its secrets arrived through
+/// the attested path, and reports the outcome to the key broker: in SEV
+/// guests the PSP-injected secrets, in SEV-SNP guests the chip's signed
+/// report, the expected launch digest and the guest components' secret path.
 #[derive(Debug, Parser)]
 #[command(name = "guest-client", version)]
 pub struct Cli {
@@ -85,9 +87,27 @@ pub struct InitArgs {
     pub args: Vec<std::ffi::OsString>,
 }
 
+/// The kind of confidential guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Tee {
+    /// SEV or SEV-ES with pre-attestation: secrets injected through efi_secret.
+    Sev,
+    /// SEV-SNP: the guest's own report, and the secrets through the guest
+    /// components.
+    Snp,
+}
+
 /// Options of `verify`.
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
+    /// The kind of guest; by default SNP when the SNP guest device
+    /// (/dev/sev-guest) exists, SEV otherwise.
+    #[arg(long, value_enum)]
+    pub tee: Option<Tee>,
+    /// The SNP checks' options.
+    #[command(flatten)]
+    pub snp: crate::snp::SnpArgs,
     /// The secrets directory efi_secret exposes.
     #[arg(
         long,
@@ -96,7 +116,9 @@ pub struct VerifyArgs {
     )]
     pub secrets_dir: PathBuf,
     /// The key broker, HOST:PORT; by default the one Kata put on the kernel
-    /// command line (agent.aa_kbc_params=online_sev_kbc::HOST:PORT).
+    /// command line (agent.aa_kbc_params=online_sev_kbc::HOST:PORT). In SNP
+    /// guests, the broker that collects status reports (its keybroker port);
+    /// there is no default.
     #[arg(long, value_name = "HOST:PORT")]
     pub kbs: Option<String>,
     /// The pre-attestation mode; by default from the kernel command line, or
@@ -446,6 +468,98 @@ pub async fn network(
     }
 }
 
+/// The kind of guest `a` is for: --tee, else SNP when the SNP guest device
+/// (or the test simulator) is there, else SEV.
+pub fn tee_of(a: &VerifyArgs) -> Tee {
+    a.tee.unwrap_or_else(|| {
+        if crate::snp_device::SnpDevice::choose(a.snp.snp_simulator.as_deref()).present() {
+            Tee::Snp
+        } else {
+            Tee::Sev
+        }
+    })
+}
+
+/// What `init` hands the background reporter (`finish`) on standard input.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Handover {
+    /// An SEV guest's local outcome.
+    Sev(Local),
+    /// An SNP guest's local outcome, and what its network half needs.
+    Snp {
+        /// The local checks.
+        local: crate::snp::SnpLocal,
+        /// The SNP options.
+        args: crate::snp::SnpArgs,
+        /// The broker, if known.
+        kbs: Option<String>,
+        /// The kernel command line.
+        cmdline: String,
+    },
+}
+
+impl Handover {
+    /// The checks so far.
+    pub fn checks(&self) -> &[Check] {
+        match self {
+            Handover::Sev(l) => &l.checks,
+            Handover::Snp { local, .. } => &local.checks,
+        }
+    }
+}
+
+/// The checks that need no network, of whichever kind of guest this is.
+pub fn local_any(a: &VerifyArgs) -> Handover {
+    match tee_of(a) {
+        Tee::Sev => Handover::Sev(local(a)),
+        Tee::Snp => Handover::Snp {
+            local: crate::snp::local(&a.snp),
+            args: a.snp.clone(),
+            kbs: a.kbs.clone(),
+            cmdline: std::fs::read_to_string(&a.cmdline).unwrap_or_default(),
+        },
+    }
+}
+
+/// Runs `verify` in an SNP guest.
+pub async fn verify_snp(a: &VerifyArgs) -> crate::snp::SnpOutcome {
+    let snp = a.snp.clone();
+    let l = tokio::task::spawn_blocking(move || crate::snp::local(&snp))
+        .await
+        .unwrap_or_default();
+    let cmdline = std::fs::read_to_string(&a.cmdline).unwrap_or_default();
+    let timeout = Duration::from_secs(a.timeout);
+    let run = crate::snp::network(
+        l,
+        &a.snp,
+        a.kbs.as_deref(),
+        &cmdline,
+        a.no_report,
+        timeout,
+        Duration::ZERO,
+    );
+    // --timeout bounds the whole exchange, as for SEV guests.
+    match tokio::time::timeout(timeout, run).await {
+        Ok(o) => o,
+        Err(_) => crate::snp::SnpOutcome {
+            tee: "snp",
+            checks: vec![Check {
+                name: "network".into(),
+                passed: false,
+                reason: format!(
+                    "no answer within --timeout ({} s for the whole run)",
+                    a.timeout
+                ),
+            }],
+            path_works: false,
+            report: crate::snp::SnpReportOutcome::Undelivered {
+                reason: "cannot reach the key broker: --timeout ran out".into(),
+            },
+        },
+    }
+}
+
 /// Runs `verify`.
 pub async fn verify(a: &VerifyArgs) -> Outcome {
     let l = local(a);
@@ -525,6 +639,19 @@ pub fn run(
 ) -> anyhow::Result<u8> {
     let cli = Cli::try_parse_from(as_init(args.into_iter().collect()))?;
     match cli.command {
+        Command::Verify(a) if tee_of(&a) == Tee::Snp => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let outcome = runtime.block_on(verify_snp(&a));
+            if a.json {
+                serde_json::to_writer_pretty(&mut *out, &outcome)?;
+                writeln!(out)?;
+            } else {
+                crate::snp::print_human(&outcome, out)?;
+            }
+            Ok(outcome.exit_code())
+        }
         Command::Verify(a) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -542,10 +669,32 @@ pub fn run(
         Command::Finish(a) => {
             let mut input = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)?;
-            let l: Local = serde_json::from_slice(&input)?;
+            let handover: Handover = serde_json::from_slice(&input)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            let l = match handover {
+                Handover::Sev(l) => l,
+                Handover::Snp {
+                    local,
+                    args,
+                    kbs,
+                    cmdline,
+                } => {
+                    let outcome = runtime.block_on(crate::snp::network(
+                        local,
+                        &args,
+                        kbs.as_deref(),
+                        &cmdline,
+                        a.no_report,
+                        Duration::from_secs(a.timeout),
+                        Duration::from_secs(a.report_patience),
+                    ));
+                    let mut err = std::io::stderr();
+                    crate::snp::print_human(&outcome, &mut err)?;
+                    return Ok(outcome.exit_code());
+                }
+            };
             let outcome = runtime.block_on(network(
                 l,
                 a.no_report,

@@ -2,17 +2,19 @@
 //! agent is PID 1. It verifies and reports within a time bound, then replaces
 //! itself with the agent, which keeps PID 1.
 
-use crate::cli::{local, paths_of, InitArgs, Local};
+use crate::cli::{local_any, paths_of, Handover, InitArgs};
 use std::io::Write;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::time::Duration;
 
 /// File systems the checks need and the kernel does not mount for PID 1.
-const MOUNTS: [(&str, &str, &str); 3] = [
+const MOUNTS: [(&str, &str, &str); 4] = [
     ("proc", "/proc", "proc"),
     ("sysfs", "/sys", "sysfs"),
     ("securityfs", "/sys/kernel/security", "securityfs"),
+    // An initramfs has no /dev of its own; the SNP guest device lives there.
+    ("devtmpfs", "/dev", "devtmpfs"),
 ];
 
 fn mounted(target: &str) -> bool {
@@ -39,9 +41,13 @@ fn mount_missing(out: &mut dyn Write) -> Vec<&'static str> {
             source,
             target,
             fstype,
-            rustix::mount::MountFlags::NOSUID
-                | rustix::mount::MountFlags::NODEV
-                | rustix::mount::MountFlags::NOEXEC,
+            if fstype == "devtmpfs" {
+                rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NOEXEC
+            } else {
+                rustix::mount::MountFlags::NOSUID
+                    | rustix::mount::MountFlags::NODEV
+                    | rustix::mount::MountFlags::NOEXEC
+            },
             None,
         ) {
             Ok(()) => done.push(target),
@@ -81,11 +87,11 @@ pub fn run(a: &InitArgs, out: &mut dyn Write) -> anyhow::Error {
     let (tx, rx) = std::sync::mpsc::channel();
     let args = a.verify.clone();
     std::thread::spawn(move || {
-        let _ = tx.send(local(&args));
+        let _ = tx.send(local_any(&args));
     });
     match rx.recv_timeout(bound) {
         Ok(l) => {
-            for c in &l.checks {
+            for c in l.checks() {
                 let _ = writeln!(
                     out,
                     "guest-client: {} {}: {}",
@@ -94,7 +100,7 @@ pub fn run(a: &InitArgs, out: &mut dyn Write) -> anyhow::Error {
                     c.reason
                 );
             }
-            if l.report_key.is_some() {
+            if matches!(&l, Handover::Sev(sev) if sev.report_key.is_some()) {
                 let _ = crate::verify::wipe_report_key(&paths_of(&a.verify));
             }
             if let Err(e) = hand_over(&l, a) {
@@ -116,7 +122,7 @@ pub fn run(a: &InitArgs, out: &mut dyn Write) -> anyhow::Error {
 }
 
 /// Starts `guest-client finish` with the local outcome on its standard input.
-fn hand_over(l: &Local, a: &InitArgs) -> std::io::Result<()> {
+fn hand_over(l: &Handover, a: &InitArgs) -> std::io::Result<()> {
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe)
         .arg("finish")
