@@ -148,6 +148,27 @@ pub(crate) struct TrustedRoot {
     pub(crate) kind: RootKind,
 }
 
+/// AMD's published ARK and ASK per product (KDS `vcek/v1/<product>/cert_chain`),
+/// PEM. `roots/README.md` lists their fingerprints; a test checks them against
+/// the copies the `sev` crate carries.
+const AMD_ROOTS: [(Product, &[u8], &[u8]); 3] = [
+    (
+        Product::Milan,
+        include_bytes!("../roots/milan-ark.pem"),
+        include_bytes!("../roots/milan-ask.pem"),
+    ),
+    (
+        Product::Genoa,
+        include_bytes!("../roots/genoa-ark.pem"),
+        include_bytes!("../roots/genoa-ask.pem"),
+    ),
+    (
+        Product::Turin,
+        include_bytes!("../roots/turin-ark.pem"),
+        include_bytes!("../roots/turin-ask.pem"),
+    ),
+];
+
 /// The AMD Root Keys a verifier accepts, each with the ASK used when a chain
 /// supplies none.
 #[derive(Debug, Clone, Default)]
@@ -158,20 +179,15 @@ pub struct TrustedRoots {
 impl TrustedRoots {
     /// AMD's ARK and ASK certificates for Milan, Genoa and Turin.
     pub fn amd() -> Self {
-        use sev::certs::snp::builtin::{genoa, milan, turin};
-        let published: [(Product, &[u8], &[u8]); 3] = [
-            (Product::Milan, milan::ARK, milan::ASK),
-            (Product::Genoa, genoa::ARK, genoa::ASK),
-            (Product::Turin, turin::ARK, turin::ASK),
-        ];
+        let published = AMD_ROOTS;
         let first = |pem: &[u8]| {
             der_from_pem_or_der(pem)
                 .ok()
                 .and_then(|v| v.into_iter().next())
         };
-        // The certificates are constants of a dependency; should one ever
-        // fail to parse, its product has no built-in root and verification
-        // for it fails, which the tests below would catch first.
+        // The certificates are built in; should one ever fail to parse, its
+        // product has no built-in root and verification for it fails, which
+        // the tests below would catch first.
         let roots = published
             .into_iter()
             .filter_map(|(product, ark, ask)| {
@@ -254,6 +270,23 @@ mod tests {
             (Product::Genoa, genoa::ARK, genoa::ASK),
             (Product::Turin, turin::ARK, turin::ASK),
         ]
+    }
+
+    #[test]
+    fn the_built_in_roots_are_the_ones_the_sev_crate_carries() {
+        // Two independent copies of AMD's published certificates.
+        for ((ours_p, ours_ark, ours_ask), (theirs_p, ark, ask)) in AMD_ROOTS.iter().zip(builtin())
+        {
+            assert_eq!(*ours_p, theirs_p);
+            assert_eq!(
+                der_from_pem_or_der(ours_ark).unwrap(),
+                der_from_pem_or_der(ark).unwrap()
+            );
+            assert_eq!(
+                der_from_pem_or_der(ours_ask).unwrap(),
+                der_from_pem_or_der(ask).unwrap()
+            );
+        }
     }
 
     #[test]

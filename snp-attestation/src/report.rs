@@ -143,7 +143,9 @@ impl ReportFlags {
         self.0 & 1 == 1
     }
 
-    /// The `chip_id` field is zeroed by request of the guest policy (bit 1).
+    /// The platform masks the chip key (bit 1, MASK_CHIP_KEY): the firmware
+    /// did not sign the report, whose signature is then zero. (A masked chip
+    /// id, MASK_CHIP_ID, shows only as a `chip_id` of zeros.)
     pub fn mask_chip_key(self) -> bool {
         (self.0 >> 1) & 1 == 1
     }
@@ -257,7 +259,7 @@ pub struct AttestationReport {
     pub reported_tcb: RawTcb,
     /// CPUID identification; `Some` only for report version 3 and later.
     pub cpuid: Option<Cpuid>,
-    /// The chip's identifier, or zeros when `flags.mask_chip_key()` is set.
+    /// The chip's identifier, or zeros when the platform masks it (MASK_CHIP_ID).
     pub chip_id: [u8; 64],
     /// The platform's committed TCB.
     pub committed_tcb: RawTcb,

@@ -122,6 +122,36 @@ pub enum VerifyError {
     /// The report's signature does not verify under the VEK.
     #[error("the report's signature does not verify under the VEK's key")]
     ReportSignature,
+    /// The platform masks the chip key (MASK_CHIP_KEY): the report is not
+    /// signed at all.
+    #[error("the report is unsigned: the platform masks the chip key (MASK_CHIP_KEY)")]
+    Unsigned,
+}
+
+impl VerifyError {
+    /// A fixed label for the kind of failure (no value from the input), for
+    /// logs and metrics keyed by it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyError::Report(_) => "report malformed",
+            VerifyError::UnsupportedSignatureAlgo { .. } => "unsupported signature algorithm",
+            VerifyError::UnsupportedSigningKey { .. } => "unsupported signing key",
+            VerifyError::NoVek => "no VCEK or VLEK",
+            VerifyError::Malformed { .. } => "certificate malformed",
+            VerifyError::UnknownProduct => "unknown product",
+            VerifyError::ProductMismatch { .. } => "product mismatch",
+            VerifyError::NoRoot { .. } => "no trusted root for the product",
+            VerifyError::UntrustedRoot { .. } => "untrusted root",
+            VerifyError::NoAsk { .. } => "no ASK",
+            VerifyError::ArkSignature => "ARK signature",
+            VerifyError::AskSignature => "ASK signature",
+            VerifyError::VekSignature => "VEK signature",
+            VerifyError::TcbMismatch { .. } => "VEK TCB differs from the report's",
+            VerifyError::ChipIdMismatch => "VCEK of another chip",
+            VerifyError::ReportSignature => "report signature",
+            VerifyError::Unsigned => "report unsigned",
+        }
+    }
 }
 
 /// Order of the P-384 group, big-endian.
@@ -151,7 +181,8 @@ fn cert_fault(what: &'static str, bad: VerifyError) -> impl FnOnce(CertFault) ->
 /// one; the ASK is the chain's, else the trusted root's; the ARK is
 /// self-signed, signs the ASK, which signs the VEK; the VEK's TCB extensions
 /// equal the report's reported TCB; a VCEK's hwID equals the report's
-/// chip_id unless the report masks it; the report's signature verifies.
+/// chip_id unless the platform masks the id (all zeros); the report's
+/// signature verifies. A report flagged MASK_CHIP_KEY is unsigned and refused.
 pub fn verify(
     report_bytes: &[u8],
     chain: &CertChain,
@@ -162,6 +193,9 @@ pub fn verify(
         return Err(VerifyError::UnsupportedSignatureAlgo {
             algo: report.signature_algo,
         });
+    }
+    if report.flags.mask_chip_key() {
+        return Err(VerifyError::Unsigned);
     }
     let signer = report.flags.signing_key();
     if !matches!(signer, SigningKey::Vcek | SigningKey::Vlek) {
@@ -202,7 +236,9 @@ pub fn verify(
 
     let vek_tcb = tcb_of(&vek, product)?;
     compare_tcb(&report.reported_tcb.decode(product), &vek_tcb)?;
-    if signer == SigningKey::Vcek && !report.flags.mask_chip_key() {
+    // A chip id of zeros is a masked one (MASK_CHIP_ID): the signature
+    // under this VCEK is then what ties the report to the chip.
+    if signer == SigningKey::Vcek && report.chip_id.iter().any(|b| *b != 0) {
         let hw_id = vek
             .hw_id()
             .map_err(malformed("VEK certificate"))?
@@ -696,11 +732,19 @@ mod tests {
             VerifyError::ChipIdMismatch
         );
 
-        // A report that masks its chip ID is not compared with the hwID.
-        let mut masked = report(Some(Product::Milan), &TCB, [0; 64]);
-        masked.flags = ReportFlags(0b10);
+        // A masked chip id (zeros) is not compared with the hwID: the
+        // signature ties the report to this VCEK.
+        let masked = report(Some(Product::Milan), &TCB, [0; 64]);
         let bytes = sign(&masked, &s.vek_key);
         assert!(verify(&bytes, &only_vek(&s), &s.roots).is_ok());
+        // MASK_CHIP_KEY: the firmware did not sign; refused before anything else.
+        let mut unsigned = report(Some(Product::Milan), &TCB, chip());
+        unsigned.flags = ReportFlags(0b10);
+        let bytes = sign(&unsigned, &s.vek_key);
+        assert_eq!(
+            verify(&bytes, &only_vek(&s), &s.roots).unwrap_err(),
+            VerifyError::Unsigned
+        );
     }
 
     #[test]
