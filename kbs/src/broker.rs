@@ -114,9 +114,16 @@ pub enum BrokerError {
     /// not verify under it; the two are not told apart.
     #[error("report refused: no report key for this launch, or the MAC does not verify")]
     ReportNotVerified,
-    /// A verified report for a launch that has reported already.
+    /// A verified report for a launch that has reported already (SEV), or
+    /// whose nonce was used already (SNP).
     #[error("this launch has reported already")]
     AlreadyReported,
+    /// An SNP report whose nonce was used already.
+    #[error("this report's nonce was used already (a replayed report)")]
+    NonceUsed,
+    /// An SNP chip sent more reports in the last minute than are recorded.
+    #[error("too many reports from this chip in the last minute; try again later")]
+    TooManyReports,
     /// Storage or another internal failure; details only in the log.
     #[error("internal error")]
     Internal(#[source] StoreError),
@@ -162,13 +169,15 @@ pub enum RefusalReason {
     ReportNotVerified,
     /// A second report for the same launch.
     ReportReplayed,
+    /// Over a per-source rate limit (an SNP chip's reports).
+    RateLimited,
     /// Storage or another internal failure.
     Internal,
 }
 
 impl RefusalReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [RefusalReason; 16] = [
+    pub const ALL: [RefusalReason; 17] = [
         RefusalReason::InvalidArgument,
         RefusalReason::UntrustedChain,
         RefusalReason::UnknownLaunch,
@@ -184,6 +193,7 @@ impl RefusalReason {
         RefusalReason::TooLarge,
         RefusalReason::ReportNotVerified,
         RefusalReason::ReportReplayed,
+        RefusalReason::RateLimited,
         RefusalReason::Internal,
     ];
 
@@ -205,6 +215,7 @@ impl RefusalReason {
             RefusalReason::TooLarge => "too_large",
             RefusalReason::ReportNotVerified => "report_not_verified",
             RefusalReason::ReportReplayed => "report_replayed",
+            RefusalReason::RateLimited => "rate_limited",
             RefusalReason::Internal => "internal",
         }
     }
@@ -224,6 +235,8 @@ impl BrokerError {
             BrokerError::TooLarge { .. } => RefusalReason::TooLarge,
             BrokerError::ReportNotVerified => RefusalReason::ReportNotVerified,
             BrokerError::AlreadyReported => RefusalReason::ReportReplayed,
+            BrokerError::TooManyReports => RefusalReason::RateLimited,
+            BrokerError::NonceUsed => RefusalReason::ReportReplayed,
             BrokerError::Internal(_) => RefusalReason::Internal,
             BrokerError::Refused { reason, .. } => *reason,
         }
@@ -403,6 +416,8 @@ pub struct Broker {
     /// The roots SNP guests' chips must chain to: AMD's, plus any extra
     /// given with --snp-insecure-root.
     snp_roots: snp_attestation::TrustedRoots,
+    /// The SNP nonce key, once read from the store (it never changes).
+    snp_nonce_key: std::sync::OnceLock<[u8; 32]>,
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -431,6 +446,7 @@ impl Broker {
             policy,
             trustee: crate::trustee::Board::default(),
             snp_roots: snp_attestation::TrustedRoots::amd(),
+            snp_nonce_key: std::sync::OnceLock::new(),
         }
     }
 
@@ -827,9 +843,18 @@ impl Broker {
         }
     }
 
+    /// The key SNP nonces are MACed with, read from the store once.
+    fn snp_nonce_key(&self) -> Result<[u8; 32], BrokerError> {
+        if let Some(k) = self.snp_nonce_key.get() {
+            return Ok(*k);
+        }
+        let k = self.store.snp_nonce_key()?;
+        Ok(*self.snp_nonce_key.get_or_init(|| k))
+    }
+
     /// A fresh nonce for an SNP guest's report, and when it expires.
     pub fn snp_nonce(&self) -> Result<(Vec<u8>, i64), BrokerError> {
-        let key = self.store.snp_nonce_key()?;
+        let key = self.snp_nonce_key()?;
         let expires_at = crate::store::now().saturating_add(crate::snp_report::NONCE_TTL_SECS);
         Ok((
             crate::snp_report::mint_nonce(&key, expires_at, random()),
@@ -856,11 +881,14 @@ impl Broker {
         Ok(self.store.snp_launches(measurement, honour_node)?)
     }
 
-    /// Verifies and records an SNP guest's report: the chip's signature and
-    /// chain, the binding of the body, the nonce; then the broker's own
-    /// checks (registered measurement, policy) decide whether the guest is
-    /// confirmed. `body`, `report` and `cert_table` are the request's bytes,
-    /// `parsed` what [`crate::snp_report::parse`] made of them.
+    /// Verifies and records an SNP guest's report: the nonce, the binding of
+    /// the body, the chip's chain and signature (cheapest first); a
+    /// measurement that is not registered is refused (any SNP guest anywhere
+    /// can make a valid report, so only registered launches are stored);
+    /// then the broker's own checks (policy, VMPL, the TCB pin) decide
+    /// whether the guest is confirmed. `body`, `report` and `cert_table` are
+    /// the request's bytes, `parsed` what [`crate::snp_report::parse`] made
+    /// of them.
     pub fn snp_report(
         &self,
         parsed: &crate::snp_report::ParsedSnpBody,
@@ -868,62 +896,83 @@ impl Broker {
         report: &[u8],
         cert_table: &[u8],
     ) -> Result<SnpReportAccepted, BrokerError> {
-        let refuse = |reason: RefusalReason, message: String| {
+        // The record's reason is one of a fixed set (the refusal log groups
+        // by it); the caller's message may say more.
+        let refuse = |reason: RefusalReason, fixed: &str, digest: &str, message: String| {
             self.record(&NewRecord {
                 rpc: "SnpReport",
-                reason: &message,
+                reason: fixed,
+                digest,
                 description: &parsed.client,
                 ..Default::default()
             });
             refused(reason, message)
         };
+        crate::snp_report::check_nonce(&self.snp_nonce_key()?, &parsed.nonce, crate::store::now())
+            .map_err(|e| {
+                refuse(
+                    RefusalReason::ReportNotVerified,
+                    "nonce not valid",
+                    "",
+                    e.to_string(),
+                )
+            })?;
+        let decoded = snp_attestation::AttestationReport::decode(report)
+            .map_err(|e| invalid("attestation_report", e.to_string()))?;
+        if !crate::snp_report::bound_to(&decoded, body) {
+            let m = "the attestation report's REPORT_DATA is not SHA-512 of the body";
+            return Err(refuse(RefusalReason::ReportNotVerified, m, "", m.into()));
+        }
         let entries = snp_attestation::decode_cert_table(cert_table)
             .map_err(|e| invalid("cert_table", e.to_string()))?;
         let chain = snp_attestation::CertChain::from_table(&entries);
         let verified = snp_attestation::verify(report, &chain, &self.snp_roots).map_err(|e| {
             refuse(
                 RefusalReason::UntrustedChain,
+                &format!("the attestation report does not verify ({})", e.kind()),
+                "",
                 format!("the attestation report does not verify: {e}"),
             )
         })?;
-        if !crate::snp_report::bound_to(&verified.report, body) {
+        let measurement = verified.report.measurement;
+        let digest = crate::store::hex(&measurement);
+        let launches = self.snp_lookup(&measurement)?;
+        if launches.is_empty() {
             return Err(refuse(
-                RefusalReason::ReportNotVerified,
-                "the attestation report's REPORT_DATA is not SHA-512 of the body".into(),
+                RefusalReason::DigestNotRegistered,
+                "measurement not registered",
+                &digest,
+                "the launch measurement is not registered for any node".into(),
             ));
         }
-        let key = self.store.snp_nonce_key()?;
-        crate::snp_report::check_nonce(&key, &parsed.nonce, crate::store::now())
-            .map_err(|e| refuse(RefusalReason::ReportNotVerified, e.to_string()))?;
-        let measurement = verified.report.measurement;
-        let launches = self.snp_lookup(&measurement)?;
-        let (confirmed, failed_checks) =
-            crate::snp_report::judge(&verified, parsed, !launches.is_empty());
+        let pin = self.store.tcb_pin()?;
+        let (confirmed, failed_checks) = crate::snp_report::judge(&verified, parsed, &pin);
         let status = if confirmed {
             "confirmed"
         } else {
             "path_broken"
         };
-        let chip = if verified.report.flags.mask_chip_key() {
-            vec![0; 64]
-        } else {
-            verified.report.chip_id.to_vec()
-        };
-        let described: Vec<String> = launches.iter().map(|l| l.describe()).collect();
-        let digest = crate::store::hex(&measurement);
         let verdict = if confirmed {
             "guest confirmed the secret path".to_string()
         } else {
             format!("guest's secret path broken: {}", failed_checks.join(", "))
         };
+        let described: Vec<String> = launches.iter().map(|l| l.describe()).collect();
+        let host_data = verified.report.host_data;
         let description = format!(
-            "{} on {}; {}",
+            "{} on {}{}; {}{}",
             parsed.client,
             verified.product.name(),
-            if described.is_empty() {
-                "measurement not registered".to_string()
+            if verified.root == snp_attestation::RootKind::Amd {
+                ""
             } else {
-                described.join("; ")
+                " (INSECURE: an extra root, not AMD's)"
+            },
+            described.join("; "),
+            if host_data.iter().any(|b| *b != 0) {
+                format!("; host_data {}", crate::store::hex(&host_data))
+            } else {
+                String::new()
             }
         );
         let record = NewRecord {
@@ -940,9 +989,15 @@ impl Broker {
             description: &description,
             ..Default::default()
         };
+        let signer = chain
+            .vek
+            .as_deref()
+            .map(|der| crate::store::hex(&<sha2::Sha256 as sha2::Digest>::digest(der)))
+            .unwrap_or_default();
         let stored = crate::store::SnpGuestReport {
             nonce: parsed.nonce.clone(),
-            chip_id: chip,
+            chip_id: verified.report.chip_id.to_vec(),
+            signer,
             measurement: measurement.to_vec(),
             status: status.into(),
             failed_checks: failed_checks.clone(),
@@ -957,8 +1012,18 @@ impl Broker {
                     recorded_at,
                     confirmed,
                     failed_checks,
-                    launches: described,
+                    launches: launches.iter().map(|l| l.describe_for_guest()).collect(),
                 })
+            }
+            crate::store::SnpReportOutcome::TooMany => {
+                self.record(&NewRecord {
+                    rpc: "SnpReport",
+                    reason: "too many reports from this chip",
+                    digest: &digest,
+                    description: &parsed.client,
+                    ..Default::default()
+                });
+                Err(BrokerError::TooManyReports)
             }
             crate::store::SnpReportOutcome::Replayed => {
                 self.record(&NewRecord {
@@ -968,7 +1033,7 @@ impl Broker {
                     description: &parsed.client,
                     ..Default::default()
                 });
-                Err(BrokerError::AlreadyReported)
+                Err(BrokerError::NonceUsed)
             }
         }
     }

@@ -113,7 +113,10 @@ pub fn status(e: &BrokerError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         BrokerError::ReportNotVerified => Status::permission_denied(e.to_string()),
-        BrokerError::AlreadyReported => Status::already_exists(e.to_string()),
+        BrokerError::AlreadyReported | BrokerError::NonceUsed => {
+            Status::already_exists(e.to_string())
+        }
+        BrokerError::TooManyReports => Status::resource_exhausted(e.to_string()),
         BrokerError::Internal(inner) => {
             error!(error = %inner, "internal error");
             Status::internal("internal error")
@@ -322,7 +325,6 @@ impl GuestStatus for KeyBroker {
                 launches: launches
                     .into_iter()
                     .map(|l| SnpLaunch {
-                        node: l.node,
                         runtime_class: l.runtime_class,
                         vcpus: l.vcpus,
                         vcpu_type: l.vcpu_type,

@@ -44,6 +44,15 @@ pub mod broker_check {
     pub const DEBUG: &str = "broker: policy forbids debugging";
     /// The guest policy allows a migration agent.
     pub const MIGRATION: &str = "broker: policy forbids a migration agent";
+    /// The report was asked for from a VMPL other than 0 (not the guest
+    /// kernel's own level).
+    pub const VMPL: &str = "broker: report from VMPL 0";
+    /// The reported TCB is below the operator's pin
+    /// (`kbs admin trustee tcb set`).
+    pub const TCB: &str = "broker: TCB at or above the pin";
+    /// No check of the secret path itself (a resource fetched, or an
+    /// authenticated attestation token) passed.
+    pub const SECRET_PATH: &str = "broker: secret path checked";
 }
 
 fn tag(key: &[u8; NONCE_KEY_LEN], signed: &[u8]) -> [u8; NONCE_TAG] {
@@ -120,6 +129,9 @@ pub struct ParsedSnpBody {
     pub checks: usize,
     /// The client's self-description.
     pub client: String,
+    /// A check of the secret path itself passed: a resource fetched, or an
+    /// attestation token whose signature was authenticated.
+    pub secret_path_checked: bool,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> BrokerError {
@@ -135,6 +147,10 @@ fn bounded(field: &'static str, text: &str) -> Result<(), BrokerError> {
             field,
             format!("longer than {} bytes", crate::report::MAX_STRING),
         ));
+    }
+    // Shown by `kbs admin records` on operators' terminals.
+    if text.chars().any(char::is_control) {
+        return Err(invalid(field, "holds control characters"));
     }
     Ok(())
 }
@@ -191,6 +207,10 @@ pub fn parse(
             .map(|c| c.name.clone())
             .collect(),
         checks: b.checks.len(),
+        secret_path_checked: b
+            .checks
+            .iter()
+            .any(|c| c.passed && SECRET_PATH_CHECKS.contains(&c.name.as_str())),
         client: b.client,
     })
 }
@@ -201,21 +221,43 @@ pub fn bound_to(report: &AttestationReport, body: &[u8]) -> bool {
     report.report_data.ct_eq(digest.as_slice()).into()
 }
 
-/// The broker's judgement of a verified, bound report: the checks of its own
-/// that failed (given whether the measurement is registered), and whether
-/// the guest counts as confirmed.
-pub fn judge(verified: &Verified, body: &ParsedSnpBody, registered: bool) -> (bool, Vec<String>) {
-    let policy = verified.report.policy;
+/// The guest's checks of which one passing shows the secret path works (the
+/// guest client names a token check whose signature no pinned key
+/// authenticated otherwise: anyone can sign a token with a key of their own).
+pub const SECRET_PATH_CHECKS: [&str; 2] = ["resource", "attestation token"];
+
+/// The broker's judgement of a verified, bound report of a registered
+/// launch: the checks that failed (the guest's and the broker's own, given
+/// the operator's TCB pin) and whether the guest counts as confirmed.
+pub fn judge(
+    verified: &Verified,
+    body: &ParsedSnpBody,
+    pin: &crate::store::TcbPin,
+) -> (bool, Vec<String>) {
+    let report = &verified.report;
+    let policy = report.policy;
     let mut failed = body.failed_checks.clone();
     let mut own = Vec::new();
-    if !registered {
-        own.push(broker_check::MEASUREMENT);
-    }
     if policy.debug() {
         own.push(broker_check::DEBUG);
     }
     if policy.migrate_ma() {
         own.push(broker_check::MIGRATION);
+    }
+    if report.vmpl != 0 {
+        own.push(broker_check::VMPL);
+    }
+    let tcb = report.reported_tcb.decode(verified.product);
+    let below = |min: Option<u8>, have: u8| min.is_some_and(|m| have < m);
+    if below(pin.bootloader, tcb.bootloader)
+        || below(pin.tee, tcb.tee)
+        || below(pin.snp, tcb.snp)
+        || below(pin.microcode, tcb.microcode)
+    {
+        own.push(broker_check::TCB);
+    }
+    if !body.secret_path_checked {
+        own.push(broker_check::SECRET_PATH);
     }
     let confirmed = body.path_works && own.is_empty();
     failed.extend(own.into_iter().map(String::from));
@@ -245,6 +287,86 @@ mod tests {
             assert_eq!(check_nonce(&KEY, &n[..cut], 0), Err(NonceError::NotIssued));
         }
         assert_ne!(n, mint_nonce(&KEY, 1_000, [2; 16]));
+    }
+
+    #[test]
+    fn the_broker_judges_policy_vmpl_tcb_and_the_secret_path() {
+        let mut raw = vec![0u8; snp_attestation::REPORT_LEN];
+        raw[0] = 2;
+        let report = AttestationReport::decode(&raw).unwrap();
+        let verified = |edit: &dyn Fn(&mut AttestationReport)| {
+            let mut r = report.clone();
+            r.policy = snp_attestation::GuestPolicy(0x3_0000);
+            // Genoa layout: boot loader 7, TEE 1, SNP 21, microcode 0xd1.
+            r.reported_tcb =
+                snp_attestation::RawTcb(u64::from_le_bytes([7, 1, 0, 0, 0, 0, 21, 0xd1]));
+            edit(&mut r);
+            Verified {
+                report: r,
+                product: snp_attestation::Product::Genoa,
+                signer: snp_attestation::SigningKey::Vcek,
+                root: snp_attestation::RootKind::Amd,
+                vek_tcb: snp_attestation::Tcb {
+                    fmc: None,
+                    bootloader: 7,
+                    tee: 1,
+                    snp: 21,
+                    microcode: 0xd1,
+                },
+            }
+        };
+        let good = ParsedSnpBody {
+            nonce: vec![],
+            path_works: true,
+            failed_checks: vec![],
+            checks: 3,
+            client: String::new(),
+            secret_path_checked: true,
+        };
+        let none = crate::store::TcbPin::default();
+        assert_eq!(judge(&verified(&|_| {}), &good, &none), (true, vec![]));
+        type Edit<'a> = &'a dyn Fn(&mut AttestationReport);
+        let cases: [(Edit, &str); 3] = [
+            (&|r| r.policy.0 |= 1 << 19, broker_check::DEBUG),
+            (&|r| r.policy.0 |= 1 << 18, broker_check::MIGRATION),
+            (&|r| r.vmpl = 1, broker_check::VMPL),
+        ];
+        for (edit, name) in cases {
+            assert_eq!(
+                judge(&verified(edit), &good, &none),
+                (false, vec![name.to_string()])
+            );
+        }
+        let pin = |snp| crate::store::TcbPin {
+            snp: Some(snp),
+            ..Default::default()
+        };
+        assert!(judge(&verified(&|_| {}), &good, &pin(21)).0);
+        assert_eq!(
+            judge(&verified(&|_| {}), &good, &pin(22)),
+            (false, vec![broker_check::TCB.to_string()])
+        );
+        let unchecked = ParsedSnpBody {
+            secret_path_checked: false,
+            ..good.clone()
+        };
+        assert_eq!(
+            judge(&verified(&|_| {}), &unchecked, &none),
+            (false, vec![broker_check::SECRET_PATH.to_string()])
+        );
+        // The guest's own failures come first, the broker's after.
+        let broken = ParsedSnpBody {
+            path_works: false,
+            failed_checks: vec!["resource".into()],
+            ..good
+        };
+        assert_eq!(
+            judge(&verified(&|r| r.policy.0 |= 1 << 19), &broken, &none),
+            (
+                false,
+                vec!["resource".to_string(), broker_check::DEBUG.to_string()]
+            )
+        );
     }
 
     fn body(edit: impl FnOnce(&mut SnpReportBody)) -> Vec<u8> {
@@ -307,6 +429,18 @@ mod tests {
             (
                 "body.client",
                 body(|b| b.client = long.clone()),
+                report.clone(),
+                vec![],
+            ),
+            (
+                "body.client",
+                body(|b| b.client = "guest \u{1b}[2J".into()),
+                report.clone(),
+                vec![],
+            ),
+            (
+                "body.checks.name",
+                body(|b| b.checks[0].name = "snp\rreport".into()),
                 report.clone(),
                 vec![],
             ),

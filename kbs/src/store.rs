@@ -336,6 +336,7 @@ CREATE TABLE IF NOT EXISTS snp_guest_reports (
     record_id INTEGER NOT NULL,
     at INTEGER NOT NULL,
     chip_id TEXT NOT NULL,
+    signer TEXT NOT NULL,
     measurement TEXT NOT NULL,
     status TEXT NOT NULL,
     failed_checks TEXT NOT NULL,
@@ -345,6 +346,7 @@ CREATE TABLE IF NOT EXISTS snp_guest_reports (
 );
 CREATE INDEX IF NOT EXISTS snp_guest_reports_by_record ON snp_guest_reports (record_id);
 CREATE INDEX IF NOT EXISTS snp_guest_reports_by_time ON snp_guest_reports (at);
+CREATE INDEX IF NOT EXISTS snp_guest_reports_by_signer ON snp_guest_reports (signer, at);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     hash BLOB NOT NULL UNIQUE,

@@ -27,7 +27,19 @@ pub struct SnpLaunch {
 }
 
 impl SnpLaunch {
-    /// One line for people: node, class, vCPUs and configuration.
+    /// One line for a guest: class, vCPUs and configuration (no node name:
+    /// guests are not authenticated callers).
+    pub fn describe_for_guest(&self) -> String {
+        format!(
+            "{} {} vCPU{} ({})",
+            self.runtime_class,
+            self.vcpus,
+            if self.vcpus == 1 { "" } else { "s" },
+            self.config
+        )
+    }
+
+    /// One line for operators: node, class, vCPUs and configuration.
     pub fn describe(&self) -> String {
         format!(
             "{} {} {} vCPU{} ({})",
@@ -45,8 +57,12 @@ impl SnpLaunch {
 pub struct SnpGuestReport {
     /// The broker's nonce the body carried (unique: a second use is a replay).
     pub nonce: Vec<u8>,
-    /// The chip's id (64 bytes), or zeros when the report masks it.
+    /// The chip's id (64 bytes), or zeros when the platform masks it.
     pub chip_id: Vec<u8>,
+    /// SHA-256 of the certificate of the key that signed the report (VCEK or
+    /// VLEK), hexadecimal: what the per-chip limit counts by, since masked
+    /// chip ids are all zeros.
+    pub signer: String,
     /// The launch measurement.
     pub measurement: Vec<u8>,
     /// "confirmed" or "path_broken".
@@ -68,7 +84,15 @@ pub enum SnpReportOutcome {
     Recorded(i64),
     /// A report with this nonce is stored already; nothing changed.
     Replayed,
+    /// The signing key has [`MAX_PER_CHIP_MINUTE`] reports in the last minute
+    /// already; nothing changed.
+    TooMany,
 }
+
+/// Most reports recorded per signing key (chip) in any minute. Any SNP guest anywhere
+/// can make valid reports, registered or not; this bounds what one chip can
+/// add to the database.
+pub const MAX_PER_CHIP_MINUTE: i64 = 30;
 
 impl Store {
     /// The key nonces are MACed with: made on first use and kept, so that
@@ -145,16 +169,26 @@ impl Store {
             if used.is_some() {
                 return Ok(SnpReportOutcome::Replayed);
             }
+            let recent: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM snp_guest_reports WHERE signer = ?1 AND at > ?2",
+                params![report.signer, t.saturating_sub(60)],
+                |r| r.get(0),
+            )?;
+            if recent >= MAX_PER_CHIP_MINUTE {
+                return Ok(SnpReportOutcome::TooMany);
+            }
             insert_record(&tx, t, record)?;
             let record_id = tx.last_insert_rowid();
             tx.execute(
-                "INSERT INTO snp_guest_reports (nonce, record_id, at, chip_id, measurement, status, \
-                 failed_checks, client, body, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO snp_guest_reports (nonce, record_id, at, chip_id, signer, measurement, \
+                 status, failed_checks, client, body, report) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     report.nonce,
                     record_id,
                     t,
                     hex(&report.chip_id),
+                    report.signer,
                     hex(&report.measurement),
                     report.status,
                     failed,
@@ -188,6 +222,7 @@ mod tests {
         SnpGuestReport {
             nonce: vec![nonce; 41],
             chip_id: vec![0xab; 64],
+            signer: "a1".repeat(32),
             measurement: vec![0xcd; 48],
             status: "confirmed".into(),
             failed_checks: vec![],
@@ -216,6 +251,30 @@ mod tests {
             store.record_snp_report(&report(1), &record).unwrap(),
             SnpReportOutcome::Replayed
         );
+        // One chip fills its minute; another is not held up by it.
+        let limit = u8::try_from(MAX_PER_CHIP_MINUTE).unwrap();
+        for n in 100..(100 + limit - 1) {
+            assert!(matches!(
+                store.record_snp_report(&report(n), &record).unwrap(),
+                SnpReportOutcome::Recorded(_)
+            ));
+        }
+        assert_eq!(
+            store.record_snp_report(&report(200), &record).unwrap(),
+            SnpReportOutcome::TooMany
+        );
+        let mut other_chip = report(201);
+        other_chip.signer = "b2".repeat(32);
+        assert!(matches!(
+            store.record_snp_report(&other_chip, &record).unwrap(),
+            SnpReportOutcome::Recorded(_)
+        ));
+        store
+            .with(|c| c.execute("DELETE FROM snp_guest_reports WHERE id > 1", []))
+            .unwrap();
+        store
+            .with(|c| c.execute("DELETE FROM records WHERE id > 1", []))
+            .unwrap();
         let mut broken = report(2);
         broken.status = "path_broken".into();
         broken.failed_checks = vec!["broker: measurement registered".into()];
