@@ -34,6 +34,13 @@ use snp_attestation::{CertChain, CertEntry, CertKind, Product, Tcb, TrustedRoots
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The check of a resource fetched through the confidential data hub.
+pub const RESOURCE_CHECK: &str = "resource";
+/// The check of an attestation token signed by the pinned key (--token-key).
+pub const TOKEN_CHECK: &str = "attestation token";
+/// The check of a token no pinned key authenticated: its claims only.
+pub const UNPINNED_TOKEN_CHECK: &str = "attestation token (unpinned)";
+
 /// The confidential data hub's REST endpoint in a CoCo guest.
 pub const DEFAULT_CDH: &str = "http://127.0.0.1:8006";
 
@@ -313,12 +320,11 @@ pub fn certs_from_dir(dir: &Path) -> Result<Vec<CertEntry>, String> {
     Ok(out)
 }
 
-fn fresh_nonce() -> [u8; 64] {
+fn fresh_nonce() -> Result<[u8; 64], String> {
     let mut n = [0u8; 64];
-    // getrandom failing leaves zeros: the echo check below still holds, and
-    // the broker's own nonce is what guards the status report.
-    let _ = getrandom::fill(&mut n);
-    n
+    // Without randomness the echo check would accept an old report.
+    getrandom::fill(&mut n).map_err(|e| format!("no random nonce: {e}"))?;
+    Ok(n)
 }
 
 fn product_name(p: Product) -> &'static str {
@@ -338,7 +344,13 @@ pub fn local(a: &SnpArgs) -> SnpLocal {
         ));
         return out;
     }
-    let nonce = fresh_nonce();
+    let nonce = match fresh_nonce() {
+        Ok(n) => n,
+        Err(e) => {
+            out.checks.push(check("snp device", false, e));
+            return out;
+        }
+    };
     let answer = match device.report(nonce, true) {
         Ok(a) => a,
         Err(e) => {
@@ -587,12 +599,7 @@ async fn lookup(kbs: &str, measurement: &[u8], timeout: Duration) -> Result<Vec<
     Ok(reply
         .launches
         .iter()
-        .map(|l| {
-            format!(
-                "{} {} vCPUs on {} ({})",
-                l.runtime_class, l.vcpus, l.node, l.config
-            )
-        })
+        .map(|l| format!("{} {} vCPUs ({})", l.runtime_class, l.vcpus, l.config))
         .collect())
 }
 
@@ -778,9 +785,9 @@ pub async fn network(
                 .map_err(|e| format!("--token-key {}: {e}", p.display())),
         };
         checks.push(match (pinned, &measurement) {
-            (Err(e), _) => check("attestation token", false, e),
+            (Err(e), _) => check(TOKEN_CHECK, false, e),
             (Ok(_), None) => check(
-                "attestation token",
+                TOKEN_CHECK,
                 false,
                 "no verified report to compare the token with",
             ),
@@ -790,7 +797,7 @@ pub async fn network(
                 })
                 .await
                 {
-                    Err(e) => check("attestation token", false, e),
+                    Err(e) => check(TOKEN_CHECK, false, e),
                     Ok(jwt) => {
                         let mut m48 = [0u8; 48];
                         if m.len() == 48 {
@@ -806,11 +813,31 @@ pub async fn network(
                             pinned.as_deref(),
                             now,
                         );
-                        check("attestation token", v.passed, v.reason)
+                        // Only a key the operator pinned says who signed: a
+                        // key the token carries itself proves nothing, so such
+                        // a check does not count as proof of the secret path.
+                        let name = if v.signature == crate::guest_components::SignatureCheck::Pinned
+                        {
+                            TOKEN_CHECK
+                        } else {
+                            UNPINNED_TOKEN_CHECK
+                        };
+                        check(name, v.passed, v.reason)
                     }
                 }
             }
         });
+    }
+    if !checks
+        .iter()
+        .any(|c| c.passed && (c.name == RESOURCE_CHECK || c.name == TOKEN_CHECK))
+    {
+        checks.push(check(
+            "secret path",
+            false,
+            "nothing checked the secret path: give --resource kbs:///REPO/TYPE/TAG, or turn the \
+             attestation API on and pin the attestation service's key with --token-key",
+        ));
     }
     let path_works = checks.iter().all(|c| c.passed);
     let report = match kbs {

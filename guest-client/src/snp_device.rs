@@ -2,9 +2,10 @@
 //! attestation report over given REPORT_DATA, with the certificates the host
 //! provides if it provides any.
 //!
-//! On hardware that is `/dev/sev-guest` through the `sev` crate's guest API
-//! (SNP_GET_EXT_REPORT, falling back to SNP_GET_REPORT when the host gives no
-//! certificates). In tests it is the simulator of `sev-sim`, reached over a
+//! On hardware that is the kernel's configfs-tsm report interface
+//! (`/sys/kernel/config/tsm/report`, with the host's certificates as its
+//! auxblob) where the kernel has it, else `/dev/sev-guest` through the `sev`
+//! crate's guest API (SNP_GET_REPORT, no certificates: give `--certs-dir`). In tests it is the simulator of `sev-sim`, reached over a
 //! Unix socket named by the hidden, test-only option `--snp-simulator` (or the
 //! environment variable `GUEST_CLIENT_SNP_SIMULATOR`). Its protocol, one
 //! request per connection: the client sends "SNPR", a u32 of flags (bit 0:
@@ -82,25 +83,26 @@ impl SnpDevice {
     }
 }
 
-#[cfg(target_os = "linux")]
+/// Where the kernel's TSM report interface (configfs-tsm) makes reports.
+pub const TSM_REPORTS: &str = "/sys/kernel/config/tsm/report";
+
+/// On hardware: through configfs-tsm where the kernel has it (its auxblob is
+/// the host's certificate table, which [`snp_attestation::decode_cert_table`]
+/// reads with bounds), else SNP_GET_REPORT through the `sev` crate, without
+/// certificates. The crate's extended report is not used: it reads the
+/// host-written certificate table without bounds.
 fn hardware_report(report_data: [u8; 64], extended: bool) -> Result<DeviceAnswer, String> {
+    let tsm = Path::new(TSM_REPORTS);
+    if tsm.is_dir() {
+        return tsm_report(tsm, report_data, extended);
+    }
+    sev_report(report_data)
+}
+
+#[cfg(target_os = "linux")]
+fn sev_report(report_data: [u8; 64]) -> Result<DeviceAnswer, String> {
     use sev::firmware::guest::Firmware;
     let mut fw = Firmware::open().map_err(|e| format!("cannot open {DEVICE}: {e}"))?;
-    if extended {
-        if let Ok((report, certs)) = fw.get_ext_report(None, Some(report_data), Some(0)) {
-            let cert_table = certs.filter(|c| !c.is_empty()).map(|certs| {
-                let entries: Vec<snp_attestation::CertEntry> = certs
-                    .into_iter()
-                    .map(|c| snp_attestation::CertEntry {
-                        kind: cert_kind(&c.cert_type),
-                        der: c.data,
-                    })
-                    .collect();
-                snp_attestation::encode_cert_table(&entries)
-            });
-            return Ok(DeviceAnswer { report, cert_table });
-        }
-    }
     let report = fw
         .get_report(None, Some(report_data), Some(0))
         .map_err(|e| format!("{DEVICE} gave no attestation report: {e}"))?;
@@ -110,24 +112,59 @@ fn hardware_report(report_data: [u8; 64], extended: bool) -> Result<DeviceAnswer
     })
 }
 
-#[cfg(target_os = "linux")]
-fn cert_kind(t: &sev::firmware::host::CertType) -> snp_attestation::CertKind {
-    use sev::firmware::host::CertType;
-    use snp_attestation::CertKind;
-    match t {
-        CertType::ARK => CertKind::Ark,
-        CertType::ASK => CertKind::Ask,
-        CertType::VCEK => CertKind::Vcek,
-        CertType::VLEK => CertKind::Vlek,
-        CertType::OTHER(uuid) => CertKind::Other(*uuid.as_bytes()),
-        // Revocation lists and empty entries carry no certificate we use.
-        CertType::CRL | CertType::Empty => CertKind::Other([0; 16]),
-    }
+#[cfg(not(target_os = "linux"))]
+fn sev_report(_: [u8; 64]) -> Result<DeviceAnswer, String> {
+    Err(format!("{DEVICE} exists only on Linux"))
 }
 
-#[cfg(not(target_os = "linux"))]
-fn hardware_report(_: [u8; 64], _: bool) -> Result<DeviceAnswer, String> {
-    Err(format!("{DEVICE} exists only on Linux"))
+/// One report through configfs-tsm: a fresh entry, REPORT_DATA in, the
+/// report (and the certificate table) out, checked against the entry's
+/// generation so that a concurrent writer cannot slip another request in.
+fn tsm_report(dir: &Path, report_data: [u8; 64], extended: bool) -> Result<DeviceAnswer, String> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let entry = dir.join(format!("guest-client-{}-{n}", std::process::id()));
+    let err = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", entry.display());
+    std::fs::create_dir(&entry).map_err(|e| err("cannot create", e))?;
+    let result = (|| {
+        let _ = std::fs::write(entry.join("privlevel"), "0");
+        std::fs::write(entry.join("inblob"), report_data).map_err(|e| err("inblob", e))?;
+        let generation =
+            std::fs::read_to_string(entry.join("generation")).map_err(|e| err("generation", e))?;
+        let report = read_capped(&entry.join("outblob"), MAX_REPORT)?;
+        let cert_table = if extended {
+            match read_capped(&entry.join("auxblob"), MAX_TABLE) {
+                Ok(t) if !t.is_empty() => Some(t),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let after =
+            std::fs::read_to_string(entry.join("generation")).map_err(|e| err("generation", e))?;
+        if after != generation {
+            return Err(format!(
+                "{}: written to by someone else while the report was read",
+                entry.display()
+            ));
+        }
+        Ok(DeviceAnswer { report, cert_table })
+    })();
+    let _ = std::fs::remove_dir(&entry);
+    result
+}
+
+fn read_capped(path: &Path, max: usize) -> Result<Vec<u8>, String> {
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut v = Vec::new();
+    (&mut f)
+        .take(u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut v)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if v.len() > max {
+        return Err(format!("{}: more than {max} bytes", path.display()));
+    }
+    Ok(v)
 }
 
 fn read_u32(s: &mut impl Read) -> std::io::Result<u32> {

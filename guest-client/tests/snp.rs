@@ -55,6 +55,8 @@ struct Rig {
     components: GuestComponentsServer,
     root_file: PathBuf,
     cmdline: PathBuf,
+    /// The attestation service's public key, for --token-key.
+    token_key: PathBuf,
 }
 
 fn now() -> i64 {
@@ -122,6 +124,8 @@ async fn start(guest: SnpGuest, features: RestFeatures, token: EarTokenSpec) -> 
     )
     .unwrap();
     let signer = EarTokenSigner::generate().unwrap();
+    let token_key = dir.path().join("as-key.pem");
+    std::fs::write(&token_key, signer.public_key_pem().unwrap()).unwrap();
     let components = GuestComponentsServer::start(
         GuestComponentsConfig::new(features)
             .with_resource("default/key/1", RESOURCE_VALUE)
@@ -145,6 +149,7 @@ async fn start(guest: SnpGuest, features: RestFeatures, token: EarTokenSpec) -> 
         components,
         root_file,
         cmdline,
+        token_key,
     }
 }
 
@@ -166,6 +171,8 @@ impl Rig {
             .arg("kbs:///default/key/1")
             .arg("--cmdline")
             .arg(&self.cmdline)
+            .arg("--token-key")
+            .arg(&self.token_key)
             .args(extra)
             .output()
             .unwrap();
@@ -273,7 +280,7 @@ async fn a_registered_guest_passes_every_check_and_is_recorded_confirmed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unregistered_measurement_fails_and_is_recorded_as_path_broken() {
+async fn an_unregistered_measurement_fails_and_the_broker_refuses_it() {
     let rig = start(
         SnpGuest::new(UNREGISTERED),
         RestFeatures::Resource,
@@ -283,23 +290,17 @@ async fn an_unregistered_measurement_fails_and_is_recorded_as_path_broken() {
     let (code, v) = rig.verify(&[]);
     assert_eq!(code, 1, "{v:#}");
     assert_eq!(failed(&v), vec!["snp measurement".to_string()], "{v:#}");
-    assert_eq!(v["report"]["state"], "path_broken", "{v:#}");
-    let broker_says: Vec<&str> = v["report"]["failed_checks"]
-        .as_array()
+    assert_eq!(v["report"]["state"], "refused", "{v:#}");
+    assert!(v["report"]["reason"]
+        .as_str()
         .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect();
-    assert!(
-        broker_says.contains(&"broker: measurement registered"),
-        "{v:#}"
-    );
+        .contains("not registered"));
+    // Refused, not stored: any SNP guest anywhere could send one.
     let records = rig.records().await;
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].guest_status, "path_broken");
-    assert!(records[0]
-        .failed_checks
-        .contains(&"broker: measurement registered".to_string()));
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].outcome, "refused");
+    assert_eq!(records[0].reason, "measurement not registered");
+    assert_eq!(records[0].digest, hex::encode(UNREGISTERED));
     // An expected-digests file says the same without asking the broker.
     let expected = rig.dir.path().join("expected");
     std::fs::write(&expected, format!("{}\n", hex::encode(REGISTERED))).unwrap();
@@ -309,6 +310,41 @@ async fn an_unregistered_measurement_fails_and_is_recorded_as_path_broken() {
         .as_str()
         .unwrap()
         .contains("not one of the 1 expected"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_checked_no_secret_is_not_confirmed() {
+    let rig = start(
+        SnpGuest::new(REGISTERED),
+        RestFeatures::All,
+        affirming(&REGISTERED),
+    )
+    .await;
+    // The token checks out but no key pins its signer, and no resource is
+    // named: nothing shows the secret path works.
+    let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
+        .args(["verify", "--json", "--snp-simulator"])
+        .arg(rig.device.path())
+        .arg("--kbs")
+        .arg(rig.kbs.uri().trim_start_matches("http://"))
+        .arg("--snp-insecure-root")
+        .arg(&rig.root_file)
+        .arg("--cdh")
+        .arg(rig.components.url())
+        .arg("--cmdline")
+        .arg(&rig.cmdline)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{v:#}");
+    assert_eq!(check(&v, "attestation token (unpinned)")["passed"], true);
+    assert_eq!(failed(&v), vec!["secret path".to_string()], "{v:#}");
+    assert_eq!(v["report"]["state"], "path_broken", "{v:#}");
+    let records = rig.records().await;
+    assert_eq!(records[0].guest_status, "path_broken");
+    assert!(records[0]
+        .failed_checks
+        .contains(&"broker: secret path checked".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -399,13 +435,47 @@ async fn a_tampered_report_and_a_debug_policy_fail_with_their_own_reasons() {
     assert!(last
         .failed_checks
         .contains(&"broker: policy forbids debugging".to_string()));
+    // A guest fine by its own checks, on a chip below the operator's TCB pin
+    // (the minimum Trustee is told as well), and one whose report comes from
+    // VMPL 1: the broker's own checks fail.
+    rig.device.set_guest(SnpGuest::new(REGISTERED));
+    let mut admin = admin_client::connect_unix(&rig.kbs.socket, Duration::from_secs(5))
+        .await
+        .unwrap();
+    admin
+        .set_tcb_pin(kbs_proto::kbsadmin::SetTcbPinRequest {
+            pin: Some(kbs_proto::kbsadmin::TcbPin {
+                snp: Some(u32::from(TCB.snp) + 1),
+                ..Default::default()
+            }),
+            clear: false,
+        })
+        .await
+        .unwrap();
+    let (code, v) = rig.verify(&[]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(failed(&v), Vec::<String>::new(), "{v:#}");
+    assert_eq!(v["report"]["state"], "path_broken", "{v:#}");
+    assert_eq!(
+        v["report"]["failed_checks"],
+        serde_json::json!(["broker: TCB at or above the pin"])
+    );
+    admin
+        .set_tcb_pin(kbs_proto::kbsadmin::SetTcbPinRequest {
+            pin: None,
+            clear: true,
+        })
+        .await
+        .unwrap();
+    let (code, v) = rig.verify(&[]);
+    assert_eq!(code, 0, "{v:#}");
 }
 
 fn body(nonce: Vec<u8>, path_works: bool) -> Vec<u8> {
     SnpReportBody {
         nonce,
         checks: vec![Check {
-            name: "snp report".into(),
+            name: "resource".into(),
             passed: path_works,
             reason: String::new(),
         }],
@@ -523,6 +593,9 @@ async fn the_token_must_affirm_the_reports_measurement_and_the_broker_must_answe
         .arg(&rig2.root_file)
         .arg("--expected")
         .arg(&expected)
+        .arg("--cdh")
+        .arg(rig2.components.url())
+        .args(["--resource", "kbs:///default/key/1"])
         .arg("--cmdline")
         .arg(&rig2.cmdline)
         .output()
@@ -530,4 +603,50 @@ async fn the_token_must_affirm_the_reports_measurement_and_the_broker_must_answe
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(2), "{v:#}");
     assert_eq!(v["report"]["state"], "undelivered");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_checks_locally_then_reports_from_the_background() {
+    let rig = start(
+        SnpGuest::new(REGISTERED),
+        RestFeatures::Resource,
+        affirming(&REGISTERED),
+    )
+    .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
+        .args(["init", "--exec", "/bin/true", "--snp-simulator"])
+        .arg(rig.device.path())
+        .arg("--kbs")
+        .arg(rig.kbs.uri().trim_start_matches("http://"))
+        .arg("--snp-insecure-root")
+        .arg(&rig.root_file)
+        .arg("--cdh")
+        .arg(rig.components.url())
+        .args(["--resource", "kbs:///default/key/1"])
+        .arg("--cmdline")
+        .arg(&rig.cmdline)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // The boot saw the local checks (device, chain, policy, TCB) at once.
+    let console = String::from_utf8_lossy(&out.stdout);
+    for name in ["snp device", "snp report", "snp policy", "snp tcb"] {
+        assert!(
+            console.contains(&format!("guest-client: ok {name}:")),
+            "{console}"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = rig.records().await;
+        if let Some(r) = records.iter().find(|r| r.outcome == "ok") {
+            assert_eq!(r.guest_status, "confirmed", "{r:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background report never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
