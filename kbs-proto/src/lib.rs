@@ -6,6 +6,7 @@
 //! `kbsstatus` is the guest's authenticated report back to the broker, served
 //! beside `keybroker`.
 
+#[cfg(feature = "admin-client")]
 pub mod admin_client;
 
 /// The simple-kbs `keybroker` package.

@@ -5,9 +5,11 @@
 //! Failures are returned as plain strings or [`CertFault`]; the caller knows
 //! which certificate it asked about and wraps them in its own error.
 
-use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED, RSA_PSS_2048_8192_SHA384};
 use der::asn1::{Ia5StringRef, ObjectIdentifier, OctetStringRef};
 use der::{Decode, Encode, Reader, Sequence};
+use rsa::pkcs1::DecodeRsaPublicKey as _;
+use rsa::signature::Verifier as _;
+use rsa::traits::PublicKeyParts as _;
 use x509_cert::spki::AlgorithmIdentifierOwned;
 use x509_cert::Certificate;
 
@@ -140,8 +142,19 @@ impl Cert {
             self.cert.signature().as_bytes().ok_or_else(|| {
                 CertFault::Malformed("signature bit string has unused bits".into())
             })?;
-        UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA384, issuer_rsa_key)
-            .verify(&self.tbs, sig)
+        let key = rsa::RsaPublicKey::from_pkcs1_der(issuer_rsa_key)
+            .map_err(|e| CertFault::Malformed(format!("the issuer's RSA key: {e}")))?;
+        let bits = key.n().bits();
+        if !(2048..=8192).contains(&bits) {
+            return Err(CertFault::Malformed(format!(
+                "the issuer's RSA key has {bits} bits (2048 to 8192 accepted)"
+            )));
+        }
+        let sig = rsa::pss::Signature::try_from(sig).map_err(|_| CertFault::BadSignature)?;
+        // The salt is as long as the digest (48 bytes), as check_pss_sha384
+        // made sure the parameters say.
+        rsa::pss::VerifyingKey::<sha2::Sha384>::new(key)
+            .verify(&self.tbs, &sig)
             .map_err(|_| CertFault::BadSignature)
     }
 
@@ -220,9 +233,13 @@ impl Cert {
 
 /// Verifies an ECDSA P-384 SHA-384 signature given as big-endian r || s.
 pub(crate) fn verify_p384(point: &[u8], message: &[u8], fixed_sig: &[u8; 96]) -> bool {
-    UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, point)
-        .verify(message, fixed_sig)
-        .is_ok()
+    let Ok(key) = p384::ecdsa::VerifyingKey::from_sec1_bytes(point) else {
+        return false;
+    };
+    let Ok(sig) = p384::ecdsa::Signature::from_slice(fixed_sig) else {
+        return false;
+    };
+    key.verify(message, &sig).is_ok()
 }
 
 /// The complete first element (tag, length, value) inside the outer SEQUENCE.
