@@ -97,9 +97,6 @@ pub enum VerifyError {
         /// The report's signing key kind.
         signer: SigningKey,
     },
-    /// The ARK is not validly self-signed.
-    #[error("the ARK's self-signature does not verify")]
-    ArkSignature,
     /// The ASK is not signed by the ARK.
     #[error("the ASK is not signed by the ARK")]
     AskSignature,
@@ -143,7 +140,6 @@ impl VerifyError {
             VerifyError::NoRoot { .. } => "no trusted root for the product",
             VerifyError::UntrustedRoot { .. } => "untrusted root",
             VerifyError::NoAsk { .. } => "no ASK",
-            VerifyError::ArkSignature => "ARK signature",
             VerifyError::AskSignature => "ASK signature",
             VerifyError::VekSignature => "VEK signature",
             VerifyError::TcbMismatch { .. } => "VEK TCB differs from the report's",
@@ -178,8 +174,9 @@ fn cert_fault(what: &'static str, bad: VerifyError) -> impl FnOnce(CertFault) ->
 /// present; the product is known (report CPUID, else the VEK's productName;
 /// both must agree when both are known); the ARK is the chain's if it matches
 /// a trusted root for the product (same DER or same key), else the trusted
-/// one; the ASK is the chain's, else the trusted root's; the ARK is
-/// self-signed, signs the ASK, which signs the VEK; the VEK's TCB extensions
+/// one; the ASK is the chain's, else the trusted root's; the ARK signs the
+/// ASK (unless it is the root's own, checked with the root), which signs the
+/// VEK; the VEK's TCB extensions
 /// equal the report's reported TCB; a VCEK's hwID equals the report's
 /// chip_id unless the platform masks the id (all zeros); the report's
 /// signature verifies. A report flagged MASK_CHIP_KEY is unsigned and refused.
@@ -212,10 +209,10 @@ pub fn verify(
         .transpose()?;
     let root = choose_root(chain, supplied_ask.as_ref(), &vek, roots, product)?;
 
+    // The ARK is the trusted copy: AMD's (whose self-signature this crate's
+    // tests check) or an extra one, checked when it was added.
     let ark = Cert::parse(&root.ark_der).map_err(malformed("ARK certificate"))?;
     let ark_key = ark.rsa_key().map_err(malformed("ARK certificate"))?;
-    ark.verify_pss(ark_key)
-        .map_err(cert_fault("ARK certificate", VerifyError::ArkSignature))?;
 
     let ask = match supplied_ask {
         Some(ask) => ask,
@@ -228,8 +225,15 @@ pub fn verify(
             Cert::parse(der).map_err(malformed("ASK certificate"))?
         }
     };
-    ask.verify_pss(ark_key)
-        .map_err(cert_fault("ASK certificate", VerifyError::AskSignature))?;
+    // The root's own ASK was checked with it; any other is checked here.
+    let trusted_ask = match chain.ask.as_deref() {
+        None => true,
+        Some(der) => root.ask_der.as_deref() == Some(der),
+    };
+    if !trusted_ask {
+        ask.verify_pss(ark_key)
+            .map_err(cert_fault("ASK certificate", VerifyError::AskSignature))?;
+    }
     let ask_key = ask.rsa_key().map_err(malformed("ASK certificate"))?;
     vek.verify_pss(ask_key)
         .map_err(cert_fault("VEK certificate", VerifyError::VekSignature))?;
