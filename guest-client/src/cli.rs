@@ -40,7 +40,8 @@ pub enum Command {
     /// Run as the initrd's init: verify and report (bounded by --boot-timeout),
     /// then hand PID 1 to PATH (the Kata agent) by exec.
     ///
-    /// As PID 1 it mounts /proc, /sys and securityfs for the checks and
+    /// As PID 1 it mounts /proc, /sys, securityfs, /dev and configfs (what is
+    /// missing) for the checks and
     /// unmounts what it mounted before the exec, so the agent finds the system
     /// as the kernel left it. A failed check or an unreachable broker never
     /// stops the boot: the outcome is printed on the console and the exec goes on.
@@ -88,8 +89,7 @@ pub struct InitArgs {
 }
 
 /// The kind of confidential guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tee {
     /// SEV or SEV-ES with pre-attestation: secrets injected through efi_secret.
     Sev,
@@ -342,7 +342,7 @@ pub async fn network(
             timeout.as_secs()
         )
     };
-    let unreachable = |e: &str| e.starts_with("cannot reach");
+    let unreachable = crate::online::unreachable;
     let Local {
         mode,
         kbs,
@@ -513,23 +513,35 @@ impl Handover {
 pub fn local_any(a: &VerifyArgs) -> Handover {
     match tee_of(a) {
         Tee::Sev => Handover::Sev(local(a)),
-        Tee::Snp => Handover::Snp {
-            local: crate::snp::local(&a.snp),
-            args: a.snp.clone(),
-            kbs: a.kbs.clone(),
-            cmdline: std::fs::read_to_string(&a.cmdline).unwrap_or_default(),
-        },
+        Tee::Snp => {
+            let mut local = crate::snp::local(&a.snp);
+            let cmdline = snp_cmdline(a, &mut local);
+            Handover::Snp {
+                local,
+                args: a.snp.clone(),
+                kbs: a.kbs.clone(),
+                cmdline,
+            }
+        }
     }
 }
 
 /// Runs `verify` in an SNP guest.
 pub async fn verify_snp(a: &VerifyArgs) -> crate::snp::SnpOutcome {
     let snp = a.snp.clone();
-    let l = tokio::task::spawn_blocking(move || crate::snp::local(&snp))
+    let mut l = tokio::task::spawn_blocking(move || crate::snp::local(&snp))
         .await
-        .unwrap_or_default();
-    let cmdline = std::fs::read_to_string(&a.cmdline).unwrap_or_default();
+        .unwrap_or_else(|e| crate::snp::SnpLocal {
+            checks: vec![Check {
+                name: "snp device".into(),
+                passed: false,
+                reason: format!("the local checks did not finish: {e}"),
+            }],
+            ..Default::default()
+        });
+    let cmdline = snp_cmdline(a, &mut l);
     let timeout = Duration::from_secs(a.timeout);
+    let local_checks = l.checks.clone();
     let run = crate::snp::network(
         l,
         &a.snp,
@@ -542,22 +554,39 @@ pub async fn verify_snp(a: &VerifyArgs) -> crate::snp::SnpOutcome {
     // --timeout bounds the whole exchange, as for SEV guests.
     match tokio::time::timeout(timeout, run).await {
         Ok(o) => o,
-        Err(_) => crate::snp::SnpOutcome {
-            tee: "snp",
-            checks: vec![Check {
+        Err(_) => {
+            let mut checks = local_checks;
+            checks.push(Check {
                 name: "network".into(),
                 passed: false,
                 reason: format!(
                     "no answer within --timeout ({} s for the whole run)",
                     a.timeout
                 ),
-            }],
-            path_works: false,
-            report: crate::snp::SnpReportOutcome::Undelivered {
-                reason: "cannot reach the key broker: --timeout ran out".into(),
-            },
-        },
+            });
+            crate::snp::SnpOutcome {
+                tee: "snp",
+                checks,
+                path_works: false,
+                report: crate::snp::SnpReportOutcome::Undelivered {
+                    reason: "cannot reach the key broker: --timeout ran out".into(),
+                },
+            }
+        }
     }
+}
+
+/// The kernel command line an SNP guest's checks read (whether the
+/// attestation API is on); one that cannot be read is a failed check.
+fn snp_cmdline(a: &VerifyArgs, l: &mut crate::snp::SnpLocal) -> String {
+    std::fs::read_to_string(&a.cmdline).unwrap_or_else(|e| {
+        l.checks.push(Check {
+            name: "kernel command line".into(),
+            passed: false,
+            reason: format!("cannot read {}: {e}", a.cmdline.display()),
+        });
+        String::new()
+    })
 }
 
 /// Runs `verify`.

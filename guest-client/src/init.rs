@@ -9,12 +9,14 @@ use std::path::Path;
 use std::time::Duration;
 
 /// File systems the checks need and the kernel does not mount for PID 1.
-const MOUNTS: [(&str, &str, &str); 4] = [
+const MOUNTS: [(&str, &str, &str); 5] = [
     ("proc", "/proc", "proc"),
     ("sysfs", "/sys", "sysfs"),
     ("securityfs", "/sys/kernel/security", "securityfs"),
     // An initramfs has no /dev of its own; the SNP guest device lives there.
     ("devtmpfs", "/dev", "devtmpfs"),
+    // SNP reports through configfs-tsm, with the host's certificates.
+    ("configfs", "/sys/kernel/config", "configfs"),
 ];
 
 fn mounted(target: &str) -> bool {

@@ -34,6 +34,42 @@ pub fn kbs_url(kbs: &str) -> String {
     }
 }
 
+/// A channel to the key broker with `timeout` on the connection and on each
+/// call; an error starting with "cannot reach" means the broker did not
+/// answer (worth retrying while the network comes up).
+pub async fn channel(kbs: &str, timeout: Duration) -> Result<Channel, String> {
+    let url = kbs_url(kbs);
+    tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|_| format!("{kbs:?} is not HOST:PORT"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the key broker at {url}: {}", root_cause(&e)))
+}
+
+/// Whether an error of [`channel`] or [`call_error`] says the broker could
+/// not be reached.
+pub fn unreachable(e: &str) -> bool {
+    e.starts_with("cannot reach")
+}
+
+/// What a failed call to the broker at `kbs` means: no answer (cancelled,
+/// deadline or unavailable: the broker never judged the request, and the
+/// message starts "cannot reach"), or `what` refused with the status.
+pub fn call_error(s: &tonic::Status, kbs: &str, what: &str) -> String {
+    match s.code() {
+        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded | tonic::Code::Unavailable => {
+            format!(
+                "cannot reach the key broker at {}: no answer ({})",
+                kbs_url(kbs),
+                s.message()
+            )
+        }
+        code => format!("{what} refused: {code:?}: {}", s.message()),
+    }
+}
+
 /// A connection to the key broker for one launch's online secrets.
 #[derive(Debug)]
 pub struct OnlineClient {
@@ -49,15 +85,7 @@ impl OnlineClient {
         connection: &Connection,
         timeout: Duration,
     ) -> Result<OnlineClient, String> {
-        let url = kbs_url(kbs);
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|_| format!("{kbs:?} is not HOST:PORT"))?
-            .connect_timeout(timeout)
-            .timeout(timeout);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach the key broker at {url}: {}", root_cause(&e)))?;
+        let channel = channel(kbs, timeout).await?;
         Ok(OnlineClient {
             client: KeyBrokerServiceClient::new(channel),
             connection: connection.clone(),

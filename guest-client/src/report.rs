@@ -15,16 +15,9 @@ use std::time::Duration;
 pub fn sign(key: &ReportKey, checks: &[Check], path_works: bool) -> SignedReport {
     let body = ReportBody {
         launch_id: key.launch_id.clone(),
-        checks: checks
-            .iter()
-            .map(|c| WireCheck {
-                name: c.name.clone(),
-                passed: c.passed,
-                reason: c.reason.clone(),
-            })
-            .collect(),
+        checks: wire_checks(checks),
         path_works,
-        client: concat!("guest-client ", env!("CARGO_PKG_VERSION")).to_string(),
+        client: CLIENT.to_string(),
     }
     .encode_to_vec();
     // HMAC takes a key of any length; 32 bytes always works.
@@ -39,31 +32,29 @@ pub fn sign(key: &ReportKey, checks: &[Check], path_works: bool) -> SignedReport
 
 /// Sends the report; returns when the broker recorded it (Unix seconds).
 pub async fn send(kbs: &str, report: SignedReport, timeout: Duration) -> Result<i64, String> {
-    let url = crate::online::kbs_url(kbs);
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|_| format!("{kbs:?} is not HOST:PORT"))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the key broker at {url}: {e}"))?;
+    let channel = crate::online::channel(kbs, timeout).await?;
     let ack = GuestStatusClient::new(channel)
         .report(report)
         .await
-        .map_err(|s| match s.code() {
-            // No answer in time, or the connection failed under the call:
-            // the broker never judged the report.
-            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded | tonic::Code::Unavailable => {
-                format!(
-                    "cannot reach the key broker at {url}: no answer ({})",
-                    s.message()
-                )
-            }
-            code => format!("report refused: {code:?}: {}", s.message()),
-        })?
+        .map_err(|s| crate::online::call_error(&s, kbs, "report"))?
         .into_inner();
     Ok(ack.recorded_at)
 }
+
+/// The checks as the wire carries them.
+pub fn wire_checks(checks: &[Check]) -> Vec<WireCheck> {
+    checks
+        .iter()
+        .map(|c| WireCheck {
+            name: c.name.clone(),
+            passed: c.passed,
+            reason: c.reason.clone(),
+        })
+        .collect()
+}
+
+/// What the client calls itself in reports.
+pub const CLIENT: &str = concat!("guest-client ", env!("CARGO_PKG_VERSION"));
 
 #[cfg(test)]
 mod tests {

@@ -24,25 +24,23 @@ use crate::snp_device::SnpDevice;
 use crate::verify::Check;
 use clap::Args;
 use kbs_proto::kbsstatus::guest_status_client::GuestStatusClient;
-use kbs_proto::kbsstatus::{
-    Check as WireCheck, SnpLookupRequest, SnpNonceRequest, SnpReportBody, SnpSignedReport,
-};
+use kbs_proto::kbsstatus::{SnpLookupRequest, SnpNonceRequest, SnpReportBody, SnpSignedReport};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha512};
-use snp_attestation::{CertChain, CertEntry, CertKind, Product, Tcb, TrustedRoots};
+use snp_attestation::{CertChain, CertEntry, CertKind, TrustedRoots};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The check of a resource fetched through the confidential data hub.
-pub const RESOURCE_CHECK: &str = "resource";
+pub const RESOURCE_CHECK: &str = kbs_proto::snp_checks::RESOURCE;
 /// The check of an attestation token signed by the pinned key (--token-key).
-pub const TOKEN_CHECK: &str = "attestation token";
+pub const TOKEN_CHECK: &str = kbs_proto::snp_checks::TOKEN;
 /// The check of a token no pinned key authenticated: its claims only.
 pub const UNPINNED_TOKEN_CHECK: &str = "attestation token (unpinned)";
 
 /// The confidential data hub's REST endpoint in a CoCo guest.
-pub const DEFAULT_CDH: &str = "http://127.0.0.1:8006";
+pub const DEFAULT_CDH: &str = crate::guest_components::DEFAULT_BASE;
 
 /// What SMT the guest policy must say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -59,8 +57,8 @@ pub enum Smt {
 /// The SNP options of `verify` and `init`.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct SnpArgs {
-    /// SNP: a directory with the chip's certificates, read when the host
-    /// gives none with the report: vcek.pem or vcek.der (or vlek.*), and
+    /// SNP: a directory with the chip's certificates, used instead of any the
+    /// host gives with the report: vcek.pem or vcek.der (or vlek.*), and
     /// optionally ask.* (asvk.* for a VLEK) and ark.*, as `snpguest fetch`
     /// writes them. Missing ASK and ARK are AMD's built-in ones.
     #[arg(long, value_name = "DIR")]
@@ -77,7 +75,7 @@ pub struct SnpArgs {
     /// SNP: the minimum reported TCB, e.g. bootloader=7,tee=0,snp=21,microcode=209
     /// (and fmc=N on Turin); components left out are not checked.
     #[arg(long, value_name = "LIST", value_parser = parse_min_tcb)]
-    pub snp_min_tcb: Option<MinTcb>,
+    pub snp_min_tcb: Option<snp_attestation::MinTcb>,
     /// SNP: a resource to fetch through the confidential data hub, e.g.
     /// kbs:///default/key/1 (its value is never printed, only its length).
     #[arg(long, value_name = "URI")]
@@ -99,24 +97,9 @@ pub struct SnpArgs {
     pub snp_simulator: Option<PathBuf>,
 }
 
-/// A minimum TCB; `None` components are not checked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MinTcb {
-    /// Boot loader SVN.
-    pub bootloader: Option<u8>,
-    /// TEE SVN.
-    pub tee: Option<u8>,
-    /// SNP SVN.
-    pub snp: Option<u8>,
-    /// Microcode patch level.
-    pub microcode: Option<u8>,
-    /// FMC SVN (Turin and later).
-    pub fmc: Option<u8>,
-}
-
 /// Parses `bootloader=7,tee=0,snp=21,microcode=209[,fmc=N]`.
-pub fn parse_min_tcb(text: &str) -> Result<MinTcb, String> {
-    let mut m = MinTcb::default();
+pub fn parse_min_tcb(text: &str) -> Result<snp_attestation::MinTcb, String> {
+    let mut m = snp_attestation::MinTcb::default();
     for part in text.split(',').filter(|p| !p.trim().is_empty()) {
         let (name, value) = part
             .split_once('=')
@@ -140,28 +123,6 @@ pub fn parse_min_tcb(text: &str) -> Result<MinTcb, String> {
         *slot = Some(v);
     }
     Ok(m)
-}
-
-impl MinTcb {
-    /// The components of `tcb` below their minimum, as `name SVN < MIN`.
-    pub fn shortfalls(&self, tcb: &Tcb) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut cmp = |name: &str, min: Option<u8>, have: Option<u8>| {
-            if let Some(min) = min {
-                match have {
-                    Some(h) if h >= min => {}
-                    Some(h) => out.push(format!("{name} {h} < {min}")),
-                    None => out.push(format!("{name} missing (want {min})")),
-                }
-            }
-        };
-        cmp("bootloader", self.bootloader, Some(tcb.bootloader));
-        cmp("tee", self.tee, Some(tcb.tee));
-        cmp("snp", self.snp, Some(tcb.snp));
-        cmp("microcode", self.microcode, Some(tcb.microcode));
-        cmp("fmc", self.fmc, tcb.fmc);
-        out
-    }
 }
 
 /// One expected launch digest and what it is.
@@ -267,55 +228,76 @@ fn roots(a: &SnpArgs) -> Result<TrustedRoots, String> {
     let mut roots = TrustedRoots::amd();
     for path in &a.snp_insecure_root {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut certs = snp_attestation::der_from_pem_or_der(&bytes)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .into_iter();
-        let ark = certs
-            .next()
-            .ok_or_else(|| format!("{}: no certificate", path.display()))?;
         roots = roots
-            .with_extra_root(ark, certs.next(), None)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .with_extra_root_pem(&bytes)
+            .map_err(|e| format!("--snp-insecure-root {}: {e}", path.display()))?;
     }
     Ok(roots)
 }
 
-/// The certificates in `dir` as table entries: vcek/vlek, ask/asvk, ark,
-/// each .pem or .der; the first found of each.
+/// The certificates in `dir` as table entries: the VCEK (else the VLEK),
+/// its signer (ask, or asvk for a VLEK) and the ARK, each the first of
+/// NAME.pem, NAME.der, NAME.crt, NAME.cert found.
 pub fn certs_from_dir(dir: &Path) -> Result<Vec<CertEntry>, String> {
-    let mut out = Vec::new();
-    for (stem, kind) in [
-        ("vcek", CertKind::Vcek),
-        ("vlek", CertKind::Vlek),
-        ("ask", CertKind::Ask),
-        ("asvk", CertKind::Ask),
-        ("ark", CertKind::Ark),
-    ] {
-        for ext in ["pem", "der", "crt", "cert"] {
+    const EXTENSIONS: [&str; 4] = ["pem", "der", "crt", "cert"];
+    let read = |stem: &str| -> Result<Option<Vec<u8>>, String> {
+        for ext in EXTENSIONS {
             let path = dir.join(format!("{stem}.{ext}"));
             match std::fs::read(&path) {
                 Ok(bytes) => {
-                    let der = snp_attestation::der_from_pem_or_der(&bytes)
+                    return snp_attestation::der_from_pem_or_der(&bytes)
                         .map_err(|e| format!("{}: {e}", path.display()))?
                         .into_iter()
                         .next()
-                        .ok_or_else(|| format!("{}: no certificate", path.display()))?;
-                    out.push(CertEntry { kind, der });
-                    break;
+                        .map(Some)
+                        .ok_or_else(|| format!("{}: no certificate", path.display()));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(format!("{}: {e}", path.display())),
             }
         }
+        Ok(None)
+    };
+    let (vek, signers) = match read("vcek")? {
+        Some(der) => (
+            CertEntry {
+                kind: CertKind::Vcek,
+                der,
+            },
+            ["ask", "asvk"],
+        ),
+        None => match read("vlek")? {
+            Some(der) => (
+                CertEntry {
+                    kind: CertKind::Vlek,
+                    der,
+                },
+                ["asvk", "ask"],
+            ),
+            None => {
+                return Err(format!(
+                    "{}: no vcek or vlek certificate (.{})",
+                    dir.display(),
+                    EXTENSIONS.join(", .")
+                ))
+            }
+        },
+    };
+    let mut out = vec![vek];
+    for stem in signers {
+        if let Some(der) = read(stem)? {
+            out.push(CertEntry {
+                kind: CertKind::Ask,
+                der,
+            });
+            break;
+        }
     }
-    if !out
-        .iter()
-        .any(|e| matches!(e.kind, CertKind::Vcek | CertKind::Vlek))
-    {
-        return Err(format!(
-            "{}: no vcek.pem, vcek.der, vlek.pem or vlek.der",
-            dir.display()
-        ));
+    if let Some(der) = read("ark")? {
+        out.push(CertEntry {
+            kind: CertKind::Ark,
+            der,
+        });
     }
     Ok(out)
 }
@@ -325,10 +307,6 @@ fn fresh_nonce() -> Result<[u8; 64], String> {
     // Without randomness the echo check would accept an old report.
     getrandom::fill(&mut n).map_err(|e| format!("no random nonce: {e}"))?;
     Ok(n)
-}
-
-fn product_name(p: Product) -> &'static str {
-    p.name()
 }
 
 /// The checks that need no network: the device, the report and its chain,
@@ -415,7 +393,7 @@ pub fn local(a: &SnpArgs) -> SnpLocal {
                 snp_attestation::SigningKey::Vlek => "VLEK",
                 _ => "VCEK",
             },
-            product_name(verified.product),
+            verified.product.name(),
             match verified.root {
                 snp_attestation::RootKind::Amd => "AMD's root".to_string(),
                 _ => "an extra root given with --snp-insecure-root (INSECURE)".to_string(),
@@ -456,7 +434,7 @@ pub fn local(a: &SnpArgs) -> SnpLocal {
     out.checks.push(match &a.snp_min_tcb {
         None => check("snp tcb", true, "no minimum given (--snp-min-tcb)"),
         Some(min) => {
-            let short = min.shortfalls(&tcb);
+            let short = tcb.shortfalls(min);
             if short.is_empty() {
                 check("snp tcb", true, "reported TCB at or above the minimum")
             } else {
@@ -559,42 +537,16 @@ impl SnpOutcome {
     }
 }
 
-fn unreachable_reason(e: &str) -> bool {
-    e.starts_with("cannot reach")
-}
-
-async fn channel(kbs: &str, timeout: Duration) -> Result<tonic::transport::Channel, String> {
-    let url = crate::online::kbs_url(kbs);
-    tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|_| format!("{kbs:?} is not HOST:PORT"))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the key broker at {url}: {e}"))
-}
-
-fn rpc_error(s: &tonic::Status, url: &str) -> String {
-    match s.code() {
-        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded | tonic::Code::Unavailable => {
-            format!(
-                "cannot reach the key broker at {url}: no answer ({})",
-                s.message()
-            )
-        }
-        code => format!("refused: {code:?}: {}", s.message()),
-    }
-}
+use crate::online::{call_error, channel, unreachable};
 
 /// Asks the broker which registered launches have `measurement`.
 async fn lookup(kbs: &str, measurement: &[u8], timeout: Duration) -> Result<Vec<String>, String> {
-    let url = crate::online::kbs_url(kbs);
     let reply = GuestStatusClient::new(channel(kbs, timeout).await?)
         .snp_lookup(SnpLookupRequest {
             measurement: measurement.to_vec(),
         })
         .await
-        .map_err(|s| rpc_error(&s, &url))?
+        .map_err(|s| call_error(&s, kbs, "lookup"))?
         .into_inner();
     Ok(reply
         .launches
@@ -613,49 +565,40 @@ async fn send_report(
     cert_table: &[u8],
     timeout: Duration,
 ) -> SnpReportOutcome {
-    let url = crate::online::kbs_url(kbs);
     let mut client = match channel(kbs, timeout).await {
         Ok(c) => GuestStatusClient::new(c),
         Err(reason) => return SnpReportOutcome::Undelivered { reason },
     };
+    let failed = |reason: String| {
+        if unreachable(&reason) {
+            SnpReportOutcome::Undelivered { reason }
+        } else {
+            SnpReportOutcome::Refused { reason }
+        }
+    };
     let nonce = match client.snp_nonce(SnpNonceRequest {}).await {
         Ok(n) => n.into_inner().nonce,
-        Err(s) => {
-            let reason = rpc_error(&s, &url);
-            return if unreachable_reason(&reason) {
-                SnpReportOutcome::Undelivered { reason }
-            } else {
-                SnpReportOutcome::Refused { reason }
-            };
-        }
+        Err(s) => return failed(call_error(&s, kbs, "nonce")),
     };
     let body = SnpReportBody {
         nonce,
-        checks: checks
-            .iter()
-            .map(|c| WireCheck {
-                name: c.name.clone(),
-                passed: c.passed,
-                reason: c.reason.clone(),
-            })
-            .collect(),
+        checks: crate::report::wire_checks(checks),
         path_works,
-        client: concat!("guest-client ", env!("CARGO_PKG_VERSION")).to_string(),
+        client: crate::report::CLIENT.to_string(),
     }
     .encode_to_vec();
     let mut report_data = [0u8; 64];
     report_data.copy_from_slice(&Sha512::digest(&body));
     let device = SnpDevice::choose(a.snp_simulator.as_deref());
-    let bound = match tokio::task::spawn_blocking(move || device.report(report_data, false)).await {
-        Ok(Ok(answer)) => answer.report,
-        Ok(Err(e)) => {
-            return SnpReportOutcome::Refused {
-                reason: format!("no report to bind the status to: {e}"),
-            }
-        }
+    let bound = match tokio::task::spawn_blocking(move || device.report(report_data, false))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+    {
+        Ok(answer) => answer.report,
         Err(e) => {
-            return SnpReportOutcome::Refused {
-                reason: format!("no report to bind the status to: {e}"),
+            return SnpReportOutcome::NotSent {
+                reason: format!("no report from the guest device to bind the status to: {e}"),
             }
         }
     };
@@ -680,14 +623,7 @@ async fn send_report(
                 }
             }
         }
-        Err(s) => {
-            let reason = rpc_error(&s, &url);
-            if unreachable_reason(&reason) {
-                SnpReportOutcome::Undelivered { reason }
-            } else {
-                SnpReportOutcome::Refused { reason }
-            }
-        }
+        Err(s) => failed(call_error(&s, kbs, "report")),
     }
 }
 
@@ -700,7 +636,7 @@ where
 {
     loop {
         match attempt().await {
-            Err(e) if unreachable_reason(&e) && tokio::time::Instant::now() < deadline => {
+            Err(e) if unreachable(&e) && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             other => return other,
@@ -776,8 +712,7 @@ pub async fn network(
             },
         });
     }
-    let api = crate::guest_components::rest_api_from_cmdline(cmdline);
-    if api != crate::guest_components::RestApi::ResourceOnly {
+    if crate::guest_components::rest_api_from_cmdline(cmdline).attestation_enabled() {
         let pinned = match &a.token_key {
             None => Ok(None),
             Some(p) => std::fs::read(p)
@@ -837,6 +772,14 @@ pub async fn network(
             false,
             "nothing checked the secret path: give --resource kbs:///REPO/TYPE/TAG, or turn the \
              attestation API on and pin the attestation service's key with --token-key",
+        ));
+    }
+    if measurement.is_none() && checks.iter().all(|c| c.passed) {
+        // Nothing above failed, yet no report was verified: never a pass.
+        checks.push(check(
+            "snp report",
+            false,
+            "no attestation report was verified",
         ));
     }
     let path_works = checks.iter().all(|c| c.passed);
@@ -913,21 +856,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn minimum_tcbs_parse_and_compare() {
-        let m = parse_min_tcb("bootloader=7,snp=21,microcode=209").unwrap();
-        assert_eq!(m.bootloader, Some(7));
-        assert_eq!(m.tee, None);
-        let tcb = Tcb {
-            fmc: None,
-            bootloader: 7,
-            tee: 0,
-            snp: 20,
-            microcode: 210,
-        };
-        assert_eq!(m.shortfalls(&tcb), vec!["snp 20 < 21".to_string()]);
+    fn minimum_tcbs_parse() {
+        let m = parse_min_tcb("bootloader=7,snp=21,microcode=209,fmc=1").unwrap();
         assert_eq!(
-            parse_min_tcb("fmc=1").unwrap().shortfalls(&tcb),
-            vec!["fmc missing (want 1)".to_string()]
+            m,
+            snp_attestation::MinTcb {
+                bootloader: Some(7),
+                tee: None,
+                snp: Some(21),
+                microcode: Some(209),
+                fmc: Some(1),
+            }
         );
         assert!(parse_min_tcb("bootloader=256").is_err());
         assert!(parse_min_tcb("sp=1").is_err());

@@ -5,8 +5,10 @@
 //! On hardware that is the kernel's configfs-tsm report interface
 //! (`/sys/kernel/config/tsm/report`, with the host's certificates as its
 //! auxblob) where the kernel has it, else `/dev/sev-guest` through the `sev`
-//! crate's guest API (SNP_GET_REPORT, no certificates: give `--certs-dir`). In tests it is the simulator of `sev-sim`, reached over a
-//! Unix socket named by the hidden, test-only option `--snp-simulator` (or the
+//! crate's guest API (SNP_GET_REPORT, no certificates: give `--certs-dir`).
+//!
+//! In tests it is the simulator of `sev-sim`, reached over a Unix socket
+//! named by the hidden, test-only option `--snp-simulator` (or the
 //! environment variable `GUEST_CLIENT_SNP_SIMULATOR`). Its protocol, one
 //! request per connection: the client sends "SNPR", a u32 of flags (bit 0:
 //! extended report), a u32 VMPL and the 64 bytes of REPORT_DATA; the

@@ -2,9 +2,9 @@
 //! issued (built by the test setup): Trustee's own `kbs-client attest`, as the
 //! sample TEE (the only attester it has without SEV hardware), fetches an EAR
 //! token from a real KBS and attestation service. The check must read its
-//! header, embedded key, signature and claims as Trustee writes them; the
-//! sample TEE carries no SNP measurement, so the check must fail on that and
-//! on nothing else.
+//! header, embedded key, signature and claims as Trustee writes them: the
+//! signature verifies under the embedded key, and the check fails on what
+//! the sample TEE's token says (verdict contraindicated, no SNP measurement).
 
 #![allow(
     clippy::unwrap_used,

@@ -10,6 +10,16 @@
 pub mod admin_client;
 
 /// The simple-kbs `keybroker` package.
+/// Names of the SNP guest's checks that the broker reads from a status
+/// report (`kbsstatus.SnpReportBody.checks`): a passed one of these shows
+/// the secret path works.
+pub mod snp_checks {
+    /// A resource fetched through the confidential data hub.
+    pub const RESOURCE: &str = "resource";
+    /// An attestation token signed by the key the operator pinned.
+    pub const TOKEN: &str = "attestation token";
+}
+
 #[allow(missing_docs, clippy::all, clippy::pedantic)] // generated code
 pub mod keybroker {
     tonic::include_proto!("keybroker");

@@ -612,6 +612,24 @@ fn records_table(rows: &[crate::store::AttestationRecord]) -> String {
             a.reason.clone(),
         ]);
     }
+    // Guests write check names, reasons and their client's name: shown
+    // escaped, so that no text can drive the operator's terminal.
+    for line in lines.iter_mut().skip(1) {
+        for cell in line.iter_mut() {
+            if cell.chars().any(char::is_control) {
+                *cell = cell
+                    .chars()
+                    .map(|c| {
+                        if c.is_control() {
+                            c.escape_default().to_string()
+                        } else {
+                            c.to_string()
+                        }
+                    })
+                    .collect();
+            }
+        }
+    }
     let mut widths = [0usize; 8];
     for l in &lines {
         for (w, cell) in widths.iter_mut().zip(l) {
@@ -670,5 +688,14 @@ mod tests {
         );
         // Columns line up: CALL starts at the same offset on both lines.
         assert_eq!(lines[0].find("CALL"), lines[1].find("GetSecret"));
+        let hostile = crate::store::AttestationRecord {
+            rpc: "Report".into(),
+            guest_status: "path_broken".into(),
+            failed_checks: vec!["x\u{1b}[2Jy".into()],
+            ..crate::store::AttestationRecord::default()
+        };
+        let table = records_table(&[hostile]);
+        assert!(!table.contains('\u{1b}'), "{table:?}");
+        assert!(table.contains("x\\u{1b}[2Jy"), "{table:?}");
     }
 }

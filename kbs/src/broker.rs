@@ -114,15 +114,14 @@ pub enum BrokerError {
     /// not verify under it; the two are not told apart.
     #[error("report refused: no report key for this launch, or the MAC does not verify")]
     ReportNotVerified,
-    /// A verified report for a launch that has reported already (SEV), or
-    /// whose nonce was used already (SNP).
+    /// A verified report for a launch that has reported already.
     #[error("this launch has reported already")]
     AlreadyReported,
     /// An SNP report whose nonce was used already.
     #[error("this report's nonce was used already (a replayed report)")]
     NonceUsed,
-    /// An SNP chip sent more reports in the last minute than are recorded.
-    #[error("too many reports from this chip in the last minute; try again later")]
+    /// An SNP chip sent more reports in the last hour than are recorded.
+    #[error("too many reports from this chip in the last hour; try again later")]
     TooManyReports,
     /// Storage or another internal failure; details only in the log.
     #[error("internal error")]

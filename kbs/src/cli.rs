@@ -410,14 +410,8 @@ pub fn broker(args: &Args) -> anyhow::Result<(Broker, crate::data_dir::DataDirLo
     for path in &args.snp_insecure_root {
         let bytes = std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("--snp-insecure-root {}: {e}", path.display()))?;
-        let mut certs = snp_attestation::der_from_pem_or_der(&bytes)
-            .map_err(|e| anyhow::anyhow!("--snp-insecure-root {}: {e}", path.display()))?
-            .into_iter();
-        let ark = certs.next().ok_or_else(|| {
-            anyhow::anyhow!("--snp-insecure-root {}: no certificate", path.display())
-        })?;
         snp_roots = snp_roots
-            .with_extra_root(ark, certs.next(), None)
+            .with_extra_root_pem(&bytes)
             .map_err(|e| anyhow::anyhow!("--snp-insecure-root {}: {e}", path.display()))?;
         warn!(
             root = %path.display(),

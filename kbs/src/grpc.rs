@@ -318,7 +318,7 @@ impl GuestStatus for KeyBroker {
         request: Request<SnpLookupRequest>,
     ) -> Result<Response<SnpLookupReply>, Status> {
         let r = request.into_inner();
-        let span = info_span!("SnpLookup", measurement = %crate::store::hex(&r.measurement));
+        let span = info_span!("SnpLookup", measurement_len = r.measurement.len());
         self.counted("SnpLookup", async move {
             let launches = run(&self.broker, move |b| b.snp_lookup(&r.measurement)).await?;
             Ok(SnpLookupReply {

@@ -68,14 +68,15 @@ pub struct ParsedReport {
     pub mac: [u8; KEY_LEN],
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> BrokerError {
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> BrokerError {
     BrokerError::InvalidArgument {
         field,
         reason: reason.into(),
     }
 }
 
-fn bounded(field: &'static str, text: &str) -> Result<(), BrokerError> {
+/// Refuses a string field longer than [`MAX_STRING`].
+pub(crate) fn bounded(field: &'static str, text: &str) -> Result<(), BrokerError> {
     if text.len() > MAX_STRING {
         return Err(invalid(field, format!("longer than {MAX_STRING} bytes")));
     }

@@ -19,10 +19,12 @@ use sha2::{Digest as _, Sha256, Sha512};
 use snp_attestation::{AttestationReport, Verified};
 use subtle::ConstantTimeEq;
 
-/// Largest `SnpSignedReport.body`, in bytes.
-pub const MAX_BODY: usize = 64 << 10;
-/// Largest `SnpSignedReport.cert_table`, in bytes.
-pub const MAX_CERT_TABLE: usize = 64 << 10;
+/// Largest `SnpSignedReport.body`, in bytes (the guest client's are under
+/// 4 KiB; every accepted body is kept).
+pub const MAX_BODY: usize = 16 << 10;
+/// Largest `SnpSignedReport.cert_table`, in bytes (AMD's three certificates
+/// come to about 5 KiB).
+pub const MAX_CERT_TABLE: usize = 16 << 10;
 /// How long a nonce stays usable, in seconds.
 pub const NONCE_TTL_SECS: i64 = 600;
 /// Length of the key nonces are MACed with.
@@ -125,8 +127,6 @@ pub struct ParsedSnpBody {
     pub path_works: bool,
     /// Names of the checks that failed, in report order.
     pub failed_checks: Vec<String>,
-    /// How many checks the report holds.
-    pub checks: usize,
     /// The client's self-description.
     pub client: String,
     /// A check of the secret path itself passed: a resource fetched, or an
@@ -134,21 +134,12 @@ pub struct ParsedSnpBody {
     pub secret_path_checked: bool,
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> BrokerError {
-    BrokerError::InvalidArgument {
-        field,
-        reason: reason.into(),
-    }
-}
+use crate::report::invalid;
 
+/// [`crate::report::bounded`], and no control characters: the text is shown
+/// by `kbs admin records`, and the sender is any SNP guest.
 fn bounded(field: &'static str, text: &str) -> Result<(), BrokerError> {
-    if text.len() > crate::report::MAX_STRING {
-        return Err(invalid(
-            field,
-            format!("longer than {} bytes", crate::report::MAX_STRING),
-        ));
-    }
-    // Shown by `kbs admin records` on operators' terminals.
+    crate::report::bounded(field, text)?;
     if text.chars().any(char::is_control) {
         return Err(invalid(field, "holds control characters"));
     }
@@ -206,7 +197,6 @@ pub fn parse(
             .filter(|c| !c.passed)
             .map(|c| c.name.clone())
             .collect(),
-        checks: b.checks.len(),
         secret_path_checked: b
             .checks
             .iter()
@@ -224,7 +214,10 @@ pub fn bound_to(report: &AttestationReport, body: &[u8]) -> bool {
 /// The guest's checks of which one passing shows the secret path works (the
 /// guest client names a token check whose signature no pinned key
 /// authenticated otherwise: anyone can sign a token with a key of their own).
-pub const SECRET_PATH_CHECKS: [&str; 2] = ["resource", "attestation token"];
+pub const SECRET_PATH_CHECKS: [&str; 2] = [
+    kbs_proto::snp_checks::RESOURCE,
+    kbs_proto::snp_checks::TOKEN,
+];
 
 /// The broker's judgement of a verified, bound report of a registered
 /// launch: the checks that failed (the guest's and the broker's own, given
@@ -247,12 +240,18 @@ pub fn judge(
     if report.vmpl != 0 {
         own.push(broker_check::VMPL);
     }
-    let tcb = report.reported_tcb.decode(verified.product);
-    let below = |min: Option<u8>, have: u8| min.is_some_and(|m| have < m);
-    if below(pin.bootloader, tcb.bootloader)
-        || below(pin.tee, tcb.tee)
-        || below(pin.snp, tcb.snp)
-        || below(pin.microcode, tcb.microcode)
+    let min = snp_attestation::MinTcb {
+        bootloader: pin.bootloader,
+        tee: pin.tee,
+        snp: pin.snp,
+        microcode: pin.microcode,
+        fmc: None,
+    };
+    if !report
+        .reported_tcb
+        .decode(verified.product)
+        .shortfalls(&min)
+        .is_empty()
     {
         own.push(broker_check::TCB);
     }
@@ -319,7 +318,6 @@ mod tests {
             nonce: vec![],
             path_works: true,
             failed_checks: vec![],
-            checks: 3,
             client: String::new(),
             secret_path_checked: true,
         };
@@ -453,7 +451,6 @@ mod tests {
         }
         let p = parse(&body(|_| {}), &report, &[]).unwrap();
         assert_eq!(p.failed_checks, vec!["resource".to_string()]);
-        assert_eq!(p.checks, 2);
         assert!(!p.path_works);
     }
 }

@@ -238,6 +238,14 @@ impl TrustedRoots {
         Ok(self)
     }
 
+    /// [`Self::with_extra_root`] from a file's bytes: PEM or DER, the ARK
+    /// first, optionally followed by its ASK (any product).
+    pub fn with_extra_root_pem(self, bytes: &[u8]) -> Result<Self, CertError> {
+        let mut certs = der_from_pem_or_der(bytes)?.into_iter();
+        let ark = certs.next().ok_or(CertError::Empty)?;
+        self.with_extra_root(ark, certs.next(), None)
+    }
+
     /// The roots serving `product`, built-in ones first.
     pub(crate) fn for_product(&self, product: Product) -> impl Iterator<Item = &TrustedRoot> {
         self.roots

@@ -31,5 +31,5 @@ pub use report::{
     AttestationReport, Cpuid, GuestPolicy, ReportError, ReportFlags, ReportSignature, SigningKey,
     MIN_VERSION, REPORT_LEN, SIGNED_LEN, SIG_ALGO_ECDSA_P384_SHA384,
 };
-pub use tcb::{RawTcb, Tcb};
+pub use tcb::{MinTcb, RawTcb, Tcb};
 pub use verify::{verify, Verified, VerifyError};

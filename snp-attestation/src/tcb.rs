@@ -78,19 +78,38 @@ impl Tcb {
         RawTcb(u64::from_le_bytes(bytes))
     }
 
-    /// Whether every component is at least the one in `min`. FMC is compared
-    /// only when both sides have it.
-    pub fn at_least(&self, min: &Tcb) -> bool {
-        let fmc_ok = match (self.fmc, min.fmc) {
-            (Some(a), Some(b)) => a >= b,
-            _ => true,
+    /// The components below their minimum in `min`, as `name SVN < MIN`
+    /// (empty when none is); a minimum FMC on a product without one is a
+    /// shortfall too.
+    pub fn shortfalls(&self, min: &MinTcb) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cmp = |name: &str, min: Option<u8>, have: Option<u8>| match (min, have) {
+            (Some(m), Some(h)) if h < m => out.push(format!("{name} {h} < {m}")),
+            (Some(m), None) => out.push(format!("{name} missing (want {m})")),
+            _ => {}
         };
-        fmc_ok
-            && self.bootloader >= min.bootloader
-            && self.tee >= min.tee
-            && self.snp >= min.snp
-            && self.microcode >= min.microcode
+        cmp("bootloader", min.bootloader, Some(self.bootloader));
+        cmp("tee", min.tee, Some(self.tee));
+        cmp("snp", min.snp, Some(self.snp));
+        cmp("microcode", min.microcode, Some(self.microcode));
+        cmp("fmc", min.fmc, self.fmc);
+        out
     }
+}
+
+/// Minimum TCB components; `None` is not checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MinTcb {
+    /// Boot loader SVN.
+    pub bootloader: Option<u8>,
+    /// TEE SVN.
+    pub tee: Option<u8>,
+    /// SNP SVN.
+    pub snp: Option<u8>,
+    /// Microcode patch level.
+    pub microcode: Option<u8>,
+    /// FMC SVN (Turin and later).
+    pub fmc: Option<u8>,
 }
 
 impl std::fmt::Display for Tcb {
@@ -155,28 +174,34 @@ mod tests {
     }
 
     #[test]
-    fn at_least_compares_each_component() {
-        let base = Tcb {
-            fmc: Some(1),
-            bootloader: 3,
+    fn shortfalls_name_each_component_below_its_minimum() {
+        let tcb = Tcb {
+            fmc: None,
+            bootloader: 7,
             tee: 0,
-            snp: 8,
-            microcode: 115,
+            snp: 20,
+            microcode: 210,
         };
-        assert!(base.at_least(&base));
-        let mut higher = base;
-        higher.microcode = 116;
-        assert!(higher.at_least(&base));
-        assert!(!base.at_least(&higher));
-        let mut mixed = higher;
-        mixed.snp = 7;
-        assert!(!mixed.at_least(&base));
-        let mut fmc_low = base;
-        fmc_low.fmc = Some(0);
-        assert!(!fmc_low.at_least(&base));
-        let mut no_fmc = base;
-        no_fmc.fmc = None;
-        assert!(no_fmc.at_least(&base));
-        assert!(fmc_low.at_least(&no_fmc));
+        let min = MinTcb {
+            bootloader: Some(7),
+            snp: Some(21),
+            microcode: Some(209),
+            ..MinTcb::default()
+        };
+        assert_eq!(tcb.shortfalls(&min), vec!["snp 20 < 21".to_string()]);
+        assert!(tcb.shortfalls(&MinTcb::default()).is_empty());
+        let fmc = MinTcb {
+            fmc: Some(1),
+            ..MinTcb::default()
+        };
+        assert_eq!(
+            tcb.shortfalls(&fmc),
+            vec!["fmc missing (want 1)".to_string()]
+        );
+        let turin = Tcb {
+            fmc: Some(0),
+            ..tcb
+        };
+        assert_eq!(turin.shortfalls(&fmc), vec!["fmc 0 < 1".to_string()]);
     }
 }

@@ -300,6 +300,7 @@ fn choose_root<'r>(
 ) -> Result<&'r TrustedRoot, VerifyError> {
     let mut candidates = roots.for_product(product).peekable();
     let first = *candidates.peek().ok_or(VerifyError::NoRoot { product })?;
+    let only = roots.for_product(product).nth(1).is_none();
     if let Some(ark_der) = chain.ark.as_deref() {
         let ark = Cert::parse(ark_der).map_err(malformed("ARK certificate"))?;
         let key = ark.spki_der().map_err(malformed("ARK certificate"))?;
@@ -311,6 +312,11 @@ fn choose_root<'r>(
                         .is_ok_and(|k| k == key)
             })
             .ok_or(VerifyError::UntrustedRoot { product });
+    }
+    // With one root for the product there is nothing to choose, and the
+    // signature checks that follow would only be done twice.
+    if only {
+        return Ok(first);
     }
     let signs = |issuer_der: &[u8], subject: &Cert| {
         Cert::parse(issuer_der)

@@ -84,15 +84,16 @@ pub enum SnpReportOutcome {
     Recorded(i64),
     /// A report with this nonce is stored already; nothing changed.
     Replayed,
-    /// The signing key has [`MAX_PER_CHIP_MINUTE`] reports in the last minute
+    /// The signing key has [`MAX_PER_CHIP_HOUR`] reports in the last hour
     /// already; nothing changed.
     TooMany,
 }
 
-/// Most reports recorded per signing key (chip) in any minute. Any SNP guest anywhere
-/// can make valid reports, registered or not; this bounds what one chip can
-/// add to the database.
-pub const MAX_PER_CHIP_MINUTE: i64 = 30;
+/// Most reports recorded per signing key (chip) in any hour. A guest reports
+/// once per boot; anyone can run a registered (public) image on a chip of
+/// their own, so this bounds what one chip adds to the database (with
+/// bodies of at most 16 KiB, about 25 MB a day).
+pub const MAX_PER_CHIP_HOUR: i64 = 60;
 
 impl Store {
     /// The key nonces are MACed with: made on first use and kept, so that
@@ -171,10 +172,10 @@ impl Store {
             }
             let recent: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM snp_guest_reports WHERE signer = ?1 AND at > ?2",
-                params![report.signer, t.saturating_sub(60)],
+                params![report.signer, t.saturating_sub(3600)],
                 |r| r.get(0),
             )?;
-            if recent >= MAX_PER_CHIP_MINUTE {
+            if recent >= MAX_PER_CHIP_HOUR {
                 return Ok(SnpReportOutcome::TooMany);
             }
             insert_record(&tx, t, record)?;
@@ -218,6 +219,53 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[test]
+    fn lookups_honour_node_digests_only_when_asked_and_skip_other_modes() {
+        use crate::store::{DigestRecord, Origin};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let record = |mode: &str, digest: &[u8], vcpus| DigestRecord {
+            mode: mode.into(),
+            digest: hex(digest),
+            vcpus,
+            vcpu_type: "EPYC-v4".into(),
+            config: "/etc/kata/configuration-qemu-snp.toml".into(),
+        };
+        let m = vec![0x5a; 48];
+        store
+            .replace_digests(
+                "node-a",
+                "kata-qemu-snp",
+                &[(m.clone(), record("snp", &m, 2))],
+                Origin::Node,
+                &[],
+            )
+            .unwrap();
+        store
+            .replace_digests(
+                "node-b",
+                "kata-qemu-snp",
+                &[
+                    (m.clone(), record("snp", &m, 4)),
+                    (m[..32].to_vec(), record("sev", &m[..32], 4)),
+                ],
+                Origin::Operator,
+                &[],
+            )
+            .unwrap();
+        let approved = store.snp_launches(&m, false).unwrap();
+        assert_eq!(approved.len(), 1);
+        assert_eq!(approved[0].node, "node-b");
+        assert_eq!(
+            approved[0].describe_for_guest(),
+            "kata-qemu-snp 4 vCPUs (/etc/kata/configuration-qemu-snp.toml)"
+        );
+        assert_eq!(store.snp_launches(&m, true).unwrap().len(), 2);
+        assert!(store.snp_launches(&[0x5b; 48], true).unwrap().is_empty());
+        // An SEV digest never matches an SNP lookup.
+        assert!(store.snp_launches(&m[..32], true).unwrap().is_empty());
+    }
+
     fn report(nonce: u8) -> SnpGuestReport {
         SnpGuestReport {
             nonce: vec![nonce; 41],
@@ -251,8 +299,8 @@ mod tests {
             store.record_snp_report(&report(1), &record).unwrap(),
             SnpReportOutcome::Replayed
         );
-        // One chip fills its minute; another is not held up by it.
-        let limit = u8::try_from(MAX_PER_CHIP_MINUTE).unwrap();
+        // One chip fills its hour; another is not held up by it.
+        let limit = u8::try_from(MAX_PER_CHIP_HOUR).unwrap();
         for n in 100..(100 + limit - 1) {
             assert!(matches!(
                 store.record_snp_report(&report(n), &record).unwrap(),
