@@ -1238,27 +1238,7 @@ impl Store {
                         .unwrap_or_default()
                 };
                 let rpc: String = r.get(2)?;
-                if let Some(status) = r.get::<_, Option<String>>(15)? {
-                    return Ok(AttestationRecord {
-                        id: r.get(0)?,
-                        at: r.get(1)?,
-                        tee: "snp".into(),
-                        rpc,
-                        launch_id: r.get(3)?,
-                        outcome: r.get(4)?,
-                        reason: r.get(5)?,
-                        digest: r.get(6)?,
-                        policy: r.get(7)?,
-                        firmware: r.get(8)?,
-                        description: r.get(9)?,
-                        guest_status: status,
-                        failed_checks: checks(r.get(16)?),
-                        reported_at: r.get::<_, Option<i64>>(17)?.unwrap_or(0),
-                        guest_client: r.get::<_, Option<String>>(18)?.unwrap_or_default(),
-                        chip_id: r.get::<_, Option<String>>(19)?.unwrap_or_default(),
-                    });
-                }
-                Ok(AttestationRecord {
+                let mut record = AttestationRecord {
                     tee: if rpc.starts_with("Snp") { "snp" } else { "sev" }.into(),
                     chip_id: String::new(),
                     id: r.get(0)?,
@@ -1284,7 +1264,16 @@ impl Store {
                     failed_checks: checks(r.get(13)?),
                     reported_at: r.get::<_, Option<i64>>(11)?.unwrap_or(0),
                     guest_client: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
-                })
+                };
+                // An SNP guest's recorded report carries its own state.
+                if let Some(status) = r.get::<_, Option<String>>(15)? {
+                    record.guest_status = status;
+                    record.failed_checks = checks(r.get(16)?);
+                    record.reported_at = r.get::<_, Option<i64>>(17)?.unwrap_or(0);
+                    record.guest_client = r.get::<_, Option<String>>(18)?.unwrap_or_default();
+                    record.chip_id = r.get::<_, Option<String>>(19)?.unwrap_or_default();
+                }
+                Ok(record)
             })?;
             rows.collect()
         })
