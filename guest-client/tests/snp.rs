@@ -154,11 +154,11 @@ async fn start(guest: SnpGuest, features: RestFeatures, token: EarTokenSpec) -> 
 }
 
 impl Rig {
-    /// `guest-client verify --json` against this rig, with `extra` arguments.
-    fn verify(&self, extra: &[&str]) -> (i32, serde_json::Value) {
-        let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
-            .arg("verify")
-            .arg("--json")
+    /// `guest-client ARGS...` pointed at this rig's device, broker, root,
+    /// data hub and command line.
+    fn client(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_guest-client"));
+        c.args(args)
             .arg("--snp-simulator")
             .arg(self.device.path())
             .arg("--kbs")
@@ -167,10 +167,18 @@ impl Rig {
             .arg(&self.root_file)
             .arg("--cdh")
             .arg(self.components.url())
+            .arg("--cmdline")
+            .arg(&self.cmdline);
+        c
+    }
+
+    /// `guest-client verify --json` against this rig, fetching the resource
+    /// and with the token key pinned, with `extra` arguments.
+    fn verify(&self, extra: &[&str]) -> (i32, serde_json::Value) {
+        let out = self
+            .client(&["verify", "--json"])
             .arg("--resource")
             .arg("kbs:///default/key/1")
-            .arg("--cmdline")
-            .arg(&self.cmdline)
             .arg("--token-key")
             .arg(&self.token_key)
             .args(extra)
@@ -322,19 +330,7 @@ async fn a_guest_that_checked_no_secret_is_not_confirmed() {
     .await;
     // The token checks out but no key pins its signer, and no resource is
     // named: nothing shows the secret path works.
-    let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
-        .args(["verify", "--json", "--snp-simulator"])
-        .arg(rig.device.path())
-        .arg("--kbs")
-        .arg(rig.kbs.uri().trim_start_matches("http://"))
-        .arg("--snp-insecure-root")
-        .arg(&rig.root_file)
-        .arg("--cdh")
-        .arg(rig.components.url())
-        .arg("--cmdline")
-        .arg(&rig.cmdline)
-        .output()
-        .unwrap();
+    let out = rig.client(&["verify", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{v:#}");
     assert_eq!(check(&v, "attestation token (unpinned)")["passed"], true);
@@ -613,18 +609,9 @@ async fn init_checks_locally_then_reports_from_the_background() {
         affirming(&REGISTERED),
     )
     .await;
-    let out = Command::new(env!("CARGO_BIN_EXE_guest-client"))
-        .args(["init", "--exec", "/bin/true", "--snp-simulator"])
-        .arg(rig.device.path())
-        .arg("--kbs")
-        .arg(rig.kbs.uri().trim_start_matches("http://"))
-        .arg("--snp-insecure-root")
-        .arg(&rig.root_file)
-        .arg("--cdh")
-        .arg(rig.components.url())
+    let out = rig
+        .client(&["init", "--exec", "/bin/true"])
         .args(["--resource", "kbs:///default/key/1"])
-        .arg("--cmdline")
-        .arg(&rig.cmdline)
         .output()
         .unwrap();
     assert!(out.status.success());
