@@ -368,7 +368,14 @@ pub fn local(a: &SnpArgs) -> SnpLocal {
             return out;
         }
     };
-    out.cert_table = snp_attestation::encode_cert_table(&entries);
+    // The status report carries only the certificates the chain is made of:
+    // whatever else the host put in its table is not the broker's business.
+    let chain_only: Vec<CertEntry> = entries
+        .iter()
+        .filter(|e| !matches!(e.kind, CertKind::Other(_)))
+        .cloned()
+        .collect();
+    out.cert_table = snp_attestation::encode_cert_table(&chain_only);
     let roots = match roots(a) {
         Ok(r) => r,
         Err(e) => {
