@@ -394,7 +394,7 @@ pub fn broker(args: &Args) -> anyhow::Result<(Broker, crate::data_dir::DataDirLo
             "INSECURE: trusting an extra root key; whoever holds its private key can obtain every secret"
         );
     }
-    info!(anchors = ?trust.names(), db = %store.path().display(), "trust anchors loaded");
+    info!(anchors = ?trust.names(), db = %store.location(), "trust anchors loaded");
     let policy = BrokerPolicy {
         session_ttl_secs: i64::from(args.session_ttl),
         connection_ttl_secs: i64::from(args.connection_ttl),

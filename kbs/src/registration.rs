@@ -253,7 +253,7 @@ pub fn parse_approved(class: &str, text: &str) -> Result<KataConfig, String> {
 fn terms<T: serde::de::DeserializeOwned>(row: &ApprovalRow) -> Result<T, RegisterError> {
     serde_json::from_str(&row.terms).map_err(|_| {
         RegisterError::Store(StoreError::Corrupt {
-            path: PathBuf::from("approvals"),
+            db: "approvals".into(),
             what: "approval terms",
         })
     })

@@ -1,20 +1,33 @@
-//! Durable state of the key broker in an embedded SQLite database on disk.
+//! Durable state of the key broker: an embedded SQLite database on disk for a
+//! single broker, or PostgreSQL shared by replicas.
 //!
 //! Launch sessions live here rather than in memory so that a launch in flight
-//! survives a restart of the broker; a session is consumed by the transaction
-//! that reads it, so a launch id is usable once. The database runs in WAL mode:
-//! a committed write survives a crash of the process.
+//! survives a restart of the broker, and so that a launch begun on one
+//! replica is finished on another; a session is consumed by the statement
+//! that reads it, so a launch id is usable once, whichever replica asks.
+//! SQLite runs in WAL mode: a committed write survives a crash of the process.
+//! The schema is versioned; [`migrations`] brings either database to this
+//! version at open, under a lock.
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use db::{params, DbError, Handle};
+use rusqlite::{Connection, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 mod approvals;
+pub mod db;
+mod leases;
+pub mod migrations;
+pub mod postgres;
 mod sealing;
 mod snp_guests;
+#[doc(hidden)]
+pub mod testing;
 mod trustee;
 pub use approvals::{ApprovalRow, TokenRow};
+pub use leases::{REFERENCE_COUNTER, TRUSTEE_WRITER};
+pub use postgres::{PgConfigError, PgOptions};
 pub use sealing::{AtRestKey, KeyError};
 pub use snp_guests::{SnpGuestReport, SnpLaunch, SnpReportOutcome};
 pub use trustee::{NodeTcb, PlatformTcb, TcbPin};
@@ -27,12 +40,12 @@ pub const AT_REST_KEY_FILE: &str = "at-rest.key";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database reported an error.
-    #[error("database {path}: {source}")]
+    #[error("database {db}: {source}")]
     Db {
-        /// The database file.
-        path: PathBuf,
-        /// The SQLite error.
-        source: rusqlite::Error,
+        /// The database file or server.
+        db: String,
+        /// The error.
+        source: DbError,
     },
     /// The database file cannot be created.
     #[error("database {path}: cannot create: {source}")]
@@ -44,10 +57,10 @@ pub enum StoreError {
     },
     /// A value stored by an earlier version cannot be read back, or a
     /// sealed value does not open (altered, or moved to another row).
-    #[error("database {path}: corrupt value in {what}")]
+    #[error("database {db}: corrupt value in {what}")]
     Corrupt {
-        /// The database file.
-        path: PathBuf,
+        /// The database file or server.
+        db: String,
         /// What could not be read.
         what: &'static str,
     },
@@ -56,17 +69,33 @@ pub enum StoreError {
     Key(#[from] KeyError),
     /// The database's values were sealed under another key.
     #[error(
-        "database {path}: its values are sealed under the at-rest key {expected}, not under the \
+        "database {db}: its values are sealed under the at-rest key {expected}, not under the \
          key given ({given}); start the kbs with the key it was sealed under"
     )]
     WrongKey {
-        /// The database file.
-        path: PathBuf,
+        /// The database file or server.
+        db: String,
         /// Fingerprint of the key the database was sealed under.
         expected: String,
         /// Fingerprint of the key given.
         given: String,
     },
+    /// The database was migrated by a newer kbs.
+    #[error(
+        "database {db}: its schema is version {found}, newer than this kbs knows ({known}); \
+         run a kbs at least as new as the one that migrated it"
+    )]
+    NewerSchema {
+        /// The database file or server.
+        db: String,
+        /// The schema version found.
+        found: i64,
+        /// The newest version this kbs knows.
+        known: i64,
+    },
+    /// The PostgreSQL options are unusable.
+    #[error(transparent)]
+    PgConfig(#[from] PgConfigError),
 }
 
 /// Rows deleted in one transaction of [`Store::purge`].
@@ -228,140 +257,26 @@ pub struct KeysetMembers {
     pub resources: Vec<String>,
 }
 
+/// Where the broker's state is kept.
+enum Backend {
+    /// The embedded database: one connection, requests take turns.
+    Sqlite(Mutex<Connection>),
+    /// A PostgreSQL server shared with other replicas.
+    Postgres(Box<postgres::PgPool>),
+}
+
 /// The broker's database.
 pub struct Store {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+    /// The database file, or the server and database name: for messages.
+    location: String,
+    /// The SQLite file (none on PostgreSQL).
+    file: Option<PathBuf>,
+    backend: Backend,
     key: AtRestKey,
     /// Bumped after every committed change of what Trustee's reference values
     /// are made of (digests, reported TCBs, pins).
     reference_changes: tokio::sync::watch::Sender<u64>,
 }
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS sessions (
-    launch_id TEXT PRIMARY KEY,
-    tek BLOB NOT NULL,
-    tik BLOB NOT NULL,
-    policy INTEGER NOT NULL,
-    chip TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    used INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);
-CREATE TABLE IF NOT EXISTS digests (
-    node TEXT NOT NULL,
-    runtime_class TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    digest BLOB NOT NULL,
-    vcpus INTEGER NOT NULL,
-    vcpu_type TEXT NOT NULL,
-    config TEXT NOT NULL,
-    registered_at INTEGER NOT NULL,
-    PRIMARY KEY (node, runtime_class, mode, digest, vcpus, vcpu_type)
-);
-CREATE INDEX IF NOT EXISTS digests_by_value ON digests (digest, mode);
-CREATE TABLE IF NOT EXISTS secrets (id TEXT PRIMARY KEY, payload BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS keysets (id TEXT PRIMARY KEY, secret_ids TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS resources (id TEXT PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS connections (
-    client_id TEXT PRIMARY KEY,
-    key BLOB NOT NULL,
-    launch_id TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS write_probe (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at INTEGER NOT NULL,
-    rpc TEXT NOT NULL,
-    launch_id TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    policy INTEGER NOT NULL,
-    firmware TEXT NOT NULL,
-    description TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_by_time ON records (at);
-CREATE INDEX IF NOT EXISTS connections_by_expiry ON connections (expires_at);
-CREATE TABLE IF NOT EXISTS launch_reports (
-    launch_id TEXT PRIMARY KEY,
-    report_key BLOB NOT NULL,
-    issued_at INTEGER NOT NULL,
-    reported_at INTEGER,
-    path_works INTEGER,
-    failed_checks TEXT,
-    client TEXT,
-    body BLOB
-);
-CREATE INDEX IF NOT EXISTS launch_reports_by_issue ON launch_reports (issued_at);
-CREATE TABLE IF NOT EXISTS approvals (
-    kind TEXT NOT NULL,
-    id TEXT NOT NULL,
-    runtime_class TEXT NOT NULL,
-    terms TEXT NOT NULL,
-    data BLOB,
-    approved_by TEXT NOT NULL,
-    approved_at INTEGER NOT NULL,
-    note TEXT NOT NULL,
-    PRIMARY KEY (kind, id, runtime_class)
-);
-CREATE TABLE IF NOT EXISTS registration_inputs (
-    node TEXT NOT NULL,
-    runtime_class TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    id TEXT NOT NULL,
-    PRIMARY KEY (node, runtime_class, kind, id)
-);
-CREATE INDEX IF NOT EXISTS registration_inputs_by_input ON registration_inputs (kind, id);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS platform_tcbs (
-    node TEXT PRIMARY KEY,
-    bootloader INTEGER NOT NULL,
-    tee INTEGER NOT NULL,
-    snp INTEGER NOT NULL,
-    microcode INTEGER NOT NULL,
-    product TEXT NOT NULL,
-    reported_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS snp_guest_reports (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    nonce BLOB NOT NULL UNIQUE,
-    record_id INTEGER NOT NULL,
-    at INTEGER NOT NULL,
-    chip_id TEXT NOT NULL,
-    signer TEXT NOT NULL,
-    measurement TEXT NOT NULL,
-    status TEXT NOT NULL,
-    failed_checks TEXT NOT NULL,
-    client TEXT NOT NULL,
-    body BLOB NOT NULL,
-    report BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS snp_guest_reports_by_record ON snp_guest_reports (record_id);
-CREATE INDEX IF NOT EXISTS snp_guest_reports_by_time ON snp_guest_reports (at);
-CREATE INDEX IF NOT EXISTS snp_guest_reports_by_signer ON snp_guest_reports (signer, at);
-CREATE TABLE IF NOT EXISTS tokens (
-    id TEXT PRIMARY KEY,
-    hash BLOB NOT NULL UNIQUE,
-    role TEXT NOT NULL,
-    node TEXT NOT NULL,
-    note TEXT NOT NULL,
-    created_by TEXT NOT NULL,
-    created_at INTEGER NOT NULL
-);
-";
-// Every statement above is CREATE ... IF NOT EXISTS: a database made by an
-// earlier version gains the tables it lacks (launch_reports) on open, and no
-// existing table changes shape. Keep it so: a new column on an existing table
-// needs an ALTER TABLE guarded by a check of the table's columns, as
-// `digests.origin` has (see [`add_column`]).
 
 /// Ends every online connection whose launch digest is no longer registered
 /// (by any origin; whether a node's own digest counts is the broker's
@@ -372,18 +287,6 @@ const END_UNREGISTERED_CONNECTIONS: &str = "
 DELETE FROM connections WHERE digest IS NULL OR NOT EXISTS
     (SELECT 1 FROM digests WHERE digests.digest = connections.digest AND digests.mode = connections.mode);
 ";
-
-/// Adds `column` to `table` unless a database of this version made it already.
-fn add_column(c: &Connection, table: &str, column: &str, decl: &str) -> rusqlite::Result<()> {
-    let mut st = c.prepare(&format!("PRAGMA table_info({table})"))?;
-    let names = st
-        .query_map([], |r| r.get::<_, String>(1))?
-        .collect::<Result<Vec<_>, _>>()?;
-    if !names.iter().any(|n| n == column) {
-        c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
-    }
-    Ok(())
-}
 
 /// Who vouches for a registered digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -445,10 +348,18 @@ impl Store {
     /// plain, is sealed now, in one transaction, and compacted so that no
     /// plain copy stays in the file.
     pub fn open_with_key(dir: &Path, key: AtRestKey) -> Result<Store, StoreError> {
+        Store::open_sqlite(dir, key, migrations::latest())
+    }
+
+    /// [`Store::open_with_key`], migrating no further than `upto`: for
+    /// tests of migrations.
+    #[doc(hidden)]
+    pub fn open_sqlite(dir: &Path, key: AtRestKey, upto: i64) -> Result<Store, StoreError> {
         let path = dir.join("kbs.sqlite3");
-        let db = |source| StoreError::Db {
-            path: path.clone(),
-            source,
+        let location = path.display().to_string();
+        let db = |source: rusqlite::Error| StoreError::Db {
+            db: location.clone(),
+            source: source.into(),
         };
         // Created 0600 before SQLite opens it: SQLite gives the WAL and shared
         // memory files the database file's mode, and these hold every secret.
@@ -466,39 +377,78 @@ impl Store {
                 })?;
         }
         let conn = Connection::open(&path).map_err(db)?;
+        // First, so that switching the journal mode waits for another opener.
+        conn.pragma_update(None, "busy_timeout", 5000).map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
-        conn.pragma_update(None, "busy_timeout", 5000).map_err(db)?;
         // Deleted rows (consumed sessions, replaced secrets) are overwritten
         // with zeros, not just unlinked from the b-tree.
         conn.pragma_update(None, "secure_delete", "ON")
             .map_err(db)?;
-        conn.execute_batch(SCHEMA).map_err(db)?;
-        // Digests registered before origins were kept came from whichever
-        // credential held the one admin token: a node's, as far as anyone knows.
-        add_column(&conn, "digests", "origin", "TEXT NOT NULL DEFAULT 'node'").map_err(db)?;
-        // Connections opened before they were scoped have no keyset and no
-        // digest: they can fetch nothing (fail closed) and are ended below.
-        add_column(&conn, "connections", "keyset", "TEXT").map_err(db)?;
-        add_column(&conn, "connections", "mode", "TEXT").map_err(db)?;
-        add_column(&conn, "connections", "digest", "BLOB").map_err(db)?;
-        add_column(
-            &conn,
-            "keysets",
-            "resource_ids",
-            "TEXT NOT NULL DEFAULT '[]'",
+        Store::finish_open(
+            Store {
+                location,
+                file: Some(path),
+                backend: Backend::Sqlite(Mutex::new(conn)),
+                key,
+                reference_changes: tokio::sync::watch::Sender::new(0),
+            },
+            upto,
         )
-        .map_err(db)?;
-        conn.execute_batch(END_UNREGISTERED_CONNECTIONS)
-            .map_err(db)?;
-        let store = Store {
-            path,
-            conn: Mutex::new(conn),
-            key,
-            reference_changes: tokio::sync::watch::Sender::new(0),
+    }
+
+    /// Connects to the PostgreSQL database of `options`, brings its schema
+    /// to this version (under the migration lock, so replicas starting
+    /// together apply each step once) and checks that its values are sealed
+    /// under `key`, as every replica's must be.
+    pub fn open_postgres(options: &PgOptions, key: AtRestKey) -> Result<Store, StoreError> {
+        Store::open_postgres_upto(options, key, migrations::latest())
+    }
+
+    /// [`Store::open_postgres`], migrating no further than `upto`: for tests
+    /// of migrations.
+    #[doc(hidden)]
+    pub fn open_postgres_upto(
+        options: &PgOptions,
+        key: AtRestKey,
+        upto: i64,
+    ) -> Result<Store, StoreError> {
+        let pool = postgres::PgPool::new(options)?;
+        Store::finish_open(
+            Store {
+                location: pool.location().to_owned(),
+                file: None,
+                backend: Backend::Postgres(Box::new(pool)),
+                key,
+                reference_changes: tokio::sync::watch::Sender::new(0),
+            },
+            upto,
+        )
+    }
+
+    fn finish_open(store: Store, upto: i64) -> Result<Store, StoreError> {
+        let migrated = match &store.backend {
+            Backend::Sqlite(_) => store.transact(|h| migrations::migrate(h, upto))?,
+            Backend::Postgres(pool) => pool
+                .transact_locked(postgres::MIGRATION_LOCK, |h| migrations::migrate(h, upto))
+                .map_err(|source| store.db_error(source))?,
         };
+        match migrated {
+            migrations::Migrated::Newer { found } => {
+                return Err(StoreError::NewerSchema {
+                    db: store.location.clone(),
+                    found,
+                    known: migrations::latest(),
+                })
+            }
+            migrations::Migrated::Current { version, applied } if !applied.is_empty() => {
+                tracing::info!(db = %store.location, version, applied = ?applied, "database schema migrated");
+            }
+            migrations::Migrated::Current { .. } => {}
+        }
+        store.transact(|h| h.batch(END_UNREGISTERED_CONNECTIONS))?;
         store.check_or_seal()?;
         Ok(store)
     }
@@ -509,44 +459,30 @@ impl Store {
     fn check_or_seal(&self) -> Result<(), StoreError> {
         let meta = |name: &'static str| {
             self.with(move |c| {
-                c.query_row(
-                    "SELECT value FROM meta WHERE name = ?1",
-                    params![name],
-                    |r| r.get::<_, Vec<u8>>(0),
-                )
-                .optional()
+                c.query_opt("SELECT value FROM meta WHERE name = ?1", params![name])?
+                    .map(|r| r.get::<Vec<u8>>(0))
+                    .transpose()
             })
         };
-        if let Some(check) = meta("at_rest_check")? {
-            let opened = self.key.open("meta:at_rest_check", &check);
-            if opened.as_deref().map(Vec::as_slice) == Some(KEY_CHECK) {
-                return Ok(());
-            }
-            let expected = meta("at_rest_key")?
-                .and_then(|v| String::from_utf8(v).ok())
-                .unwrap_or_else(|| "(unknown)".into());
-            return Err(StoreError::WrongKey {
-                path: self.path.clone(),
-                expected,
-                given: self.key.fingerprint(),
-            });
-        }
         let key = &self.key;
-        let sealed = self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Under the write lock: replicas opening a new database together seal
+        // it once, under the first one's key; the others then check theirs.
+        let sealed = self.transact(|tx| {
+            let checked = tx
+                .query_opt(
+                    "SELECT value FROM meta WHERE name = 'at_rest_check'",
+                    params![],
+                )?
+                .is_some();
+            if checked {
+                return Ok(None);
+            }
             let mut sealed = 0usize;
             for (table, id_col, col, label) in SEALED_COLUMNS {
-                let ids: Vec<String> = {
-                    let mut st = tx.prepare(&format!("SELECT {id_col} FROM {table}"))?;
-                    let rows = st.query_map([], |r| r.get(0))?;
-                    rows.collect::<Result<_, _>>()?
-                };
-                for id in ids {
-                    let plain = zeroize::Zeroizing::new(tx.query_row(
-                        &format!("SELECT {col} FROM {table} WHERE {id_col} = ?1"),
-                        params![id],
-                        |r| r.get::<_, Vec<u8>>(0),
-                    )?);
+                let rows = tx.query(&format!("SELECT {id_col}, {col} FROM {table}"), params![])?;
+                for r in rows {
+                    let id: String = r.get(0)?;
+                    let plain = zeroize::Zeroizing::new(r.get::<Vec<u8>>(1)?);
                     let value = key.seal(&format!("{label}:{id}"), &plain);
                     tx.execute(
                         &format!("UPDATE {table} SET {col} = ?1 WHERE {id_col} = ?2"),
@@ -562,19 +498,38 @@ impl Store {
                     key.fingerprint().into_bytes()
                 ],
             )?;
-            tx.commit()?;
-            Ok(sealed)
+            Ok(Some(sealed))
         })?;
-        if sealed > 0 {
-            // The plain values are gone from the tables, but their pages may
-            // still be in the file and the WAL: rewrite both.
-            self.with(|c| {
-                c.execute_batch("VACUUM")?;
-                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            })?;
-            tracing::info!(values = sealed, key = %self.key.fingerprint(), "database values sealed under the at-rest key");
+        match sealed {
+            None => {}
+            Some(0) => return Ok(()),
+            Some(sealed) => {
+                // The plain values are gone from the tables, but their pages may
+                // still be in the file and the WAL: rewrite both.
+                if let Backend::Sqlite(_) = self.backend {
+                    self.with(|c| {
+                        c.batch("VACUUM")?;
+                        c.query("PRAGMA wal_checkpoint(TRUNCATE)", params![])
+                            .map(drop)
+                    })?;
+                }
+                tracing::info!(values = sealed, key = %self.key.fingerprint(), "database values sealed under the at-rest key");
+                return Ok(());
+            }
         }
-        Ok(())
+        let check = meta("at_rest_check")?.unwrap_or_default();
+        let opened = self.key.open("meta:at_rest_check", &check);
+        if opened.as_deref().map(Vec::as_slice) == Some(KEY_CHECK) {
+            return Ok(());
+        }
+        let expected = meta("at_rest_key")?
+            .and_then(|v| String::from_utf8(v).ok())
+            .unwrap_or_else(|| "(unknown)".into());
+        Err(StoreError::WrongKey {
+            db: self.location.clone(),
+            expected,
+            given: self.key.fingerprint(),
+        })
     }
 
     /// The fingerprint of the at-rest key, for logs.
@@ -595,35 +550,98 @@ impl Store {
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
         self.key
             .open(&format!("{label}:{id}"), sealed)
-            .ok_or_else(|| StoreError::Corrupt {
-                path: self.path.clone(),
-                what,
-            })
+            .ok_or_else(|| self.corrupt(what))
+    }
+
+    /// A value that does not read back.
+    fn corrupt(&self, what: &'static str) -> StoreError {
+        StoreError::Corrupt {
+            db: self.location.clone(),
+            what,
+        }
+    }
+
+    fn db_error(&self, source: DbError) -> StoreError {
+        StoreError::Db {
+            db: self.location.clone(),
+            source,
+        }
     }
 
     /// Writes what the WAL holds into the database and empties it, so that
     /// the pages of a deleted or replaced value do not linger there; best
-    /// effort (a reader in the middle of a transaction defers it).
+    /// effort (a reader in the middle of a transaction defers it). PostgreSQL
+    /// reclaims dead rows itself (vacuum).
     fn flush_wal(&self) {
-        let _ = self.with(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())));
+        if let Backend::Sqlite(_) = self.backend {
+            let _ = self.with(|c| {
+                c.query("PRAGMA wal_checkpoint(TRUNCATE)", params![])
+                    .map(drop)
+            });
+        }
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The database, for messages: the SQLite file, or the PostgreSQL
+    /// server and database (never a password).
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
-    fn with<T>(
+    /// The SQLite file, when the database is the embedded one.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Which database this is.
+    pub fn dialect(&self) -> db::Dialect {
+        match self.backend {
+            Backend::Sqlite(_) => db::Dialect::Sqlite,
+            Backend::Postgres(_) => db::Dialect::Postgres,
+        }
+    }
+
+    /// Runs `f` on a connection (statements outside a transaction each
+    /// commit on their own).
+    fn with<T: Send>(
         &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+        f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
     ) -> Result<T, StoreError> {
-        // A poisoned lock only means another request panicked mid-call; SQLite
-        // rolled its transaction back, so the connection is still consistent.
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut conn).map_err(|source| StoreError::Db {
-            path: self.path.clone(),
-            source,
-        })
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                // A poisoned lock only means another request panicked mid-call; SQLite
+                // rolled its transaction back, so the connection is still consistent.
+                let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut Handle::Sqlite(&conn))
+            }
+            Backend::Postgres(pool) => pool.with(f),
+        }
+        .map_err(|source| self.db_error(source))
+    }
+
+    /// Runs `f` in a write transaction: committed when it returns `Ok`,
+    /// rolled back otherwise. Write transactions take turns on both
+    /// databases (SQLite's immediate transactions, one advisory lock on
+    /// PostgreSQL), so what one reads stays true until it commits.
+    fn transact<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
+    ) -> Result<T, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                (|| {
+                    let tx = rusqlite::Transaction::new_unchecked(
+                        &conn,
+                        TransactionBehavior::Immediate,
+                    )?;
+                    let out = f(&mut Handle::Sqlite(&tx))?;
+                    tx.commit()?;
+                    Ok(out)
+                })()
+            }
+            Backend::Postgres(pool) => pool.transact(f),
+        }
+        .map_err(|source| self.db_error(source))
     }
 
     /// Stores a new launch session and, in the same transaction, its record.
@@ -637,8 +655,7 @@ impl Store {
         let t = now();
         let tek = self.seal("session-tek", launch_id, &s.tek);
         let tik = self.seal("session-tik", launch_id, &s.tik);
-        self.with(|c| {
-            let tx = c.transaction()?;
+        self.transact(|tx| {
             tx.execute(
                 "INSERT INTO sessions (launch_id, tek, tik, policy, chip, created_at, expires_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -652,8 +669,7 @@ impl Store {
                     t.saturating_add(ttl_secs)
                 ],
             )?;
-            insert_record(&tx, t, record)?;
-            tx.commit()
+            insert_record(tx, t, record).map(drop)
         })
     }
 
@@ -665,7 +681,7 @@ impl Store {
     pub fn purge(&self, records_before: i64) -> Result<Purged, StoreError> {
         let t = now();
         let mut purged = Purged::default();
-        // In batches, each its own short transaction: between them requests
+        // In batches, each its own short statement: between them requests
         // take the database, so purging millions of old rows never stalls
         // the keybroker for more than one batch.
         let batch = |sql: &str, before: i64| -> Result<usize, StoreError> {
@@ -680,13 +696,13 @@ impl Store {
             }
         };
         purged.sessions = batch(
-            "DELETE FROM sessions WHERE rowid IN \
-             (SELECT rowid FROM sessions WHERE expires_at < ?1 LIMIT ?2)",
+            "DELETE FROM sessions WHERE launch_id IN \
+             (SELECT launch_id FROM sessions WHERE expires_at < ?1 LIMIT ?2)",
             t.saturating_sub(86_400),
         )?;
         purged.connections = batch(
-            "DELETE FROM connections WHERE rowid IN \
-             (SELECT rowid FROM connections WHERE expires_at < ?1 LIMIT ?2)",
+            "DELETE FROM connections WHERE client_id IN \
+             (SELECT client_id FROM connections WHERE expires_at < ?1 LIMIT ?2)",
             t,
         )?;
         purged.records = batch(
@@ -695,8 +711,8 @@ impl Store {
             records_before,
         )?;
         purged.reports = batch(
-            "DELETE FROM launch_reports WHERE rowid IN \
-             (SELECT rowid FROM launch_reports WHERE issued_at < ?1 LIMIT ?2)",
+            "DELETE FROM launch_reports WHERE launch_id IN \
+             (SELECT launch_id FROM launch_reports WHERE issued_at < ?1 LIMIT ?2)",
             records_before,
         )?;
         // A nonce stays refused as used for at least as long as it could be
@@ -710,51 +726,56 @@ impl Store {
     }
 
     /// Consumes the session of `launch_id`: whatever the outcome of the
-    /// GetSecret that asks, the session cannot be used again.
+    /// GetSecret that asks, the session cannot be used again. One statement
+    /// marks it used and returns it only if it was not: of any number of
+    /// concurrent callers, on any replica, exactly one gets it.
     pub fn take_session(&self, launch_id: &str) -> Result<TakeOutcome, StoreError> {
         let t = now();
-        let row = self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let row = tx
-                .query_row(
-                    "SELECT tek, tik, policy, chip, expires_at, used FROM sessions WHERE launch_id = ?1",
-                    params![launch_id],
-                    |r| {
-                        Ok((
-                            r.get::<_, Vec<u8>>(0)?,
-                            r.get::<_, Vec<u8>>(1)?,
-                            r.get::<_, u32>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, i64>(4)?,
-                            r.get::<_, i64>(5)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            if row.is_some() {
-                tx.execute("UPDATE sessions SET used = 1 WHERE launch_id = ?1", params![launch_id])?;
+        let taken = self.with(|c| {
+            let row = c.query_opt(
+                "UPDATE sessions SET used = 1 WHERE launch_id = ?1 AND used = 0 \
+                 RETURNING tek, tik, policy, chip, expires_at",
+                params![launch_id],
+            )?;
+            if let Some(r) = row {
+                return Ok(Ok((
+                    r.get::<Vec<u8>>(0)?,
+                    r.get::<Vec<u8>>(1)?,
+                    r.get::<u32>(2)?,
+                    r.get::<String>(3)?,
+                    r.get::<i64>(4)?,
+                )));
             }
-            tx.commit()?;
-            Ok(row)
+            let known = c
+                .query_opt(
+                    "SELECT used FROM sessions WHERE launch_id = ?1",
+                    params![launch_id],
+                )?
+                .is_some();
+            Ok(Err(if known {
+                TakeOutcome::Used
+            } else {
+                TakeOutcome::Unknown
+            }))
         })?;
-        let Some((tek, tik, policy, chip, expires_at, used)) = row else {
-            return Ok(TakeOutcome::Unknown);
+        let (tek, tik, policy, chip, expires_at) = match taken {
+            Ok(row) => row,
+            Err(outcome) => return Ok(outcome),
         };
-        if used != 0 {
-            return Ok(TakeOutcome::Used);
-        }
         if expires_at < t {
             return Ok(TakeOutcome::Expired);
         }
-        let corrupt = || StoreError::Corrupt {
-            path: self.path.clone(),
-            what: "session keys",
-        };
         let tek = self.unseal("session-tek", launch_id, &tek, "session keys")?;
         let tik = self.unseal("session-tik", launch_id, &tik, "session keys")?;
         Ok(TakeOutcome::Taken(LaunchSession {
-            tek: tek.as_slice().try_into().map_err(|_| corrupt())?,
-            tik: tik.as_slice().try_into().map_err(|_| corrupt())?,
+            tek: tek
+                .as_slice()
+                .try_into()
+                .map_err(|_| self.corrupt("session keys"))?,
+            tik: tik
+                .as_slice()
+                .try_into()
+                .map_err(|_| self.corrupt("session keys"))?,
             policy,
             chip,
         }))
@@ -770,23 +791,23 @@ impl Store {
         honour_node: bool,
     ) -> Result<bool, StoreError> {
         self.with(|c| {
-            c.query_row(
+            c.query_one(
                 "SELECT EXISTS (SELECT 1 FROM digests WHERE digest = ?1 AND mode = ?2 \
                  AND (origin != 'node' OR ?3))",
                 params![digest, mode, honour_node],
-                |r| r.get::<_, bool>(0),
-            )
+            )?
+            .get(0)
         })
     }
 
     /// How many registered digests have `origin`.
     pub fn count_digests(&self, origin: Origin) -> Result<u64, StoreError> {
         self.with(|c| {
-            c.query_row(
+            c.query_one(
                 "SELECT COUNT(*) FROM digests WHERE origin = ?1",
                 params![origin.name()],
-                |r| r.get::<_, u64>(0),
-            )
+            )?
+            .get(0)
         })
     }
 
@@ -802,8 +823,7 @@ impl Store {
         inputs: &[(String, String)],
     ) -> Result<(), StoreError> {
         let t = now();
-        self.with(|c| {
-            let tx = c.transaction()?;
+        self.transact(|tx| {
             tx.execute(
                 "DELETE FROM digests WHERE node = ?1 AND runtime_class = ?2",
                 params![node, runtime_class],
@@ -814,22 +834,24 @@ impl Store {
             )?;
             for (bytes, d) in digests {
                 tx.execute(
-                    "INSERT OR REPLACE INTO digests (node, runtime_class, mode, digest, vcpus, vcpu_type, config, registered_at, origin) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT INTO digests (node, runtime_class, mode, digest, vcpus, vcpu_type, config, registered_at, origin) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                     ON CONFLICT (node, runtime_class, mode, digest, vcpus, vcpu_type) DO UPDATE SET \
+                     config = excluded.config, registered_at = excluded.registered_at, origin = excluded.origin",
                     params![node, runtime_class, d.mode, bytes, d.vcpus, d.vcpu_type, d.config, t, origin.name()],
                 )?;
             }
             if !digests.is_empty() {
                 for (kind, id) in inputs {
                     tx.execute(
-                        "INSERT OR IGNORE INTO registration_inputs (node, runtime_class, kind, id) \
-                         VALUES (?1, ?2, ?3, ?4)",
+                        "INSERT INTO registration_inputs (node, runtime_class, kind, id) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                         params![node, runtime_class, kind, id],
                     )?;
                 }
             }
-            tx.execute_batch(END_UNREGISTERED_CONNECTIONS)?;
-            tx.commit()
+            tx.batch(END_UNREGISTERED_CONNECTIONS)?;
+            leases::bump(tx, leases::REFERENCE_COUNTER)
         })?;
         self.reference_changed();
         Ok(())
@@ -838,25 +860,27 @@ impl Store {
     /// Every registered digest as (node, runtime class, record, origin).
     pub fn list_digests(&self) -> Result<Vec<(String, String, DigestRecord, Origin)>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(
+            c.query(
                 "SELECT node, runtime_class, mode, digest, vcpus, vcpu_type, config, origin FROM digests \
                  ORDER BY node, runtime_class, mode, vcpus",
-            )?;
-            let rows = st.query_map([], |r| {
+                params![],
+            )?
+            .iter()
+            .map(|r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
                     DigestRecord {
                         mode: r.get(2)?,
-                        digest: hex(&r.get::<_, Vec<u8>>(3)?),
+                        digest: hex(&r.get::<Vec<u8>>(3)?),
                         vcpus: r.get(4)?,
                         vcpu_type: r.get(5)?,
                         config: r.get(6)?,
                     },
-                    Origin::parse(&r.get::<_, String>(7)?),
+                    Origin::parse(&r.get::<String>(7)?),
                 ))
-            })?;
-            rows.collect()
+            })
+            .collect()
         })
     }
 
@@ -865,7 +889,8 @@ impl Store {
         let sealed = self.seal("secret", id, payload);
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO secrets (id, payload) VALUES (?1, ?2)",
+                "INSERT INTO secrets (id, payload) VALUES (?1, ?2) \
+                 ON CONFLICT (id) DO UPDATE SET payload = excluded.payload",
                 params![id, sealed],
             )
             .map(drop)
@@ -887,7 +912,7 @@ impl Store {
         id: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let sealed: Option<Vec<u8>> =
-            self.with(|c| c.query_row(sql, params![id], |r| r.get(0)).optional())?;
+            self.with(|c| c.query_opt(sql, params![id])?.map(|r| r.get(0)).transpose())?;
         sealed
             .map(|v| {
                 self.unseal(label, id, &v, label)
@@ -908,7 +933,7 @@ impl Store {
 
     fn size_of(&self, sql: &str, id: &str) -> Result<Option<usize>, StoreError> {
         let n: Option<i64> =
-            self.with(|c| c.query_row(sql, params![id], |r| r.get(0)).optional())?;
+            self.with(|c| c.query_opt(sql, params![id])?.map(|r| r.get(0)).transpose())?;
         // Sizes of sealed values, less what sealing adds.
         Ok(n.map(|n| {
             usize::try_from(n)
@@ -944,7 +969,9 @@ impl Store {
         let resources = serde_json::to_string(&members.resources).unwrap_or_else(|_| "[]".into());
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO keysets (id, secret_ids, resource_ids) VALUES (?1, ?2, ?3)",
+                "INSERT INTO keysets (id, secret_ids, resource_ids) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (id) DO UPDATE SET secret_ids = excluded.secret_ids, \
+                 resource_ids = excluded.resource_ids",
                 params![id, secrets, resources],
             )
             .map(drop)
@@ -954,21 +981,17 @@ impl Store {
     /// The members of a keyset.
     pub fn keyset(&self, id: &str) -> Result<Option<KeysetMembers>, StoreError> {
         let raw: Option<(String, String)> = self.with(|c| {
-            c.query_row(
+            c.query_opt(
                 "SELECT secret_ids, resource_ids FROM keysets WHERE id = ?1",
                 params![id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
+            )?
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .transpose()
         })?;
-        let corrupt = || StoreError::Corrupt {
-            path: self.path.clone(),
-            what: "keyset",
-        };
         raw.map(|(secrets, resources)| {
             Ok(KeysetMembers {
-                secrets: serde_json::from_str(&secrets).map_err(|_| corrupt())?,
-                resources: serde_json::from_str(&resources).map_err(|_| corrupt())?,
+                secrets: serde_json::from_str(&secrets).map_err(|_| self.corrupt("keyset"))?,
+                resources: serde_json::from_str(&resources).map_err(|_| self.corrupt("keyset"))?,
             })
         })
         .transpose()
@@ -987,7 +1010,8 @@ impl Store {
         let sealed = self.seal("resource", id, data);
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO resources (id, data) VALUES (?1, ?2)",
+                "INSERT INTO resources (id, data) VALUES (?1, ?2) \
+                 ON CONFLICT (id) DO UPDATE SET data = excluded.data",
                 params![id, sealed],
             )
             .map(drop)
@@ -1014,9 +1038,10 @@ impl Store {
     pub fn list_ids(&self) -> Result<Inventory, StoreError> {
         let ids = |table: &'static str| {
             self.with(move |c| {
-                let mut st = c.prepare(&format!("SELECT id FROM {table} ORDER BY id"))?;
-                let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-                rows.collect::<Result<Vec<_>, _>>()
+                c.query(&format!("SELECT id FROM {table} ORDER BY id"), params![])?
+                    .iter()
+                    .map(|r| r.get::<String>(0))
+                    .collect::<Result<Vec<_>, _>>()
             })
         };
         let secrets = ids("secrets")?;
@@ -1044,13 +1069,14 @@ impl Store {
         ttl_secs: i64,
     ) -> Result<(), StoreError> {
         let t = now();
+        let sealed = self.seal("connection", client_id, &key[..]);
         self.with(|c| {
             c.execute(
                 "INSERT INTO connections (client_id, key, launch_id, created_at, expires_at, keyset, mode, digest) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     client_id,
-                    self.seal("connection", client_id, &key[..]),
+                    sealed,
                     scope.launch_id,
                     t,
                     t.saturating_add(ttl_secs),
@@ -1067,30 +1093,30 @@ impl Store {
     pub fn connection(&self, client_id: &str) -> Result<Option<OnlineConnection>, StoreError> {
         let t = now();
         let row = self.with(|c| {
-            c.query_row(
+            c.query_opt(
                 "SELECT key, launch_id, keyset, mode, digest FROM connections \
                  WHERE client_id = ?1 AND expires_at >= ?2",
                 params![client_id, t],
-                |r| {
-                    Ok((
-                        zeroize::Zeroizing::new(r.get::<_, Vec<u8>>(0)?),
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, Option<Vec<u8>>>(4)?,
-                    ))
-                },
-            )
-            .optional()
+            )?
+            .map(|r| {
+                Ok((
+                    zeroize::Zeroizing::new(r.get::<Vec<u8>>(0)?),
+                    r.get::<String>(1)?,
+                    r.get::<Option<String>>(2)?,
+                    r.get::<Option<String>>(3)?,
+                    r.get::<Option<Vec<u8>>>(4)?,
+                ))
+            })
+            .transpose()
         })?;
         let Some((key, launch_id, keyset, mode, digest)) = row else {
             return Ok(None);
         };
         let key = self.unseal("connection", client_id, &key, "connection key")?;
-        let key: [u8; 32] = key.as_slice().try_into().map_err(|_| StoreError::Corrupt {
-            path: self.path.clone(),
-            what: "connection key",
-        })?;
+        let key: [u8; 32] = key
+            .as_slice()
+            .try_into()
+            .map_err(|_| self.corrupt("connection key"))?;
         Ok(Some(OnlineConnection {
             key: zeroize::Zeroizing::new(key),
             scope: ConnectionScope {
@@ -1116,10 +1142,11 @@ impl Store {
     /// Stores the report key issued to `launch_id` with its secrets.
     pub fn insert_report_key(&self, launch_id: &str, key: &[u8; 32]) -> Result<(), StoreError> {
         let t = now();
+        let sealed = self.seal("report-key", launch_id, &key[..]);
         self.with(|c| {
             c.execute(
                 "INSERT INTO launch_reports (launch_id, report_key, issued_at) VALUES (?1, ?2, ?3)",
-                params![launch_id, self.seal("report-key", launch_id, &key[..]), t],
+                params![launch_id, sealed, t],
             )
             .map(drop)
         })
@@ -1131,22 +1158,18 @@ impl Store {
         launch_id: &str,
     ) -> Result<Option<zeroize::Zeroizing<[u8; 32]>>, StoreError> {
         let key: Option<zeroize::Zeroizing<Vec<u8>>> = self.with(|c| {
-            c.query_row(
+            c.query_opt(
                 "SELECT report_key FROM launch_reports WHERE launch_id = ?1",
                 params![launch_id],
-                |r| r.get::<_, Vec<u8>>(0),
-            )
-            .optional()
-            .map(|k| k.map(zeroize::Zeroizing::new))
+            )?
+            .map(|r| r.get::<Vec<u8>>(0).map(zeroize::Zeroizing::new))
+            .transpose()
         })?;
         key.map(|k| {
             let k = self.unseal("report-key", launch_id, &k, "report key")?;
             <[u8; 32]>::try_from(k.as_slice())
                 .map(zeroize::Zeroizing::new)
-                .map_err(|_| StoreError::Corrupt {
-                    path: self.path.clone(),
-                    what: "report key",
-                })
+                .map_err(|_| self.corrupt("report key"))
         })
         .transpose()
     }
@@ -1162,10 +1185,10 @@ impl Store {
     ) -> Result<ReportOutcome, StoreError> {
         let t = now();
         let failed = serde_json::to_string(&report.failed_checks).unwrap_or_else(|_| "[]".into());
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.transact(|tx| {
             let changed = tx.execute(
-                "UPDATE launch_reports SET reported_at = ?2, path_works = ?3, failed_checks = ?4,                  client = ?5, body = ?6 WHERE launch_id = ?1 AND reported_at IS NULL",
+                "UPDATE launch_reports SET reported_at = ?2, path_works = ?3, failed_checks = ?4, \
+                 client = ?5, body = ?6 WHERE launch_id = ?1 AND reported_at IS NULL",
                 params![
                     launch_id,
                     t,
@@ -1175,30 +1198,28 @@ impl Store {
                     report.body
                 ],
             )?;
-            let outcome = if changed == 1 {
-                insert_record(&tx, t, record)?;
-                ReportOutcome::Recorded(t)
-            } else {
-                let exists: bool = tx.query_row(
+            if changed == 1 {
+                insert_record(tx, t, record)?;
+                return Ok(ReportOutcome::Recorded(t));
+            }
+            let exists: bool = tx
+                .query_one(
                     "SELECT EXISTS (SELECT 1 FROM launch_reports WHERE launch_id = ?1)",
                     params![launch_id],
-                    |r| r.get(0),
-                )?;
-                if exists {
-                    ReportOutcome::AlreadyReported
-                } else {
-                    ReportOutcome::Unknown
-                }
-            };
-            tx.commit()?;
-            Ok(outcome)
+                )?
+                .get(0)?;
+            Ok(if exists {
+                ReportOutcome::AlreadyReported
+            } else {
+                ReportOutcome::Unknown
+            })
         })
     }
 
     /// Records an attestation outcome on its own.
     pub fn record(&self, r: &NewRecord<'_>) -> Result<(), StoreError> {
         let t = now();
-        self.with(|c| insert_record(c, t, r))
+        self.with(|c| insert_record(c, t, r).map(drop))
     }
 
     /// Writes one row, as every release must: whether the database can be
@@ -1221,7 +1242,7 @@ impl Store {
         self.with(|c| {
             // A released GetSecret carries its launch's report state; no other
             // record does.
-            let mut st = c.prepare(
+            let rows = c.query(
                 "SELECT r.id, r.at, r.rpc, r.launch_id, r.outcome, r.reason, r.digest, r.policy, \
                  r.firmware, r.description, \
                  lr.launch_id IS NOT NULL, lr.reported_at, lr.path_works, lr.failed_checks, lr.client, \
@@ -1230,52 +1251,54 @@ impl Store {
                  ON lr.launch_id = r.launch_id AND r.rpc = 'GetSecret' AND r.outcome = 'ok' \
                  LEFT JOIN snp_guest_reports sg ON sg.record_id = r.id \
                  WHERE r.id > ?1 ORDER BY r.id LIMIT ?2",
+                params![after, limit],
             )?;
-            let rows = st.query_map(params![after, limit], |r| {
-                // Written by this broker as a JSON list; anything else reads as none.
-                let checks = |s: Option<String>| -> Vec<String> {
-                    s.and_then(|s| serde_json::from_str(&s).ok())
-                        .unwrap_or_default()
-                };
-                let rpc: String = r.get(2)?;
-                let mut record = AttestationRecord {
-                    tee: if rpc.starts_with("Snp") { "snp" } else { "sev" }.into(),
-                    chip_id: String::new(),
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    rpc,
-                    launch_id: r.get(3)?,
-                    outcome: r.get(4)?,
-                    reason: r.get(5)?,
-                    digest: r.get(6)?,
-                    policy: r.get(7)?,
-                    firmware: r.get(8)?,
-                    description: r.get(9)?,
-                    guest_status: match (
-                        r.get::<_, bool>(10)?,
-                        r.get::<_, Option<i64>>(11)?,
-                        r.get::<_, Option<bool>>(12)?,
-                    ) {
-                        (false, _, _) => String::new(),
-                        (true, None, _) => "awaiting".into(),
-                        (true, Some(_), Some(true)) => "confirmed".into(),
-                        (true, Some(_), _) => "path_broken".into(),
-                    },
-                    failed_checks: checks(r.get(13)?),
-                    reported_at: r.get::<_, Option<i64>>(11)?.unwrap_or(0),
-                    guest_client: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
-                };
-                // An SNP guest's recorded report carries its own state.
-                if let Some(status) = r.get::<_, Option<String>>(15)? {
-                    record.guest_status = status;
-                    record.failed_checks = checks(r.get(16)?);
-                    record.reported_at = r.get::<_, Option<i64>>(17)?.unwrap_or(0);
-                    record.guest_client = r.get::<_, Option<String>>(18)?.unwrap_or_default();
-                    record.chip_id = r.get::<_, Option<String>>(19)?.unwrap_or_default();
-                }
-                Ok(record)
-            })?;
-            rows.collect()
+            rows.iter()
+                .map(|r| {
+                    // Written by this broker as a JSON list; anything else reads as none.
+                    let checks = |s: Option<String>| -> Vec<String> {
+                        s.and_then(|s| serde_json::from_str(&s).ok())
+                            .unwrap_or_default()
+                    };
+                    let rpc: String = r.get(2)?;
+                    let mut record = AttestationRecord {
+                        tee: if rpc.starts_with("Snp") { "snp" } else { "sev" }.into(),
+                        chip_id: String::new(),
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        rpc,
+                        launch_id: r.get(3)?,
+                        outcome: r.get(4)?,
+                        reason: r.get(5)?,
+                        digest: r.get(6)?,
+                        policy: r.get(7)?,
+                        firmware: r.get(8)?,
+                        description: r.get(9)?,
+                        guest_status: match (
+                            r.get::<bool>(10)?,
+                            r.get::<Option<i64>>(11)?,
+                            r.get::<Option<bool>>(12)?,
+                        ) {
+                            (false, _, _) => String::new(),
+                            (true, None, _) => "awaiting".into(),
+                            (true, Some(_), Some(true)) => "confirmed".into(),
+                            (true, Some(_), _) => "path_broken".into(),
+                        },
+                        failed_checks: checks(r.get(13)?),
+                        reported_at: r.get::<Option<i64>>(11)?.unwrap_or(0),
+                        guest_client: r.get::<Option<String>>(14)?.unwrap_or_default(),
+                    };
+                    // An SNP guest's recorded report carries its own state.
+                    if let Some(status) = r.get::<Option<String>>(15)? {
+                        record.guest_status = status;
+                        record.failed_checks = checks(r.get(16)?);
+                        record.reported_at = r.get::<Option<i64>>(17)?.unwrap_or(0);
+                        record.guest_client = r.get::<Option<String>>(18)?.unwrap_or_default();
+                        record.chip_id = r.get::<Option<String>>(19)?.unwrap_or_default();
+                    }
+                    Ok(record)
+                })
+                .collect()
         })
     }
 }
@@ -1314,11 +1337,12 @@ pub struct NewRecord<'a> {
     pub description: &'a str,
 }
 
-fn insert_record(c: &Connection, t: i64, r: &NewRecord<'_>) -> rusqlite::Result<()> {
+/// Inserts an attestation record; its id.
+fn insert_record(c: &mut Handle<'_>, t: i64, r: &NewRecord<'_>) -> Result<i64, DbError> {
     let description: String = r.description.chars().take(256).collect();
-    c.execute(
+    c.query_one(
         "INSERT INTO records (at, rpc, launch_id, outcome, reason, digest, policy, firmware, description) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
         params![
             t,
             r.rpc,
@@ -1330,8 +1354,8 @@ fn insert_record(c: &Connection, t: i64, r: &NewRecord<'_>) -> rusqlite::Result<
             r.firmware,
             description
         ],
-    )
-    .map(drop)
+    )?
+    .get(0)
 }
 
 /// Lower-case hexadecimal.
@@ -1345,8 +1369,57 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// The test suite's databases: each test runs on SQLite in a temporary
+/// directory and on a fresh PostgreSQL database when the test server is up.
+#[cfg(test)]
+pub(crate) mod test_db {
+    use super::*;
+
+    /// One database a test runs on.
+    pub enum TestDb {
+        /// SQLite in its own directory.
+        Sqlite(tempfile::TempDir),
+        /// A PostgreSQL database of its own.
+        Postgres(PgOptions),
+    }
+
+    /// The at-rest key every test opens under unless it says otherwise.
+    pub fn key() -> AtRestKey {
+        AtRestKey::parse(&[7; 32]).unwrap()
+    }
+
+    impl TestDb {
+        /// Opens (again) under [`key`].
+        pub fn open(&self) -> Store {
+            self.open_with(key()).unwrap()
+        }
+
+        /// Opens under `key`.
+        pub fn open_with(&self, key: AtRestKey) -> Result<Store, StoreError> {
+            self.open_upto(key, migrations::latest())
+        }
+
+        /// Opens under `key`, migrating no further than `upto`.
+        pub fn open_upto(&self, key: AtRestKey, upto: i64) -> Result<Store, StoreError> {
+            match self {
+                TestDb::Sqlite(dir) => Store::open_sqlite(dir.path(), key, upto),
+                TestDb::Postgres(o) => Store::open_postgres_upto(o, key, upto),
+            }
+        }
+    }
+
+    /// Runs `body` on SQLite, then on PostgreSQL (see [`testing`]).
+    pub fn each(test: &str, body: impl Fn(&TestDb)) {
+        body(&TestDb::Sqlite(tempfile::tempdir().unwrap()));
+        if let Some(o) = testing::fresh_postgres(test) {
+            body(&TestDb::Postgres(o));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_db::{each, key, TestDb};
     use super::*;
 
     /// Whether any database file in `dir` holds `needle`.
@@ -1397,11 +1470,39 @@ mod tests {
         s.with(|c| {
             c.execute(
                 "UPDATE secrets SET payload = (SELECT payload FROM secrets WHERE id = 's') WHERE id = 't'",
-                [],
+                params![],
             )
         })
         .unwrap();
         assert!(matches!(s.secret("t"), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn sealed_values_open_only_under_their_key_on_both_databases() {
+        each("sealed_values", |db| {
+            let s = db.open();
+            s.set_secret("s", b"value").unwrap();
+            s.set_secret("t", b"other").unwrap();
+            let fingerprint = s.key_fingerprint();
+            drop(s);
+            let other = AtRestKey::parse(&[2; 32]).unwrap();
+            let given = other.fingerprint();
+            let Err(e) = db.open_with(other) else {
+                panic!("opened under the wrong key");
+            };
+            let e = e.to_string();
+            assert!(e.contains(&fingerprint) && e.contains(&given), "{e}");
+            let s = db.open();
+            assert_eq!(s.secret("s").unwrap().unwrap(), b"value");
+            s.with(|c| {
+                c.execute(
+                    "UPDATE secrets SET payload = (SELECT payload FROM secrets WHERE id = 's') WHERE id = 't'",
+                    params![],
+                )
+            })
+            .unwrap();
+            assert!(matches!(s.secret("t"), Err(StoreError::Corrupt { .. })));
+        });
     }
 
     #[test]
@@ -1417,12 +1518,12 @@ mod tests {
             c.execute_batch("DELETE FROM meta").unwrap();
             c.execute(
                 "INSERT INTO secrets (id, payload) VALUES ('old', ?1)",
-                params![&secret[..]],
+                [&secret[..]],
             )
             .unwrap();
             c.execute(
                 "INSERT INTO resources (id, data) VALUES ('res', ?1)",
-                params![&b"plain resource"[..]],
+                [&b"plain resource"[..]],
             )
             .unwrap();
             c.execute_batch("DELETE FROM secrets WHERE id = 'nothing'")
@@ -1438,9 +1539,8 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         let sealed = |s: &Store| {
             s.with(|c| {
-                c.query_row("SELECT payload FROM secrets WHERE id = 'old'", [], |r| {
-                    r.get::<_, Vec<u8>>(0)
-                })
+                c.query_one("SELECT payload FROM secrets WHERE id = 'old'", params![])?
+                    .get::<Vec<u8>>(0)
             })
             .unwrap()
         };
@@ -1470,9 +1570,12 @@ mod tests {
 
     #[test]
     fn a_session_is_taken_once_and_survives_reopening() {
-        let dir = tempfile::tempdir().unwrap();
+        each("a_session_is_taken_once", a_session_is_taken_once);
+    }
+
+    fn a_session_is_taken_once(db: &TestDb) {
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = db.open();
             s.insert_session(
                 "a",
                 &session(),
@@ -1485,7 +1588,7 @@ mod tests {
             )
             .unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = db.open();
         assert_eq!(s.take_session("a").unwrap(), TakeOutcome::Taken(session()));
         assert_eq!(s.take_session("a").unwrap(), TakeOutcome::Used);
         assert_eq!(s.take_session("b").unwrap(), TakeOutcome::Unknown);
@@ -1512,7 +1615,10 @@ mod tests {
 
     #[test]
     fn a_report_is_stored_once_shows_on_its_release_and_survives_reopening() {
-        let dir = tempfile::tempdir().unwrap();
+        each("a_report_is_stored_once", a_report_is_stored_once);
+    }
+
+    fn a_report_is_stored_once(db: &TestDb) {
         let released = NewRecord {
             rpc: "GetSecret",
             launch_id: "l1",
@@ -1520,7 +1626,7 @@ mod tests {
             ..Default::default()
         };
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = db.open();
             s.record(&NewRecord {
                 rpc: "GetBundle",
                 launch_id: "l1",
@@ -1534,7 +1640,7 @@ mod tests {
             assert_eq!(r[0].guest_status, "");
             assert_eq!(r[1].guest_status, "awaiting");
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = db.open();
         assert_eq!(s.report_key("l1").unwrap().as_deref(), Some(&[9; 32]));
         assert_eq!(s.report_key("l2").unwrap(), None);
         let report = GuestReport {
@@ -1587,7 +1693,8 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-            s.with(|c| c.execute_batch("DROP TABLE launch_reports"))
+            // As a release before versioned schemas and reports left it.
+            s.with(|c| c.batch("DROP TABLE launch_reports; DROP TABLE schema_migrations"))
                 .unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
@@ -1599,8 +1706,11 @@ mod tests {
 
     #[test]
     fn digests_are_replaced_per_node_and_class() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        each("digests_are_replaced", digests_are_replaced);
+    }
+
+    fn digests_are_replaced(db: &TestDb) {
+        let s = db.open();
         let rec = |d: &str| DigestRecord {
             mode: "sev".into(),
             digest: d.into(),
@@ -1639,5 +1749,170 @@ mod tests {
         assert!(!s.digest_registered("sev", &[1; 32], true).unwrap());
         assert!(s.digest_registered("sev", &[2; 32], true).unwrap());
         assert_eq!(s.list_digests().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn of_concurrent_takers_on_separate_connections_exactly_one_gets_the_session() {
+        each("exactly_one_taker", |db| {
+            // Two stores on one database: two replicas, each with its own connections.
+            let a = db.open();
+            let b = db.open();
+            for round in 0..5 {
+                let id = format!("race-{round}");
+                a.insert_session(&id, &session(), 600, &NewRecord::default())
+                    .unwrap();
+                let outcomes: Vec<TakeOutcome> = std::thread::scope(|sc| {
+                    let takers: Vec<_> = (0..16)
+                        .map(|i| {
+                            let s = if i % 2 == 0 { &a } else { &b };
+                            let id = &id;
+                            sc.spawn(move || s.take_session(id).unwrap())
+                        })
+                        .collect();
+                    takers.into_iter().map(|t| t.join().unwrap()).collect()
+                });
+                let taken = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, TakeOutcome::Taken(_)))
+                    .count();
+                assert_eq!(taken, 1, "{outcomes:?}");
+                assert!(outcomes
+                    .iter()
+                    .all(|o| matches!(o, TakeOutcome::Taken(_) | TakeOutcome::Used)));
+            }
+        });
+    }
+
+    #[test]
+    fn a_database_is_migrated_from_empty_and_from_the_previous_version() {
+        each("migrations", |db| {
+            // The previous schema, as the release before it left the database.
+            let s = db.open_upto(key(), migrations::latest() - 1).unwrap();
+            s.set_secret("kept", b"across the migration").unwrap();
+            s.insert_session("l", &session(), 600, &NewRecord::default())
+                .unwrap();
+            s.with(|c| {
+                c.execute(
+                    "INSERT INTO digests (node, runtime_class, mode, digest, vcpus, vcpu_type, config, registered_at, origin) \
+                     VALUES ('n', 'c', 'snp', ?1, 1, 'v', 'cfg', 1, 'operator')",
+                    params![vec![5u8; 48]],
+                )
+            })
+            .unwrap();
+            assert!(
+                s.counter(leases::REFERENCE_COUNTER).is_err(),
+                "no counters before"
+            );
+            drop(s);
+            let s = db.open();
+            assert_eq!(s.secret("kept").unwrap().unwrap(), b"across the migration");
+            assert!(s.digest_registered("snp", &[5; 48], false).unwrap());
+            assert_eq!(s.take_session("l").unwrap(), TakeOutcome::Taken(session()));
+            assert_eq!(s.counter(leases::REFERENCE_COUNTER).unwrap(), 0);
+            let versions: Vec<i64> = s
+                .with(|c| {
+                    c.query(
+                        "SELECT version FROM schema_migrations ORDER BY version",
+                        params![],
+                    )?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
+                })
+                .unwrap();
+            assert_eq!(versions, (1..=migrations::latest()).collect::<Vec<_>>());
+            // Opening again applies nothing and loses nothing.
+            drop(s);
+            assert_eq!(
+                db.open().secret("kept").unwrap().unwrap(),
+                b"across the migration"
+            );
+        });
+    }
+
+    #[test]
+    fn a_database_of_a_newer_schema_is_refused() {
+        each("newer_schema", |db| {
+            let s = db.open();
+            s.with(|c| {
+                c.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, 'future', 0)",
+                    params![migrations::latest() + 1],
+                )
+            })
+            .unwrap();
+            drop(s);
+            let Err(e) = db.open_with(key()) else {
+                panic!("opened a newer schema");
+            };
+            assert!(
+                matches!(e, StoreError::NewerSchema { found, .. } if found == migrations::latest() + 1),
+                "{e}"
+            );
+        });
+    }
+
+    #[test]
+    fn replicas_starting_together_migrate_once() {
+        each("migrate_together", |db| {
+            let stores: Vec<Store> = std::thread::scope(|sc| {
+                let opening: Vec<_> = (0..4).map(|_| sc.spawn(|| db.open())).collect();
+                opening.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            let rows: i64 = stores[0]
+                .with(|c| {
+                    c.query_one("SELECT COUNT(*) FROM schema_migrations", params![])?
+                        .get(0)
+                })
+                .unwrap();
+            assert_eq!(rows, migrations::latest());
+            stores[1].set_secret("x", b"y").unwrap();
+            assert_eq!(stores[3].secret("x").unwrap().unwrap(), b"y");
+        });
+    }
+
+    #[test]
+    fn a_lease_has_one_holder_until_it_lapses_or_is_released() {
+        each("leases", |db| {
+            let a = db.open();
+            let b = db.open();
+            assert!(a.take_lease("w", "replica-a", 30).unwrap());
+            assert!(!b.take_lease("w", "replica-b", 30).unwrap());
+            assert!(a.take_lease("w", "replica-a", 30).unwrap(), "renewed");
+            assert_eq!(b.lease_holder("w").unwrap().unwrap().0, "replica-a");
+            a.release_lease("w", "replica-a").unwrap();
+            assert!(b.take_lease("w", "replica-b", 30).unwrap());
+            // A holder that stops renewing loses it once it lapses.
+            assert!(b.take_lease("w", "replica-b", -1).unwrap());
+            assert!(a.take_lease("w", "replica-a", 30).unwrap());
+            assert!(!b.take_lease("w", "replica-b", 30).unwrap());
+        });
+    }
+
+    #[test]
+    fn reference_changes_are_counted_in_the_database() {
+        each("reference_counter", |db| {
+            let a = db.open();
+            let b = db.open();
+            let before = b.counter(leases::REFERENCE_COUNTER).unwrap();
+            a.replace_digests(
+                "n",
+                "c",
+                &[(
+                    vec![1; 48],
+                    DigestRecord {
+                        mode: "snp".into(),
+                        digest: String::new(),
+                        vcpus: 1,
+                        vcpu_type: String::new(),
+                        config: "c".into(),
+                    },
+                )],
+                Origin::Operator,
+                &[],
+            )
+            .unwrap();
+            assert!(b.counter(leases::REFERENCE_COUNTER).unwrap() > before);
+        });
     }
 }

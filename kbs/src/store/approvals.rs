@@ -6,8 +6,8 @@
 //! whose recorded inputs name it. Tokens are stored as SHA-256 of the token
 //! only; the token itself is shown once, when it is made.
 
+use super::db::{params, DbError, Row};
 use super::{now, Store, StoreError};
-use rusqlite::{params, OptionalExtension};
 
 /// One approval as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,9 +54,12 @@ impl Store {
         let t = now();
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO approvals \
+                "INSERT INTO approvals \
                  (kind, id, runtime_class, terms, data, approved_by, approved_at, note) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT (kind, id, runtime_class) DO UPDATE SET terms = excluded.terms, \
+                 data = excluded.data, approved_by = excluded.approved_by, \
+                 approved_at = excluded.approved_at, note = excluded.note",
                 params![
                     row.kind,
                     row.id,
@@ -75,12 +78,14 @@ impl Store {
     /// Every approval, by kind and id.
     pub fn approvals(&self) -> Result<Vec<ApprovalRow>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(
+            c.query(
                 "SELECT kind, id, runtime_class, terms, approved_by, approved_at, note \
                  FROM approvals ORDER BY kind, id, runtime_class",
-            )?;
-            let rows = st.query_map([], approval_row)?;
-            rows.collect()
+                params![],
+            )?
+            .iter()
+            .map(approval_row)
+            .collect()
         })
     }
 
@@ -93,13 +98,14 @@ impl Store {
         runtime_class: &str,
     ) -> Result<Option<ApprovalRow>, StoreError> {
         self.with(|c| {
-            c.query_row(
+            c.query_opt(
                 "SELECT kind, id, runtime_class, terms, approved_by, approved_at, note \
                  FROM approvals WHERE kind = ?1 AND id = ?2 AND runtime_class = ?3",
                 params![kind, id, runtime_class],
-                approval_row,
-            )
-            .optional()
+            )?
+            .as_ref()
+            .map(approval_row)
+            .transpose()
         })
     }
 
@@ -111,12 +117,12 @@ impl Store {
         runtime_class: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         self.with(|c| {
-            c.query_row(
+            c.query_opt(
                 "SELECT data FROM approvals WHERE kind = ?1 AND id = ?2 AND runtime_class = ?3",
                 params![kind, id, runtime_class],
-                |r| r.get::<_, Option<Vec<u8>>>(0),
-            )
-            .optional()
+            )?
+            .map(|r| r.get::<Option<Vec<u8>>>(0))
+            .transpose()
             .map(Option::flatten)
         })
     }
@@ -130,8 +136,7 @@ impl Store {
         id: &str,
         runtime_class: Option<&str>,
     ) -> Result<(usize, usize), StoreError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
+        self.transact(|tx| {
             let revoked = match runtime_class {
                 Some(class) => tx.execute(
                     "DELETE FROM approvals WHERE kind = ?1 AND id = ?2 AND runtime_class = ?3",
@@ -152,12 +157,16 @@ impl Store {
                 _ => ("id = ?2", id.to_string()),
             };
             let registrations: Vec<(String, String)> = {
-                let mut st = tx.prepare(&format!(
-                    "SELECT DISTINCT node, runtime_class FROM registration_inputs \
-                     WHERE kind = ?1 AND {condition}"
-                ))?;
-                let rows = st.query_map(params![kind, value], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect::<Result<_, _>>()?
+                tx.query(
+                    &format!(
+                        "SELECT DISTINCT node, runtime_class FROM registration_inputs \
+                         WHERE kind = ?1 AND {condition}"
+                    ),
+                    params![kind, value],
+                )?
+                .iter()
+                .map(|r| Ok((r.get(0)?, r.get(1)?)))
+                .collect::<Result<_, DbError>>()?
             };
             let mut digests = 0;
             for (node, class) in &registrations {
@@ -170,8 +179,10 @@ impl Store {
                     params![node, class],
                 )?;
             }
-            tx.execute_batch(super::END_UNREGISTERED_CONNECTIONS)?;
-            tx.commit()?;
+            tx.batch(super::END_UNREGISTERED_CONNECTIONS)?;
+            if digests > 0 {
+                super::leases::bump(tx, super::leases::REFERENCE_COUNTER)?;
+            }
             Ok((revoked, digests))
         })
         .inspect(|(_, digests)| {
@@ -204,11 +215,13 @@ impl Store {
     /// Every live token, oldest first.
     pub fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
         let rows: Vec<(TokenRow, Vec<u8>)> = self.with(|c| {
-            let mut st = c.prepare(
+            c.query(
                 "SELECT id, hash, role, node, note, created_by, created_at FROM tokens \
                  ORDER BY created_at, id",
-            )?;
-            let rows = st.query_map([], |r| {
+                params![],
+            )?
+            .iter()
+            .map(|r| {
                 Ok((
                     TokenRow {
                         id: r.get(0)?,
@@ -219,20 +232,17 @@ impl Store {
                         created_by: r.get(5)?,
                         created_at: r.get(6)?,
                     },
-                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<Vec<u8>>(1)?,
                 ))
-            })?;
-            rows.collect()
+            })
+            .collect()
         })?;
         rows.into_iter()
             .map(|(mut row, hash)| {
                 row.hash = hash
                     .as_slice()
                     .try_into()
-                    .map_err(|_| StoreError::Corrupt {
-                        path: self.path.clone(),
-                        what: "token hash",
-                    })?;
+                    .map_err(|_| self.corrupt("token hash"))?;
                 Ok(row)
             })
             .collect()
@@ -247,7 +257,7 @@ impl Store {
     }
 }
 
-fn approval_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRow> {
+fn approval_row(r: &Row) -> Result<ApprovalRow, DbError> {
     Ok(ApprovalRow {
         kind: r.get(0)?,
         id: r.get(1)?,
@@ -278,99 +288,104 @@ mod tests {
 
     #[test]
     fn revoking_an_input_removes_the_registrations_derived_from_it_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        s.approve(&row("kernel", "aa", ""), None).unwrap();
-        s.approve(&row("kata-config", "cc", "kata-qemu-snp"), Some(b"toml"))
-            .unwrap();
-        s.approve(&row("kata-config", "cc", "kata-qemu-snp-2"), Some(b"toml"))
-            .unwrap();
-        assert_eq!(
-            s.approval_data("kata-config", "cc", "kata-qemu-snp")
-                .unwrap(),
-            Some(b"toml".to_vec())
-        );
-        let rec = DigestRecord {
-            mode: "snp".into(),
-            digest: "01".into(),
-            vcpus: 1,
-            vcpu_type: "EPYC-v4".into(),
-            config: String::new(),
-        };
-        let inputs = |class: &str| {
-            vec![
-                ("kernel".to_string(), "aa".to_string()),
-                ("kata-config".to_string(), format!("{class}:cc")),
-            ]
-        };
-        s.replace_digests(
-            "n1",
-            "kata-qemu-snp",
-            &[(vec![1; 48], rec.clone())],
-            Origin::Derived,
-            &inputs("kata-qemu-snp"),
-        )
-        .unwrap();
-        s.replace_digests(
-            "n2",
-            "kata-qemu-snp-2",
-            &[(vec![2; 48], rec.clone())],
-            Origin::Derived,
-            &inputs("kata-qemu-snp-2"),
-        )
-        .unwrap();
-        s.replace_digests("op", "x", &[(vec![3; 48], rec)], Origin::Operator, &[])
-            .unwrap();
-        // An online connection opened by a launch of each digest.
-        for d in 1..=3u8 {
-            let scope = super::super::ConnectionScope {
-                launch_id: format!("launch-{d}"),
-                keyset: "KEYSET-1".into(),
-                mode: "snp".into(),
-                digest: vec![d; 48],
-            };
-            s.insert_connection(&format!("client-{d}"), &[d; 32], &scope, 3600)
+        crate::store::test_db::each(
+            "revoking_an_input_removes_the_registrations_derived_from_it_only",
+            |db| {
+                let s = db.open();
+                s.approve(&row("kernel", "aa", ""), None).unwrap();
+                s.approve(&row("kata-config", "cc", "kata-qemu-snp"), Some(b"toml"))
+                    .unwrap();
+                s.approve(&row("kata-config", "cc", "kata-qemu-snp-2"), Some(b"toml"))
+                    .unwrap();
+                assert_eq!(
+                    s.approval_data("kata-config", "cc", "kata-qemu-snp")
+                        .unwrap(),
+                    Some(b"toml".to_vec())
+                );
+                let rec = DigestRecord {
+                    mode: "snp".into(),
+                    digest: "01".into(),
+                    vcpus: 1,
+                    vcpu_type: "EPYC-v4".into(),
+                    config: String::new(),
+                };
+                let inputs = |class: &str| {
+                    vec![
+                        ("kernel".to_string(), "aa".to_string()),
+                        ("kata-config".to_string(), format!("{class}:cc")),
+                    ]
+                };
+                s.replace_digests(
+                    "n1",
+                    "kata-qemu-snp",
+                    &[(vec![1; 48], rec.clone())],
+                    Origin::Derived,
+                    &inputs("kata-qemu-snp"),
+                )
                 .unwrap();
-        }
-        assert_eq!(
-            s.revoke("kata-config", "cc", Some("kata-qemu-snp"))
-                .unwrap(),
-            (1, 1)
+                s.replace_digests(
+                    "n2",
+                    "kata-qemu-snp-2",
+                    &[(vec![2; 48], rec.clone())],
+                    Origin::Derived,
+                    &inputs("kata-qemu-snp-2"),
+                )
+                .unwrap();
+                s.replace_digests("op", "x", &[(vec![3; 48], rec)], Origin::Operator, &[])
+                    .unwrap();
+                // An online connection opened by a launch of each digest.
+                for d in 1..=3u8 {
+                    let scope = super::super::ConnectionScope {
+                        launch_id: format!("launch-{d}"),
+                        keyset: "KEYSET-1".into(),
+                        mode: "snp".into(),
+                        digest: vec![d; 48],
+                    };
+                    s.insert_connection(&format!("client-{d}"), &[d; 32], &scope, 3600)
+                        .unwrap();
+                }
+                assert_eq!(
+                    s.revoke("kata-config", "cc", Some("kata-qemu-snp"))
+                        .unwrap(),
+                    (1, 1)
+                );
+                // Revoking ends the connections of the digests it removed.
+                assert!(s.connection("client-1").unwrap().is_none());
+                assert!(s.connection("client-2").unwrap().is_some());
+                assert!(!s.digest_registered("snp", &[1; 48], true).unwrap());
+                assert!(s.digest_registered("snp", &[2; 48], false).unwrap());
+                assert_eq!(s.revoke("kernel", "aa", None).unwrap(), (1, 1));
+                assert!(!s.digest_registered("snp", &[2; 48], true).unwrap());
+                assert!(s.connection("client-2").unwrap().is_none());
+                assert!(s.digest_registered("snp", &[3; 48], false).unwrap());
+                let kept = s.connection("client-3").unwrap().unwrap();
+                assert_eq!(*kept.key, [3; 32]);
+                assert_eq!(kept.scope.keyset, "KEYSET-1");
+                assert_eq!(s.revoke("kernel", "aa", None).unwrap(), (0, 0));
+                assert_eq!(s.approvals().unwrap().len(), 1);
+            },
         );
-        // Revoking ends the connections of the digests it removed.
-        assert!(s.connection("client-1").unwrap().is_none());
-        assert!(s.connection("client-2").unwrap().is_some());
-        assert!(!s.digest_registered("snp", &[1; 48], true).unwrap());
-        assert!(s.digest_registered("snp", &[2; 48], false).unwrap());
-        assert_eq!(s.revoke("kernel", "aa", None).unwrap(), (1, 1));
-        assert!(!s.digest_registered("snp", &[2; 48], true).unwrap());
-        assert!(s.connection("client-2").unwrap().is_none());
-        assert!(s.digest_registered("snp", &[3; 48], false).unwrap());
-        let kept = s.connection("client-3").unwrap().unwrap();
-        assert_eq!(*kept.key, [3; 32]);
-        assert_eq!(kept.scope.keyset, "KEYSET-1");
-        assert_eq!(s.revoke("kernel", "aa", None).unwrap(), (0, 0));
-        assert_eq!(s.approvals().unwrap().len(), 1);
     }
 
     #[test]
     fn tokens_are_kept_by_hash_and_revoked_by_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        let t = TokenRow {
-            id: "t1".into(),
-            hash: [7; 32],
-            role: "node".into(),
-            node: "n1".into(),
-            note: String::new(),
-            created_by: "uid 0".into(),
-            created_at: 1,
-        };
-        s.insert_token(&t).unwrap();
-        assert!(s.insert_token(&t).is_err(), "ids and hashes are unique");
-        assert_eq!(s.tokens().unwrap(), vec![t]);
-        assert!(s.revoke_token("t1").unwrap());
-        assert!(!s.revoke_token("t1").unwrap());
-        assert!(s.tokens().unwrap().is_empty());
+        crate::store::test_db::each("tokens_are_kept_by_hash_and_revoked_by_id", |db| {
+            let s = db.open();
+            let t = TokenRow {
+                id: "t1".into(),
+                hash: [7; 32],
+                role: "node".into(),
+                node: "n1".into(),
+                note: String::new(),
+                created_by: "uid 0".into(),
+                created_at: 1,
+            };
+            s.insert_token(&t).unwrap();
+            assert!(s.insert_token(&t).is_err(), "ids and hashes are unique");
+            assert_eq!(s.tokens().unwrap(), vec![t]);
+            assert!(s.revoke_token("t1").unwrap());
+            assert!(!s.revoke_token("t1").unwrap());
+            assert!(s.tokens().unwrap().is_empty());
+        });
     }
 }

@@ -2,8 +2,8 @@
 //! registered launches a measurement matches, and the verified reports, one
 //! per nonce, each with its attestation record.
 
+use super::db::params;
 use super::{hex, insert_record, now, NewRecord, Store, StoreError};
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 /// Where the nonce key is kept in `meta`.
 const NONCE_KEY: &str = "snp-nonce-key";
@@ -107,19 +107,13 @@ impl Store {
         };
         let stored: Vec<u8> = self.with(|c| {
             c.execute(
-                "INSERT OR IGNORE INTO meta (name, value) VALUES (?1, ?2)",
-                params![NONCE_KEY, &fresh[..]],
+                "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![NONCE_KEY, fresh],
             )?;
-            c.query_row(
-                "SELECT value FROM meta WHERE name = ?1",
-                params![NONCE_KEY],
-                |r| r.get(0),
-            )
+            c.query_one("SELECT value FROM meta WHERE name = ?1", params![NONCE_KEY])?
+                .get(0)
         })?;
-        <[u8; 32]>::try_from(stored.as_slice()).map_err(|_| StoreError::Corrupt {
-            path: self.path.clone(),
-            what: "the SNP nonce key",
-        })
+        <[u8; 32]>::try_from(stored.as_slice()).map_err(|_| self.corrupt("the SNP nonce key"))
     }
 
     /// The registered SNP launches with `measurement` that count: operator
@@ -131,12 +125,14 @@ impl Store {
         honour_node: bool,
     ) -> Result<Vec<SnpLaunch>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(
+            c.query(
                 "SELECT node, runtime_class, vcpus, vcpu_type, config FROM digests \
                  WHERE digest = ?1 AND mode = 'snp' AND (origin != 'node' OR ?2) \
                  ORDER BY node, runtime_class, vcpus LIMIT ?3",
-            )?;
-            let rows = st.query_map(params![measurement, honour_node, MAX_LAUNCHES], |r| {
+                params![measurement, honour_node, MAX_LAUNCHES],
+            )?
+            .iter()
+            .map(|r| {
                 Ok(SnpLaunch {
                     node: r.get(0)?,
                     runtime_class: r.get(1)?,
@@ -144,8 +140,8 @@ impl Store {
                     vcpu_type: r.get(3)?,
                     config: r.get(4)?,
                 })
-            })?;
-            rows.collect()
+            })
+            .collect()
         })
     }
 
@@ -158,28 +154,26 @@ impl Store {
     ) -> Result<SnpReportOutcome, StoreError> {
         let t = now();
         let failed = serde_json::to_string(&report.failed_checks).unwrap_or_else(|_| "[]".into());
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let used: Option<i64> = tx
-                .query_row(
+        self.transact(|tx| {
+            let used = tx
+                .query_opt(
                     "SELECT id FROM snp_guest_reports WHERE nonce = ?1",
                     params![report.nonce],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if used.is_some() {
+                )?
+                .is_some();
+            if used {
                 return Ok(SnpReportOutcome::Replayed);
             }
-            let recent: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM snp_guest_reports WHERE signer = ?1 AND at > ?2",
-                params![report.signer, t.saturating_sub(3600)],
-                |r| r.get(0),
-            )?;
+            let recent: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM snp_guest_reports WHERE signer = ?1 AND at > ?2",
+                    params![report.signer, t.saturating_sub(3600)],
+                )?
+                .get(0)?;
             if recent >= MAX_PER_CHIP_HOUR {
                 return Ok(SnpReportOutcome::TooMany);
             }
-            insert_record(&tx, t, record)?;
-            let record_id = tx.last_insert_rowid();
+            let record_id = insert_record(tx, t, record)?;
             tx.execute(
                 "INSERT INTO snp_guest_reports (nonce, record_id, at, chip_id, signer, measurement, \
                  status, failed_checks, client, body, report) \
@@ -198,7 +192,6 @@ impl Store {
                     report.report
                 ],
             )?;
-            tx.commit()?;
             Ok(SnpReportOutcome::Recorded(t))
         })
     }
@@ -206,11 +199,11 @@ impl Store {
     /// How many SNP guest reports are stored, by status.
     pub fn count_snp_reports(&self, status: &str) -> Result<u64, StoreError> {
         self.with(|c| {
-            c.query_row(
+            c.query_one(
                 "SELECT COUNT(*) FROM snp_guest_reports WHERE status = ?1",
                 params![status],
-                |r| r.get(0),
-            )
+            )?
+            .get(0)
         })
     }
 }
@@ -282,64 +275,65 @@ mod tests {
 
     #[test]
     fn a_nonce_is_used_once_and_the_record_shows_the_chip() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let record = NewRecord {
-            rpc: "SnpReport",
-            ok: true,
-            reason: "guest confirmed the secret path",
-            digest: &hex(&[0xcd; 48]),
-            ..Default::default()
-        };
-        assert!(matches!(
-            store.record_snp_report(&report(1), &record).unwrap(),
-            SnpReportOutcome::Recorded(_)
-        ));
-        assert_eq!(
-            store.record_snp_report(&report(1), &record).unwrap(),
-            SnpReportOutcome::Replayed
-        );
-        // One chip fills its hour; another is not held up by it.
-        let limit = u8::try_from(MAX_PER_CHIP_HOUR).unwrap();
-        for n in 100..(100 + limit - 1) {
+        crate::store::test_db::each("a_nonce_is_used_once_and_the_record_shows_the_chip", |db| {
+            let store = db.open();
+            let record = NewRecord {
+                rpc: "SnpReport",
+                ok: true,
+                reason: "guest confirmed the secret path",
+                digest: &hex(&[0xcd; 48]),
+                ..Default::default()
+            };
             assert!(matches!(
-                store.record_snp_report(&report(n), &record).unwrap(),
+                store.record_snp_report(&report(1), &record).unwrap(),
                 SnpReportOutcome::Recorded(_)
             ));
-        }
-        assert_eq!(
-            store.record_snp_report(&report(200), &record).unwrap(),
-            SnpReportOutcome::TooMany
-        );
-        let mut other_chip = report(201);
-        other_chip.signer = "b2".repeat(32);
-        assert!(matches!(
-            store.record_snp_report(&other_chip, &record).unwrap(),
-            SnpReportOutcome::Recorded(_)
-        ));
-        store
-            .with(|c| c.execute("DELETE FROM snp_guest_reports WHERE id > 1", []))
-            .unwrap();
-        store
-            .with(|c| c.execute("DELETE FROM records WHERE id > 1", []))
-            .unwrap();
-        let mut broken = report(2);
-        broken.status = "path_broken".into();
-        broken.failed_checks = vec!["broker: measurement registered".into()];
-        store.record_snp_report(&broken, &record).unwrap();
-        assert_eq!(store.count_snp_reports("confirmed").unwrap(), 1);
-        assert_eq!(store.count_snp_reports("path_broken").unwrap(), 1);
-        let records = store.records(0, 10).unwrap();
-        assert_eq!(records.len(), 2, "the replay adds no record");
-        assert_eq!(records[0].guest_status, "confirmed");
-        assert_eq!(records[0].tee, "snp");
-        assert_eq!(records[0].chip_id, hex(&[0xab; 64]));
-        assert_eq!(records[1].guest_status, "path_broken");
-        assert_eq!(records[1].failed_checks, broken.failed_checks);
-        // The key is made once and kept.
-        let k = store.snp_nonce_key().unwrap();
-        assert_eq!(store.snp_nonce_key().unwrap(), k);
-        drop(store);
-        assert_eq!(Store::open(dir.path()).unwrap().snp_nonce_key().unwrap(), k);
+            assert_eq!(
+                store.record_snp_report(&report(1), &record).unwrap(),
+                SnpReportOutcome::Replayed
+            );
+            // One chip fills its hour; another is not held up by it.
+            let limit = u8::try_from(MAX_PER_CHIP_HOUR).unwrap();
+            for n in 100..(100 + limit - 1) {
+                assert!(matches!(
+                    store.record_snp_report(&report(n), &record).unwrap(),
+                    SnpReportOutcome::Recorded(_)
+                ));
+            }
+            assert_eq!(
+                store.record_snp_report(&report(200), &record).unwrap(),
+                SnpReportOutcome::TooMany
+            );
+            let mut other_chip = report(201);
+            other_chip.signer = "b2".repeat(32);
+            assert!(matches!(
+                store.record_snp_report(&other_chip, &record).unwrap(),
+                SnpReportOutcome::Recorded(_)
+            ));
+            store
+                .with(|c| c.execute("DELETE FROM snp_guest_reports WHERE id > 1", params![]))
+                .unwrap();
+            store
+                .with(|c| c.execute("DELETE FROM records WHERE id > 1", params![]))
+                .unwrap();
+            let mut broken = report(2);
+            broken.status = "path_broken".into();
+            broken.failed_checks = vec!["broker: measurement registered".into()];
+            store.record_snp_report(&broken, &record).unwrap();
+            assert_eq!(store.count_snp_reports("confirmed").unwrap(), 1);
+            assert_eq!(store.count_snp_reports("path_broken").unwrap(), 1);
+            let records = store.records(0, 10).unwrap();
+            assert_eq!(records.len(), 2, "the replay adds no record");
+            assert_eq!(records[0].guest_status, "confirmed");
+            assert_eq!(records[0].tee, "snp");
+            assert_eq!(records[0].chip_id, hex(&[0xab; 64]));
+            assert_eq!(records[1].guest_status, "path_broken");
+            assert_eq!(records[1].failed_checks, broken.failed_checks);
+            // The key is made once and kept.
+            let k = store.snp_nonce_key().unwrap();
+            assert_eq!(store.snp_nonce_key().unwrap(), k);
+            drop(store);
+            assert_eq!(db.open().snp_nonce_key().unwrap(), k);
+        });
     }
 }

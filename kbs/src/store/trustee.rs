@@ -3,8 +3,9 @@
 //! SNP measurements that count. Every change is announced to the writer that
 //! keeps Trustee in step.
 
+use super::db::{params, DbError};
+use super::leases::{bump, REFERENCE_COUNTER};
 use super::{now, Store, StoreError};
-use rusqlite::{params, OptionalExtension};
 
 /// Where the operator's TCB minimums are kept in `meta`.
 const PIN_KEY: &str = "trustee-tcb-pin";
@@ -75,12 +76,14 @@ impl Store {
     /// `honour_node` (open registration).
     pub fn snp_measurements(&self, honour_node: bool) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(
+            c.query(
                 "SELECT DISTINCT digest FROM digests WHERE mode = 'snp' \
                  AND (origin != 'node' OR ?1) ORDER BY digest",
-            )?;
-            let rows = st.query_map(params![honour_node], |r| r.get::<_, Vec<u8>>(0))?;
-            rows.map(|r| r.map(|d| super::hex(&d))).collect()
+                params![honour_node],
+            )?
+            .iter()
+            .map(|r| r.get::<Vec<u8>>(0).map(|d| super::hex(&d)))
+            .collect()
         })
     }
 
@@ -91,18 +94,21 @@ impl Store {
         tcb: &PlatformTcb,
         product: &str,
     ) -> Result<(), StoreError> {
-        let changed = self.with(|c| {
+        let changed = self.transact(|c| {
             let old: Option<(u8, u8, u8, u8)> = c
-                .query_row(
+                .query_opt(
                     "SELECT bootloader, tee, snp, microcode FROM platform_tcbs WHERE node = ?1",
                     params![node],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .optional()?;
+                )?
+                .map(|r| Ok::<_, DbError>((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .transpose()?;
             c.execute(
-                "INSERT OR REPLACE INTO platform_tcbs \
+                "INSERT INTO platform_tcbs \
                  (node, bootloader, tee, snp, microcode, product, reported_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (node) DO UPDATE SET bootloader = excluded.bootloader, \
+                 tee = excluded.tee, snp = excluded.snp, microcode = excluded.microcode, \
+                 product = excluded.product, reported_at = excluded.reported_at",
                 params![
                     node,
                     tcb.bootloader,
@@ -113,7 +119,11 @@ impl Store {
                     now()
                 ],
             )?;
-            Ok(old != Some((tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode)))
+            let changed = old != Some((tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode));
+            if changed {
+                bump(c, REFERENCE_COUNTER)?;
+            }
+            Ok(changed)
         })?;
         if changed {
             self.reference_changed();
@@ -123,8 +133,13 @@ impl Store {
 
     /// Forgets the TCB `node` reported.
     pub fn clear_node_tcb(&self, node: &str) -> Result<(), StoreError> {
-        let removed =
-            self.with(|c| c.execute("DELETE FROM platform_tcbs WHERE node = ?1", params![node]))?;
+        let removed = self.transact(|c| {
+            let n = c.execute("DELETE FROM platform_tcbs WHERE node = ?1", params![node])?;
+            if n > 0 {
+                bump(c, REFERENCE_COUNTER)?;
+            }
+            Ok(n)
+        })?;
         if removed > 0 {
             self.reference_changed();
         }
@@ -135,13 +150,15 @@ impl Store {
     /// by node.
     pub fn node_tcbs(&self) -> Result<Vec<NodeTcb>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(
+            c.query(
                 "SELECT node, bootloader, tee, snp, microcode, product, reported_at \
                  FROM platform_tcbs t WHERE EXISTS \
                  (SELECT 1 FROM digests d WHERE d.node = t.node AND d.mode = 'snp') \
                  ORDER BY node",
-            )?;
-            let rows = st.query_map([], |r| {
+                params![],
+            )?
+            .iter()
+            .map(|r| {
                 Ok(NodeTcb {
                     node: r.get(0)?,
                     tcb: PlatformTcb {
@@ -153,43 +170,38 @@ impl Store {
                     product: r.get(5)?,
                     reported_at: r.get(6)?,
                 })
-            })?;
-            rows.collect()
+            })
+            .collect()
         })
     }
 
     /// The operator's TCB minimums (none pinned when never set).
     pub fn tcb_pin(&self) -> Result<TcbPin, StoreError> {
         let raw: Option<Vec<u8>> = self.with(|c| {
-            c.query_row(
-                "SELECT value FROM meta WHERE name = ?1",
-                params![PIN_KEY],
-                |r| r.get(0),
-            )
-            .optional()
+            c.query_opt("SELECT value FROM meta WHERE name = ?1", params![PIN_KEY])?
+                .map(|r| r.get(0))
+                .transpose()
         })?;
         match raw {
             None => Ok(TcbPin::default()),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
-                path: self.path.clone(),
-                what: "the TCB pin",
-            }),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| self.corrupt("the TCB pin")),
         }
     }
 
     /// Sets the operator's TCB minimums; an empty pin removes them.
     pub fn set_tcb_pin(&self, pin: &TcbPin) -> Result<(), StoreError> {
         let value = serde_json::to_vec(pin).unwrap_or_default();
-        self.with(|c| {
+        self.transact(|c| {
             if pin.is_empty() {
                 c.execute("DELETE FROM meta WHERE name = ?1", params![PIN_KEY])?;
             } else {
                 c.execute(
-                    "INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)",
+                    "INSERT INTO meta (name, value) VALUES (?1, ?2) \
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                     params![PIN_KEY, value],
                 )?;
             }
-            Ok(())
+            bump(c, REFERENCE_COUNTER)
         })?;
         self.reference_changed();
         Ok(())
@@ -216,56 +228,57 @@ mod tests {
 
     #[test]
     fn measurements_tcbs_and_pins_are_kept_and_announced() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut changes = store.subscribe_reference_changes();
-        store
-            .replace_digests("n1", "kata-qemu-snp", &[snp(0xab)], Origin::Node, &[])
-            .unwrap();
-        store
-            .replace_digests("n2", "kata-qemu-snp", &[snp(0x01)], Origin::Derived, &[])
-            .unwrap();
-        assert!(changes.has_changed().unwrap());
-        changes.mark_unchanged();
-        assert_eq!(store.snp_measurements(false).unwrap(), [hex_of(0x01)]);
-        assert_eq!(
-            store.snp_measurements(true).unwrap(),
-            [hex_of(0x01), hex_of(0xab)]
-        );
+        crate::store::test_db::each("measurements_tcbs_and_pins_are_kept_and_announced", |db| {
+            let store = db.open();
+            let mut changes = store.subscribe_reference_changes();
+            store
+                .replace_digests("n1", "kata-qemu-snp", &[snp(0xab)], Origin::Node, &[])
+                .unwrap();
+            store
+                .replace_digests("n2", "kata-qemu-snp", &[snp(0x01)], Origin::Derived, &[])
+                .unwrap();
+            assert!(changes.has_changed().unwrap());
+            changes.mark_unchanged();
+            assert_eq!(store.snp_measurements(false).unwrap(), [hex_of(0x01)]);
+            assert_eq!(
+                store.snp_measurements(true).unwrap(),
+                [hex_of(0x01), hex_of(0xab)]
+            );
 
-        let tcb = PlatformTcb {
-            bootloader: 10,
-            tee: 0,
-            snp: 23,
-            microcode: 213,
-        };
-        store.set_node_tcb("n1", &tcb, "Milan").unwrap();
-        assert!(changes.has_changed().unwrap());
-        changes.mark_unchanged();
-        // The same report again is no change.
-        store.set_node_tcb("n1", &tcb, "Milan").unwrap();
-        assert!(!changes.has_changed().unwrap());
-        assert_eq!(store.node_tcbs().unwrap().len(), 1);
-        // A node without SNP digests does not count.
-        store.set_node_tcb("n3", &tcb, "Milan").unwrap();
-        assert_eq!(store.node_tcbs().unwrap().len(), 1);
-        store.clear_node_tcb("n1").unwrap();
-        assert!(changes.has_changed().unwrap());
-        assert!(store.node_tcbs().unwrap().is_empty());
-        store.set_node_tcb("n1", &tcb, "Milan").unwrap();
-        store
-            .replace_digests("n1", "kata-qemu-snp", &[], Origin::Node, &[])
-            .unwrap();
-        assert!(store.node_tcbs().unwrap().is_empty());
+            let tcb = PlatformTcb {
+                bootloader: 10,
+                tee: 0,
+                snp: 23,
+                microcode: 213,
+            };
+            store.set_node_tcb("n1", &tcb, "Milan").unwrap();
+            assert!(changes.has_changed().unwrap());
+            changes.mark_unchanged();
+            // The same report again is no change.
+            store.set_node_tcb("n1", &tcb, "Milan").unwrap();
+            assert!(!changes.has_changed().unwrap());
+            assert_eq!(store.node_tcbs().unwrap().len(), 1);
+            // A node without SNP digests does not count.
+            store.set_node_tcb("n3", &tcb, "Milan").unwrap();
+            assert_eq!(store.node_tcbs().unwrap().len(), 1);
+            store.clear_node_tcb("n1").unwrap();
+            assert!(changes.has_changed().unwrap());
+            assert!(store.node_tcbs().unwrap().is_empty());
+            store.set_node_tcb("n1", &tcb, "Milan").unwrap();
+            store
+                .replace_digests("n1", "kata-qemu-snp", &[], Origin::Node, &[])
+                .unwrap();
+            assert!(store.node_tcbs().unwrap().is_empty());
 
-        let pin = TcbPin {
-            snp: Some(22),
-            ..TcbPin::default()
-        };
-        store.set_tcb_pin(&pin).unwrap();
-        assert_eq!(store.tcb_pin().unwrap(), pin);
-        store.set_tcb_pin(&TcbPin::default()).unwrap();
-        assert!(store.tcb_pin().unwrap().is_empty());
+            let pin = TcbPin {
+                snp: Some(22),
+                ..TcbPin::default()
+            };
+            store.set_tcb_pin(&pin).unwrap();
+            assert_eq!(store.tcb_pin().unwrap(), pin);
+            store.set_tcb_pin(&TcbPin::default()).unwrap();
+            assert!(store.tcb_pin().unwrap().is_empty());
+        });
     }
 
     fn hex_of(byte: u8) -> String {

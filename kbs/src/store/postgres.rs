@@ -1,0 +1,363 @@
+//! Connections to the PostgreSQL server that replicas of the broker share.
+//!
+//! The store is synchronous (its callers run on blocking threads); the
+//! `postgres` client drives its own small runtime, which may not run inside
+//! another, so every use of a connection happens on a thread outside the
+//! caller's runtime. A small pool keeps connections open; one that broke
+//! (server restarted, network cut) is dropped and the next use opens a new
+//! one. Every write transaction first takes one transaction-level advisory
+//! lock, so writers queue as they do on SQLite and a check-then-write inside
+//! a transaction means the same thing on both databases.
+
+use super::db::{DbError, Handle, StatementCache};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// The advisory lock every write transaction holds.
+const WRITE_LOCK: i64 = 0x6b62_735f_7772_6974; // "kbs_writ"
+/// The advisory lock migrations run under.
+pub const MIGRATION_LOCK: i64 = 0x6b62_735f_6d69_6772; // "kbs_migr"
+
+/// How long a caller waits for a pooled connection before failing.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// How to reach the PostgreSQL server.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// The connection string (`postgres://user@host:port/db?sslmode=...`),
+    /// without a password.
+    pub url: String,
+    /// The password, from a file or the environment.
+    pub password: Option<zeroize::Zeroizing<String>>,
+    /// PEM file of the certificate authorities the server's certificate is
+    /// checked against (else the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Most connections kept open by this process.
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("ca_file", &self.ca_file)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// Why the PostgreSQL options cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PgConfigError {
+    /// The connection string does not parse.
+    #[error("--database: not a PostgreSQL connection string: {0}")]
+    Url(String),
+    /// The connection string carries a password.
+    #[error(
+        "--database: the connection string holds a password, which would be visible in the \
+         process list; give it with --database-password-file or KBS_DATABASE_PASSWORD"
+    )]
+    PasswordInUrl,
+    /// The CA file cannot be read or holds no certificate.
+    #[error("--database-ca {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+struct PgConn {
+    client: postgres::Client,
+    statements: StatementCache,
+}
+
+enum Tls {
+    None,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// A pool of connections to one PostgreSQL database.
+pub struct PgPool {
+    config: postgres::Config,
+    tls: Tls,
+    location: String,
+    idle: Mutex<PoolState>,
+    returned: Condvar,
+    max: usize,
+}
+
+struct PoolState {
+    idle: Vec<PgConn>,
+    open: usize,
+}
+
+impl PgPool {
+    /// A pool for `options`; no connection is opened yet.
+    pub fn new(options: &PgOptions) -> Result<PgPool, PgConfigError> {
+        let mut config: postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e: postgres::Error| PgConfigError::Url(e.to_string()))?;
+        if config.get_password().is_some() {
+            return Err(PgConfigError::PasswordInUrl);
+        }
+        if let Some(p) = &options.password {
+            config.password(p.as_bytes());
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("kbs");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        let tls = if config.get_ssl_mode() == postgres::config::SslMode::Disable {
+            Tls::None
+        } else {
+            Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(
+                client_config(options.ca_file.as_deref())?,
+            ))
+        };
+        let location = location(&config);
+        Ok(PgPool {
+            config,
+            tls,
+            location,
+            idle: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            returned: Condvar::new(),
+            max: options.pool_size.max(1),
+        })
+    }
+
+    /// The database, for messages: user, host, port and name, never a password.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Runs `f` on a pooled connection.
+    pub fn with<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
+    ) -> Result<T, DbError> {
+        self.on_own_thread(|| {
+            let mut conn = self.checkout()?;
+            let out = f(&mut Handle::Postgres(
+                &mut conn.client,
+                &mut conn.statements,
+            ));
+            self.checkin(conn);
+            out
+        })
+    }
+
+    /// Runs `f` in a transaction holding the write lock; commits when it
+    /// returns `Ok`, rolls back otherwise.
+    pub fn transact<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
+    ) -> Result<T, DbError> {
+        self.transact_locked(WRITE_LOCK, f)
+    }
+
+    /// Runs `f` in a transaction holding the advisory lock `lock`.
+    pub fn transact_locked<T: Send>(
+        &self,
+        lock: i64,
+        f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
+    ) -> Result<T, DbError> {
+        self.on_own_thread(|| {
+            let mut conn = self.checkout()?;
+            let out = (|| {
+                let PgConn { client, statements } = &mut conn;
+                let mut tx = client.transaction()?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])?;
+                let out = f(&mut Handle::Postgres(&mut tx, statements))?;
+                tx.commit()?;
+                Ok(out)
+            })();
+            self.checkin(conn);
+            out
+        })
+    }
+
+    /// Runs `f` where the client's own runtime may block: on this thread if
+    /// it is outside any runtime, else on a thread of its own.
+    fn on_own_thread<T: Send>(
+        &self,
+        f: impl FnOnce() -> Result<T, DbError> + Send,
+    ) -> Result<T, DbError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return f();
+        }
+        std::thread::scope(|s| {
+            s.spawn(f)
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    fn checkout(&self) -> Result<PgConn, DbError> {
+        let mut state = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(c) = state.idle.pop() {
+                return Ok(c);
+            }
+            if state.open < self.max {
+                state.open += 1;
+                drop(state);
+                return self.connect().inspect_err(|_| {
+                    let mut state = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                    state.open = state.open.saturating_sub(1);
+                    self.returned.notify_one();
+                });
+            }
+            let (s, timeout) = self
+                .returned
+                .wait_timeout(state, POOL_WAIT)
+                .unwrap_or_else(|p| p.into_inner());
+            state = s;
+            if timeout.timed_out() && state.idle.is_empty() && state.open >= self.max {
+                return Err(DbError::Unavailable(format!(
+                    "{}: all {} connections busy for {}s",
+                    self.location,
+                    self.max,
+                    POOL_WAIT.as_secs()
+                )));
+            }
+        }
+    }
+
+    fn checkin(&self, conn: PgConn) {
+        let mut state = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.client.is_closed() {
+            state.open = state.open.saturating_sub(1);
+        } else {
+            state.idle.push(conn);
+        }
+        self.returned.notify_one();
+    }
+
+    fn connect(&self) -> Result<PgConn, DbError> {
+        let client = match &self.tls {
+            Tls::None => self.config.connect(postgres::NoTls)?,
+            Tls::Rustls(tls) => self.config.connect(tls.clone())?,
+        };
+        Ok(PgConn {
+            client,
+            statements: StatementCache::new(),
+        })
+    }
+}
+
+/// The TLS client configuration: the server's certificate must chain to
+/// `ca_file`'s certificates, or to the system's roots, and name the host.
+fn client_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, PgConfigError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let err = |reason: String| PgConfigError::Ca {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| err(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(err("no PEM certificate in it".into()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PgConfigError::Url(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+fn location(config: &postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(h) => h.clone(),
+            postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_default();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{}:{}/{}",
+        config.get_user().unwrap_or(""),
+        host,
+        port,
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+impl std::fmt::Debug for PgPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgPool")
+            .field("location", &self.location)
+            .field("max", &self.max)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(url: &str) -> PgOptions {
+        PgOptions {
+            url: url.into(),
+            password: None,
+            ca_file: None,
+            pool_size: 2,
+        }
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused() {
+        let e = PgPool::new(&options("postgres://kbs:hunter2@db/kbs")).unwrap_err();
+        assert!(matches!(e, PgConfigError::PasswordInUrl), "{e}");
+        assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn the_location_names_no_password() {
+        let mut o = options("postgres://kbs@db.example:5433/broker?sslmode=disable");
+        o.password = Some(zeroize::Zeroizing::new("hunter2".into()));
+        let p = PgPool::new(&o).unwrap();
+        assert_eq!(p.location(), "postgres://kbs@db.example:5433/broker");
+        assert!(!format!("{p:?} {o:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ca.pem");
+        std::fs::write(&f, "nothing\n").unwrap();
+        let mut o = options("postgres://kbs@db/kbs?sslmode=require");
+        o.ca_file = Some(f.clone());
+        let e = PgPool::new(&o).unwrap_err();
+        assert!(e.to_string().contains(&f.display().to_string()), "{e}");
+    }
+}
