@@ -103,6 +103,35 @@ pub struct Args {
     /// first start), with a warning at every start.
     #[arg(long, value_name = "FILE")]
     pub at_rest_key_file: Option<PathBuf>,
+    /// Where the broker keeps its state: `sqlite` (the embedded database in
+    /// --data-dir, for a single broker) or a PostgreSQL connection string
+    /// shared by replicas behind one address, e.g.
+    /// `postgres://kbs@db.example:5432/kbs?sslmode=require`. The schema is
+    /// created or migrated at start, under a lock. No password in the string
+    /// (refused): give it with --database-password-file or
+    /// KBS_DATABASE_PASSWORD. With PostgreSQL every replica needs the same
+    /// at-rest key, given explicitly (--at-rest-key-file or the systemd
+    /// credential), and --data-dir holds nothing durable.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "KBS_DATABASE",
+        default_value = "sqlite"
+    )]
+    pub database: String,
+    /// File holding the PostgreSQL password (one line). Without it, the
+    /// environment variable KBS_DATABASE_PASSWORD is used, if set.
+    #[arg(long, value_name = "FILE")]
+    pub database_password_file: Option<PathBuf>,
+    /// PEM file of the certificate authorities the PostgreSQL server's
+    /// certificate must chain to (else the system's roots). With
+    /// `sslmode=require` or `prefer` in --database, TLS checks the server's
+    /// certificate and host name.
+    #[arg(long, value_name = "FILE")]
+    pub database_ca: Option<PathBuf>,
+    /// Most connections this broker keeps open to PostgreSQL.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub database_pool: u32,
     /// INSECURE, for test rigs and the simulator: also trust this root key (an ARK
     /// in AMD's CA certificate format, as `sevctl export` writes it). Anyone with
     /// its private key can impersonate a PSP and receive secrets. Repeatable.
@@ -370,22 +399,79 @@ fn at_rest_key(args: &Args) -> anyhow::Result<(AtRestKey, Option<PathBuf>)> {
     Ok((key, made))
 }
 
-/// Builds the broker from the arguments: everything that can fail on bad
-/// configuration fails here, before any port is bound.
-pub fn broker(args: &Args) -> anyhow::Result<(Broker, crate::data_dir::DataDirLock)> {
+/// The PostgreSQL options of --database, or `None` for the embedded database.
+pub fn postgres_options(args: &Args) -> anyhow::Result<Option<crate::store::PgOptions>> {
+    let url = args.database.trim();
+    if url.eq_ignore_ascii_case("sqlite") {
+        return Ok(None);
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        // Not echoed: a mistyped string may still hold a password.
+        anyhow::bail!("--database: expected `sqlite` or a postgres:// connection string");
+    }
+    let password = match &args.database_password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--database-password-file {}", path.display()))?;
+            let line = text.lines().next().unwrap_or_default().to_owned();
+            if line.is_empty() {
+                anyhow::bail!("--database-password-file {}: empty", path.display());
+            }
+            Some(zeroize::Zeroizing::new(line))
+        }
+        None => std::env::var("KBS_DATABASE_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(zeroize::Zeroizing::new),
+    };
+    Ok(Some(crate::store::PgOptions {
+        url: url.to_owned(),
+        password,
+        ca_file: args.database_ca.clone(),
+        pool_size: usize::try_from(args.database_pool).unwrap_or(8),
+    }))
+}
+
+/// Opens the database --database names. The embedded one lives in the
+/// locked data directory; PostgreSQL needs an at-rest key given from outside,
+/// the same for every replica.
+fn open_store(args: &Args) -> anyhow::Result<(Store, Option<crate::data_dir::DataDirLock>)> {
+    if let Some(options) = postgres_options(args)? {
+        if args.at_rest_key_file.is_none()
+            && !std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(|d| Path::new(&d).join(AT_REST_CREDENTIAL))
+                .is_some_and(|p| p.exists())
+        {
+            anyhow::bail!(
+                "--database postgres://...: give the at-rest key with --at-rest-key-file (or the \
+                 systemd credential {AT_REST_CREDENTIAL}); every replica must share it, and a key \
+                 kept in a replica's data directory would be its own"
+            );
+        }
+        let (key, _) = at_rest_key(args)?;
+        let store = Store::open_postgres(&options, key)?;
+        info!(db = %store.location(), pool = options.pool_size, "PostgreSQL database opened");
+        return Ok((store, None));
+    }
     let lock = prepare_data_dir(&args.data_dir)?;
     let (key, created) = at_rest_key(args)?;
-    let store = match Store::open_with_key(&args.data_dir, key) {
-        Ok(s) => s,
+    match Store::open_with_key(&args.data_dir, key) {
+        Ok(s) => Ok((s, Some(lock))),
         Err(e) => {
             // A key made by this start for a database sealed under another
             // one would only mislead the next start.
             if let Some(path) = created {
                 let _ = std::fs::remove_file(path);
             }
-            return Err(e.into());
+            Err(e.into())
         }
-    };
+    }
+}
+
+/// Builds the broker from the arguments: everything that can fail on bad
+/// configuration fails here, before any port is bound.
+pub fn broker(args: &Args) -> anyhow::Result<(Broker, Option<crate::data_dir::DataDirLock>)> {
+    let (store, lock) = open_store(args)?;
     let mut trust = TrustAnchors::amd();
     for path in &args.insecure_trust_anchor {
         trust.add_insecure_anchor(path)?;
@@ -582,7 +668,7 @@ struct Prepared {
     /// The Trustee instances to write reference values to.
     trustees: Vec<crate::trustee::client::Target>,
     /// Held while the kbs serves: a second kbs on the directory is refused.
-    _lock: crate::data_dir::DataDirLock,
+    _lock: Option<crate::data_dir::DataDirLock>,
     token: Option<AdminToken>,
     /// Where the TCP admin listener binds, when it is on.
     admin_listen: Option<SocketAddr>,
@@ -827,15 +913,34 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
             .map(crate::trustee::client::Target::name)
             .collect();
         info!(trustees = %names.join(", "), "keeping Trustee's SNP reference values");
+        // One writer among the replicas of a database: the lease holder.
+        let lease_stop = {
+            let mut rx = stop_tx.subscribe();
+            Box::pin(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+        };
+        let (holding, keeper) = crate::trustee::lease::spawn(&broker, lease_stop);
+        servers.spawn(async move {
+            keeper
+                .await
+                .context("the Trustee writer lease keeper failed")?;
+            Ok(())
+        });
         let stop_rx = stop_tx.subscribe();
-        for handle in
-            crate::trustee::sync::spawn(&broker, trustees, &settings, &metrics, move || {
+        for handle in crate::trustee::sync::spawn(
+            &broker,
+            trustees,
+            &settings,
+            &metrics,
+            &holding,
+            move || {
                 let mut rx = stop_rx.clone();
                 Box::pin(async move {
                     let _ = rx.wait_for(|stop| *stop).await;
                 })
-            })
-        {
+            },
+        ) {
             servers.spawn(async move {
                 // It ends only when the kbs stops; a panic is an error.
                 handle.await.context("the Trustee writer failed")?;

@@ -312,6 +312,23 @@ fn location(config: &postgres::Config) -> String {
     )
 }
 
+impl Drop for PgPool {
+    fn drop(&mut self) {
+        // Closing a client blocks on its runtime, which may not happen on a
+        // thread that drives another.
+        let state = self.idle.get_mut().unwrap_or_else(|p| p.into_inner());
+        let idle = std::mem::take(&mut state.idle);
+        if idle.is_empty() {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            drop(idle);
+        } else {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
 impl std::fmt::Debug for PgPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgPool")

@@ -65,6 +65,12 @@ impl Store {
             .send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Announces a change made through another broker on the same database,
+    /// seen in its reference counter.
+    pub fn announce_reference_change(&self) {
+        self.reference_changed();
+    }
+
     /// A receiver told of every committed change of SNP digests, reported
     /// TCBs or TCB pins.
     pub fn subscribe_reference_changes(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -5,9 +5,11 @@
 //!
 //! `values` is the pure part (what Trustee should hold, how it differs from
 //! what it holds), `token` the admin tokens, `client` the calls to a Trustee
-//! KBS or a standalone RVPS, `sync` the writer that runs beside the broker.
+//! KBS or a standalone RVPS, `sync` the writer that runs beside the broker, `lease` which
+//! replica of a shared database runs it.
 
 pub mod client;
+pub mod lease;
 pub mod status;
 pub mod sync;
 pub mod token;

@@ -122,12 +122,15 @@ fn unix_now() -> i64 {
     crate::store::now()
 }
 
-/// Starts one writer per target; they run until `stop` resolves.
+/// Starts one writer per target; they write while `holding` (this process
+/// holds the writer lease, see [`super::lease`]) and run until `stop`
+/// resolves.
 pub fn spawn(
     broker: &Arc<Broker>,
     targets: Vec<Target>,
     settings: &Settings,
     metrics: &Arc<Metrics>,
+    holding: &tokio::sync::watch::Receiver<bool>,
     stop: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let board = broker.trustee();
@@ -154,6 +157,7 @@ pub fn spawn(
                 broker: Arc::clone(broker),
                 metrics: Arc::clone(metrics),
                 settings: settings.clone(),
+                holding: holding.clone(),
             };
             let span = tracing::info_span!("trustee", target = %writer.name);
             tokio::spawn(writer.run(stop()).instrument(span))
@@ -168,6 +172,7 @@ struct Writer {
     broker: Arc<Broker>,
     metrics: Arc<Metrics>,
     settings: Settings,
+    holding: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why Trustee was written.
@@ -179,7 +184,7 @@ enum Why {
 }
 
 impl Writer {
-    async fn run(self, stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+    async fn run(mut self, stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
         tokio::pin!(stop);
         let mut changes = self.broker.store().subscribe_reference_changes();
         let mut check = true;
@@ -190,6 +195,24 @@ impl Writer {
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         reconcile.tick().await;
         loop {
+            if !*self.holding.borrow_and_update() {
+                // Another replica writes; on taking over, read Trustee back
+                // first: the other may have left it in any state.
+                loop {
+                    tokio::select! {
+                        () = &mut stop => return,
+                        changed = self.holding.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            if *self.holding.borrow_and_update() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                check = true;
+            }
             changes.mark_unchanged();
             match self.step(&mut check, &mut written).await {
                 Ok(()) => {
@@ -231,6 +254,7 @@ impl Writer {
                     tokio::time::sleep(DEBOUNCE).await;
                 }
                 _ = reconcile.tick() => check = true,
+                _ = self.holding.changed() => {}
             }
         }
     }
