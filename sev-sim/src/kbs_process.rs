@@ -138,6 +138,13 @@ impl KbsProcess {
         self.child.id()
     }
 
+    /// Kills the process at once (SIGKILL: no shutdown, as a node dies) and
+    /// waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// `http://ADDR`, for gRPC clients.
     pub fn uri(&self) -> String {
         format!("http://{}", self.addr)

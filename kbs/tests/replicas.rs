@@ -1,0 +1,548 @@
+//! Replicas of the real `kbs` binary on one real PostgreSQL database, behind a
+//! round-robin TCP proxy as a Kubernetes Service puts them: the Kata shim's
+//! GetBundle and GetSecret of one launch land on different replicas, a burst
+//! of GetSecret for one launch across both releases once, and a replica
+//! killed mid-load loses no acknowledged registration and no launch whose
+//! GetBundle completed. Needs the test PostgreSQL server (`scripts/test`
+//! starts it); without it these tests say so and pass, except under CI.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use base64::Engine as _;
+use kbs::store::{AtRestKey, DigestRecord, KeysetMembers, Origin, PgOptions, Store};
+use kbs_proto::keybroker::key_broker_service_client::KeyBrokerServiceClient;
+use kbs_proto::keybroker::{BundleRequest, RequestDetails, SecretRequest};
+use sev_sim::kbs_process::KbsProcess;
+use sev_sim::{FakeAmdRoots, SimLaunch, SimPlatform};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tonic::Code;
+
+const BUNDLE_GUID: &str = "e6f5a162-d67f-4750-a67c-5d065f2a9910";
+/// NODBG | NOKS.
+const POLICY: u32 = 0x3;
+const CMDLINE: &str = "console=hvc0 quiet panic=1 nr_cpus=1 selinux=0";
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(text: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
+}
+
+/// A round-robin TCP proxy: each new connection goes to the next backend
+/// that accepts it (a dead one is skipped, as a Service drops an unready
+/// endpoint), and which one it went to is kept.
+struct Proxy {
+    addr: SocketAddr,
+    routed: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Proxy {
+    async fn start(backends: Vec<SocketAddr>) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let routed = Arc::new(Mutex::new(Vec::new()));
+        let next = Arc::new(AtomicUsize::new(0));
+        let log = Arc::clone(&routed);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let first = next.fetch_add(1, Ordering::SeqCst);
+                let backends = backends.clone();
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    for k in 0..backends.len() {
+                        let i = (first + k) % backends.len();
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(backends[i]).await
+                        {
+                            log.lock().unwrap().push(i);
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Proxy { addr, routed }
+    }
+
+    fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn routed(&self) -> Vec<usize> {
+        self.routed.lock().unwrap().clone()
+    }
+}
+
+/// Two replicas on one fresh PostgreSQL database, with a registered digest
+/// and a keyset, and the simulated platform whose launches they serve.
+struct Fleet {
+    dir: tempfile::TempDir,
+    options: PgOptions,
+    key: [u8; 32],
+    platform: SimPlatform,
+    digest: [u8; 32],
+    sample: sample_artefacts::Sample,
+}
+
+impl Fleet {
+    /// The fleet and its two running replicas.
+    fn start(test: &str) -> Option<(Fleet, Vec<KbsProcess>)> {
+        let options = kbs::store::testing::fresh_postgres(test)?;
+        let dir = tempfile::tempdir().unwrap();
+        let sample = sample_artefacts::write_sample(&dir.path().join("kata")).unwrap();
+        let digest: [u8; 32] = sev_sim::launch_digest_sev(
+            &sample.firmware,
+            &sample.kernel,
+            Some(&sample.initrd),
+            CMDLINE,
+        )
+        .unwrap();
+        let roots = FakeAmdRoots::generate().unwrap();
+        let platform = SimPlatform::new(&roots).unwrap();
+        std::fs::write(dir.path().join("ark.cert"), roots.ark_cert()).unwrap();
+        let key_bytes = [0x5a; 32];
+        write_private(&dir.path().join("at-rest.key"), &hex::encode(key_bytes));
+        if let Some(p) = &options.password {
+            write_private(&dir.path().join("db-password"), p);
+        }
+        {
+            let store =
+                Store::open_postgres(&options, AtRestKey::parse(&key_bytes).unwrap()).unwrap();
+            store
+                .replace_digests(
+                    "launch-host",
+                    "kata-qemu-sev",
+                    &[(
+                        digest.to_vec(),
+                        DigestRecord {
+                            mode: "sev".into(),
+                            digest: kbs::store::hex(&digest),
+                            vcpus: 1,
+                            vcpu_type: "host".into(),
+                            config: "sample".into(),
+                        },
+                    )],
+                    Origin::Operator,
+                    &[],
+                )
+                .unwrap();
+            store.set_secret("key-a", b"image key A").unwrap();
+            store
+                .set_keyset_members(
+                    "KEYSET-1",
+                    &KeysetMembers {
+                        secrets: vec!["key-a".into()],
+                        resources: vec![],
+                    },
+                )
+                .unwrap();
+        }
+        let fleet = Fleet {
+            dir,
+            options,
+            key: key_bytes,
+            platform,
+            digest,
+            sample,
+        };
+        let replicas = (0..2).map(|i| fleet.start_replica(i)).collect();
+        Some((fleet, replicas))
+    }
+
+    fn start_replica(&self, i: usize) -> KbsProcess {
+        let d = self.dir.path();
+        let mut args: Vec<OsString> = vec![
+            "--database".into(),
+            self.options.url.clone().into(),
+            "--at-rest-key-file".into(),
+            d.join("at-rest.key").into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        if self.options.password.is_some() {
+            args.extend([
+                "--database-password-file".into(),
+                d.join("db-password").into(),
+            ]);
+        }
+        if let Some(ca) = &self.options.ca_file {
+            args.extend(["--database-ca".into(), ca.clone().into()]);
+        }
+        KbsProcess::start_with(
+            Path::new(env!("CARGO_BIN_EXE_kbs")),
+            &d.join(format!("replica-{i}")),
+            &d.join(format!("admin-{i}.sock")),
+            &d.join("ark.cert"),
+            &args,
+        )
+        .unwrap()
+    }
+
+    fn addrs(replicas: &[KbsProcess]) -> Vec<SocketAddr> {
+        replicas.iter().map(|r| r.addr.parse().unwrap()).collect()
+    }
+
+    fn store(&self) -> Store {
+        Store::open_postgres(&self.options, AtRestKey::parse(&self.key).unwrap()).unwrap()
+    }
+
+    /// GetBundle through `uri` (a new connection, as the shim makes) and
+    /// LAUNCH_START on the simulated PSP.
+    async fn bundle(&self, uri: &str) -> Result<(String, SimLaunch), tonic::Status> {
+        let r = KeyBrokerServiceClient::connect(uri.to_string())
+            .await
+            .unwrap()
+            .get_bundle(BundleRequest {
+                certificate_chain: b64(&self.platform.cert_chain()),
+                policy: POLICY,
+            })
+            .await?
+            .into_inner();
+        let launch = self
+            .platform
+            .launch_start(
+                &unb64(&r.guest_owner_public_key),
+                &unb64(&r.launch_blob),
+                POLICY,
+            )
+            .unwrap();
+        Ok((r.launch_id, launch))
+    }
+
+    fn secret_request(&self, launch_id: &str, measurement: &[u8]) -> SecretRequest {
+        SecretRequest {
+            launch_measurement: b64(measurement),
+            launch_id: launch_id.to_string(),
+            policy: POLICY,
+            api_major: u32::from(self.platform.api_major()),
+            api_minor: u32::from(self.platform.api_minor()),
+            build_id: u32::from(self.platform.build()),
+            fw_digest: b64(&self.digest),
+            launch_description: "replica test".into(),
+            secret_requests: vec![RequestDetails {
+                guid: BUNDLE_GUID.into(),
+                format: "JSON".into(),
+                secret_type: "bundle".into(),
+                id: "KEYSET-1".into(),
+            }],
+        }
+    }
+
+    /// GetSecret through `uri`; the secret table the guest would see.
+    async fn secret(
+        &self,
+        uri: &str,
+        id: &str,
+        launch: &mut SimLaunch,
+    ) -> Result<Vec<u8>, tonic::Status> {
+        let m = launch.measure(&self.digest);
+        let r = KeyBrokerServiceClient::connect(uri.to_string())
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+            .get_secret(self.secret_request(id, &m))
+            .await?
+            .into_inner();
+        Ok(launch
+            .inject_secret(
+                &unb64(&r.launch_secret_header),
+                &unb64(&r.launch_secret_data),
+            )
+            .unwrap())
+    }
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    writeln!(f, "{text}").unwrap();
+}
+
+fn holds_key_a(table: &[u8]) -> bool {
+    let entries = sev_sim::efi_secret::parse_table(table).unwrap();
+    entries.first().is_some_and(|(guid, value)| {
+        guid == BUNDLE_GUID
+            && serde_json::from_slice::<serde_json::Value>(value)
+                .ok()
+                .and_then(|v| v["key-a"].as_str().map(str::to_owned))
+                .is_some_and(|k| unb64(&k) == b"image key A")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_launch_begun_on_one_replica_is_finished_on_the_other() {
+    let Some((fleet, replicas)) = Fleet::start("launch_across_replicas") else {
+        return;
+    };
+    let proxy = Proxy::start(Fleet::addrs(&replicas)).await;
+    for _ in 0..6 {
+        let (id, mut launch) = fleet.bundle(&proxy.uri()).await.unwrap();
+        let table = fleet.secret(&proxy.uri(), &id, &mut launch).await.unwrap();
+        assert!(holds_key_a(&table));
+        let routed = proxy.routed();
+        let [.., bundle, secret] = routed.as_slice() else {
+            panic!("{routed:?}")
+        };
+        assert_ne!(bundle, secret, "GetBundle and GetSecret on one replica");
+        // Replayed, on either replica: refused.
+        for r in &replicas {
+            let e = fleet.secret(&r.uri(), &id, &mut launch).await.unwrap_err();
+            assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        }
+    }
+    let records = fleet.store().records(0, 1000).unwrap();
+    let released = records
+        .iter()
+        .filter(|r| r.rpc == "GetSecret" && r.outcome == "ok")
+        .count();
+    assert_eq!(
+        released, 6,
+        "every release recorded once, whichever replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_get_secrets_of_one_launch_across_replicas_release_once() {
+    let Some((fleet, replicas)) = Fleet::start("get_secret_once") else {
+        return;
+    };
+    let proxy = Proxy::start(Fleet::addrs(&replicas)).await;
+    let fleet = Arc::new(fleet);
+    for _ in 0..3 {
+        let (id, mut launch) = fleet.bundle(&proxy.uri()).await.unwrap();
+        let m = launch.measure(&fleet.digest);
+        let before = proxy.routed().len();
+        let attempts: Vec<_> = (0..32)
+            .map(|_| {
+                let request = fleet.secret_request(&id, &m);
+                let uri = proxy.uri();
+                tokio::spawn(async move {
+                    KeyBrokerServiceClient::connect(uri)
+                        .await
+                        .unwrap()
+                        .get_secret(request)
+                        .await
+                })
+            })
+            .collect();
+        let mut released = 0;
+        for a in attempts {
+            match a.await.unwrap() {
+                Ok(_) => released += 1,
+                Err(e) => assert_eq!(e.code(), Code::NotFound, "{e:?}"),
+            }
+        }
+        assert_eq!(released, 1);
+        let routed = proxy.routed();
+        let to = &routed[before..];
+        assert!(to.contains(&0) && to.contains(&1), "{to:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_mid_load_loses_nothing_acknowledged() {
+    let Some((fleet, mut replicas)) = Fleet::start("killed_mid_load") else {
+        return;
+    };
+    let proxy = Proxy::start(Fleet::addrs(&replicas)).await;
+    let proxy_uri = proxy.uri();
+    // Nodes register through the approved-inputs flow, each through one of
+    // the two replicas' admin listeners.
+    let admin = |i: usize, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kbs"))
+            .arg("admin")
+            .arg("--socket")
+            .arg(&replicas[i].socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let s = &fleet.sample;
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    admin(0, &["approve", "firmware", &path(&s.firmware)]);
+    admin(1, &["approve", "kernel", &path(&s.kernel)]);
+    admin(0, &["approve", "initrd", &path(&s.initrd)]);
+    admin(
+        1,
+        &[
+            "approve",
+            "kata-config",
+            &path(&s.config),
+            "--runtime-class",
+            "kata-qemu-sev",
+            "--pod-cpus",
+            "0-2",
+        ],
+    );
+    const NODES: usize = 24;
+    let tokens: Vec<String> = (0..NODES)
+        .map(|n| {
+            admin(n % 2, &["token", "create", "--node", &format!("node-{n}")])
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let registration = sample_registration(&fleet.sample);
+    let admin_addrs: Vec<String> = replicas
+        .iter()
+        .map(|r| r.admin_addr.clone().unwrap())
+        .collect();
+
+    // Four clients at once, each a node registering and a launch's
+    // GetBundle; replica 0 is killed (SIGKILL) once a third of them are done.
+    // What completed is kept: launches past GetBundle, acknowledged
+    // registrations.
+    let bundled = Arc::new(Mutex::new(Vec::new()));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let fleet = Arc::new(fleet);
+    let proxy = Arc::new(proxy);
+    let tokens = Arc::new(tokens);
+    let admin_addrs = Arc::new(admin_addrs);
+    let registration = Arc::new(registration);
+    let victim = replicas[0].pid();
+    let killer = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            while done.load(Ordering::SeqCst) < NODES / 3 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &victim.to_string()])
+                .status();
+        })
+    };
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (fleet, proxy, tokens, admin_addrs, registration) = (
+                Arc::clone(&fleet),
+                Arc::clone(&proxy),
+                Arc::clone(&tokens),
+                Arc::clone(&admin_addrs),
+                Arc::clone(&registration),
+            );
+            let (bundled, acknowledged, done) = (
+                Arc::clone(&bundled),
+                Arc::clone(&acknowledged),
+                Arc::clone(&done),
+            );
+            tokio::spawn(async move {
+                for n in (c..NODES).step_by(4) {
+                    if let Ok(b) = fleet.bundle(&proxy.uri()).await {
+                        bundled.lock().unwrap().push(b);
+                    }
+                    let addr = &admin_addrs[n % 2];
+                    if let Ok(mut node) = kbs::admin_cli::connect_tcp(
+                        &format!("http://{addr}"),
+                        &tokens[n],
+                        None,
+                        std::time::Duration::from_secs(5),
+                    )
+                    .await
+                    {
+                        let request = kbs_proto::kbsadmin::RegisterLaunchesRequest {
+                            node: String::new(),
+                            inputs: registration.inputs.clone(),
+                            launches: registration.launches.clone(),
+                            platform: registration.platform.clone(),
+                        };
+                        if node.register_launches(request).await.is_ok() {
+                            acknowledged.lock().unwrap().push(format!("node-{n}"));
+                        }
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    killer.await.unwrap();
+    let bundled = std::mem::take(&mut *bundled.lock().unwrap());
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
+    let Ok(fleet) = Arc::try_unwrap(fleet) else {
+        panic!("the fleet is still shared")
+    };
+    assert!(acknowledged.len() >= NODES / 3, "{acknowledged:?}");
+    assert!(bundled.len() >= NODES / 3, "{}", bundled.len());
+    // Every launch whose GetBundle completed, on whichever replica, is
+    // finished by the survivor.
+    for (id, mut launch) in bundled {
+        let table = fleet.secret(&proxy_uri, &id, &mut launch).await.unwrap();
+        assert!(holds_key_a(&table));
+    }
+    // Every acknowledged registration is there, as the survivor and a fresh
+    // replica see it.
+    replicas[0] = fleet.start_replica(0);
+    let digests = fleet.store().list_digests().unwrap();
+    for node in &acknowledged {
+        let n = digests.iter().filter(|(d, ..)| d == node).count();
+        assert_eq!(n, registration.digests.len(), "{node}");
+    }
+    let mut op =
+        kbs::admin_cli::connect_unix(&replicas[0].socket, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+    let listed = op
+        .list_digests(kbs_proto::kbsadmin::ListDigestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .digests;
+    for node in &acknowledged {
+        assert!(listed.iter().any(|d| &d.node == node), "{node}");
+    }
+}
+
+/// What the host agent sends for the sample configuration on an SEV host.
+fn sample_registration(
+    sample: &sample_artefacts::Sample,
+) -> host_agent::agent::inputs::ClassRegistration {
+    use host_agent::agent::derive::{derive_file, Derived, HostFacts};
+    let host = HostFacts {
+        host_sig: Some(sev_core::VcpuSignature(0x00a0_0f11)),
+        fips: false,
+        host_cpus: Some(2),
+        ..HostFacts::for_kernel(None, None)
+    };
+    let (_, derived) = derive_file(
+        &sample.config,
+        &host_agent::agent::config::AgentConfig::default(),
+        &host,
+        &mut host_agent::agent::cache::ArtefactCache::new(),
+    )
+    .unwrap();
+    let Derived::Launches(c) = derived else {
+        panic!("the sample is an SEV launch: {derived:?}")
+    };
+    host_agent::agent::inputs::registration_of(&c, &host, None)
+}
