@@ -11,7 +11,9 @@
 //! confidential service needs, and the DaemonSet runs a real `host-agent`
 //! command whose configuration the agent's own parser accepts, with the host
 //! paths it names mounted where it looks and probes on what it serves. Also
-//! `host-agent knative queue-sidecar`, run as a binary.
+//! `host-agent knative queue-sidecar`, run as a binary. The broker's own
+//! manifest (`kbs-replicas.yaml`) is parsed and its images checked here like
+//! the others; `kbs/tests/deploy.rs` checks it against the broker.
 
 use clap::Parser as _;
 use host_agent::agent::config::{AgentConfig, KbsTarget, Listen};
@@ -149,6 +151,12 @@ fn every_document_names_its_api_kind_and_name() {
         ("DaemonSet", "host-agent"),
         ("Service", "helloworld"),
         ("ConfigMap", "config-features"),
+        // The broker's replicas; kbs/tests/deploy.rs checks them against the
+        // broker's own command line.
+        ("ServiceAccount", "kbs"),
+        ("Deployment", "kbs"),
+        ("Service", "kbs"),
+        ("PodDisruptionBudget", "kbs"),
     ] {
         find(&docs, kind, name);
     }
