@@ -627,7 +627,6 @@ impl Admin for AdminService {
             };
             let stored = row.clone();
             self.store(move |s| s.insert_token(&stored)).await?;
-            self.broker.tokens().insert(&row);
             info!(caller = %caller.name, id = %row.id, role = %row.role, node = %row.node, "admin: token made");
             Ok(CreateTokenResponse {
                 id: made.id,
@@ -675,7 +674,6 @@ impl Admin for AdminService {
             if !self.store(move |s| s.revoke_token(&id)).await? {
                 return Err(Status::not_found(format!("no token {:?}", r.id)));
             }
-            self.broker.tokens().remove(&r.id);
             info!(caller = %caller.name, id = %r.id, "admin: token revoked");
             Ok(RevokeTokenResponse {})
         })

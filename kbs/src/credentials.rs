@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 use tracing::{error, warn};
@@ -262,12 +262,11 @@ pub fn new_token() -> NewToken {
     NewToken { id, token, hash }
 }
 
-/// The tokens made by `kbs admin token create`, by hash, loaded from the
-/// store on first use and kept in step by the calls that change them.
+/// The tokens made by `kbs admin token create`, looked up by hash in the
+/// database at every call. Not cached: with replicas, a token revoked
+/// through one must stop working on all at once.
 #[derive(Debug, Default)]
-pub struct TokenTable {
-    by_hash: RwLock<Option<HashMap<[u8; 32], Caller>>>,
-}
+pub struct TokenTable {}
 
 fn caller_of(row: &TokenRow) -> Caller {
     Caller {
@@ -281,49 +280,16 @@ fn caller_of(row: &TokenRow) -> Caller {
 }
 
 impl TokenTable {
-    /// Reads every token from `store`.
-    pub fn load(&self, store: &Store) -> Result<(), crate::store::StoreError> {
-        let rows = store.tokens()?;
-        let map = rows.iter().map(|r| (r.hash, caller_of(r))).collect();
-        if let Ok(mut t) = self.by_hash.write() {
-            *t = Some(map);
-        }
-        Ok(())
-    }
-
-    /// The caller a presented token belongs to. A table that could not be
-    /// loaded admits nobody.
+    /// The caller a presented token belongs to. A database that cannot be
+    /// read admits nobody.
     pub fn lookup(&self, store: &Store, presented: &[u8]) -> Option<Caller> {
-        let loaded = self.by_hash.read().is_ok_and(|t| t.is_some());
-        if !loaded {
-            if let Err(e) = self.load(store) {
-                error!(error = %e, "admin: cannot read the tokens; refusing token callers");
-                return None;
-            }
-        }
         // Looked up by hash: the time taken tells nothing about the token.
         let hash: [u8; 32] = Sha256::digest(presented).into();
-        self.by_hash
-            .read()
-            .ok()
-            .and_then(|t| t.as_ref().and_then(|m| m.get(&hash).cloned()))
-    }
-
-    /// Adds a token just stored.
-    pub fn insert(&self, row: &TokenRow) {
-        if let Ok(mut t) = self.by_hash.write() {
-            if let Some(m) = t.as_mut() {
-                m.insert(row.hash, caller_of(row));
-            }
-        }
-    }
-
-    /// Forgets a token just deleted.
-    pub fn remove(&self, id: &str) {
-        let name = format!("token {id}");
-        if let Ok(mut t) = self.by_hash.write() {
-            if let Some(m) = t.as_mut() {
-                m.retain(|_, c| c.name != name);
+        match store.token_by_hash(&hash) {
+            Ok(row) => row.as_ref().map(caller_of),
+            Err(e) => {
+                error!(error = %e, "admin: cannot read the tokens; refusing token callers");
+                None
             }
         }
     }

@@ -546,3 +546,51 @@ fn sample_registration(
     };
     host_agent::agent::inputs::registration_of(&c, &host, None)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_made_or_revoked_through_one_replica_counts_on_the_other_at_once() {
+    let Some((_fleet, replicas)) = Fleet::start("tokens_across_replicas") else {
+        return;
+    };
+    let admin = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kbs"))
+            .arg("admin")
+            .arg("--socket")
+            .arg(&replicas[0].socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let token = admin(&["token", "create", "--node", "node-7"])
+        .trim()
+        .to_string();
+    let other = replicas[1].admin_addr.clone().unwrap();
+    let whoami = || async {
+        let mut c = kbs::admin_cli::connect_tcp(
+            &format!("http://{other}"),
+            &token,
+            None,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        c.who_am_i(kbs_proto::kbsadmin::WhoAmIRequest {}).await
+    };
+    let me = whoami().await.unwrap().into_inner();
+    assert!(format!("{me:?}").contains("node-7"), "{me:?}");
+    let id = admin(&["token", "list"])
+        .lines()
+        .find(|l| l.contains("node-7"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    admin(&["token", "revoke", &id]);
+    let e = whoami().await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+}

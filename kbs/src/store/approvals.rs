@@ -248,6 +248,29 @@ impl Store {
             .collect()
     }
 
+    /// The token whose hash is `hash`, if it is live.
+    pub fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
+        let row = self.with(|c| {
+            c.query_opt(
+                "SELECT id, role, node, note, created_by, created_at FROM tokens WHERE hash = ?1",
+                params![hash],
+            )?
+            .map(|r| {
+                Ok(TokenRow {
+                    id: r.get(0)?,
+                    hash: *hash,
+                    role: r.get(1)?,
+                    node: r.get(2)?,
+                    note: r.get(3)?,
+                    created_by: r.get(4)?,
+                    created_at: r.get(5)?,
+                })
+            })
+            .transpose()
+        })?;
+        Ok(row)
+    }
+
     /// Deletes a token; whether it existed.
     pub fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
         self.with(|c| {
