@@ -432,7 +432,7 @@ impl Store {
         let migrated = match &store.backend {
             Backend::Sqlite(_) => store.transact(|h| migrations::migrate(h, upto))?,
             Backend::Postgres(pool) => pool
-                .transact_locked(postgres::MIGRATION_LOCK, |h| migrations::migrate(h, upto))
+                .migrate(|h| migrations::migrate(h, upto))
                 .map_err(|source| store.db_error(source))?,
         };
         match migrated {
@@ -619,11 +619,21 @@ impl Store {
     }
 
     /// Runs `f` in a write transaction: committed when it returns `Ok`,
-    /// rolled back otherwise. Write transactions take turns on both
-    /// databases (SQLite's immediate transactions, one advisory lock on
-    /// PostgreSQL), so what one reads stays true until it commits.
+    /// rolled back otherwise. Such transactions take turns on both databases
+    /// (SQLite's immediate transactions, one advisory lock on PostgreSQL), so
+    /// what one reads stays true until it commits.
     fn transact<T: Send>(
         &self,
+        f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
+    ) -> Result<T, StoreError> {
+        self.transact_with(postgres::TxLock::Exclusive, f)
+    }
+
+    /// [`Store::transact`] with the locks `lock` on PostgreSQL (SQLite has
+    /// one writer at a time whatever they are).
+    fn transact_with<T: Send>(
+        &self,
+        lock: postgres::TxLock<'_>,
         f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
     ) -> Result<T, StoreError> {
         match &self.backend {
@@ -639,7 +649,7 @@ impl Store {
                     Ok(out)
                 })()
             }
-            Backend::Postgres(pool) => pool.transact(f),
+            Backend::Postgres(pool) => pool.transact(lock, f),
         }
         .map_err(|source| self.db_error(source))
     }
@@ -655,7 +665,8 @@ impl Store {
         let t = now();
         let tek = self.seal("session-tek", launch_id, &s.tek);
         let tik = self.seal("session-tik", launch_id, &s.tik);
-        self.transact(|tx| {
+        // Two inserts, new rows only: nothing to serialize.
+        self.transact_with(postgres::TxLock::None, |tx| {
             tx.execute(
                 "INSERT INTO sessions (launch_id, tek, tik, policy, chip, created_at, expires_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -823,7 +834,10 @@ impl Store {
         inputs: &[(String, String)],
     ) -> Result<(), StoreError> {
         let t = now();
-        self.transact(|tx| {
+        // Registrations of one node and class take turns; others run beside
+        // them, and none beside a revocation.
+        let key = format!("{node}\n{runtime_class}");
+        self.transact_with(postgres::TxLock::SharedWith(&key), |tx| {
             tx.execute(
                 "DELETE FROM digests WHERE node = ?1 AND runtime_class = ?2",
                 params![node, runtime_class],
@@ -1185,7 +1199,8 @@ impl Store {
     ) -> Result<ReportOutcome, StoreError> {
         let t = now();
         let failed = serde_json::to_string(&report.failed_checks).unwrap_or_else(|_| "[]".into());
-        self.transact(|tx| {
+        // The update takes the row only while it has not reported: one wins.
+        self.transact_with(postgres::TxLock::None, |tx| {
             let changed = tx.execute(
                 "UPDATE launch_reports SET reported_at = ?2, path_works = ?3, failed_checks = ?4, \
                  client = ?5, body = ?6 WHERE launch_id = ?1 AND reported_at IS NULL",
@@ -1234,6 +1249,45 @@ impl Store {
                 params![t],
             )
             .map(drop)
+        })
+    }
+
+    /// How many attestation records are kept.
+    pub fn count_records(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_one("SELECT COUNT(*) FROM records", params![])?
+                .get(0)
+        })
+    }
+
+    /// The database's size on the server, in bytes (PostgreSQL only; the
+    /// embedded database's size is its files').
+    pub fn database_size(&self) -> Result<Option<u64>, StoreError> {
+        if let Backend::Sqlite(_) = self.backend {
+            return Ok(None);
+        }
+        self.with(|c| {
+            c.query_one("SELECT pg_database_size(current_database())", params![])?
+                .get::<u64>(0)
+                .map(Some)
+        })
+    }
+
+    /// Each table's size on the server with its indexes and TOAST, in bytes
+    /// (PostgreSQL only; empty for the embedded database).
+    pub fn table_sizes(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        if let Backend::Sqlite(_) = self.backend {
+            return Ok(Vec::new());
+        }
+        self.with(|c| {
+            c.query(
+                "SELECT relname::text, pg_total_relation_size(relid) FROM pg_stat_user_tables \
+                 ORDER BY relname",
+                params![],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect()
         })
     }
 

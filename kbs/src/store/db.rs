@@ -17,7 +17,7 @@ pub enum DbError {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL (or the connection to it) reported an error.
-    #[error(transparent)]
+    #[error("{}", postgres_message(.0))]
     Postgres(#[from] postgres::Error),
     /// A statement that must return a row returned none.
     #[error("no row returned")]
@@ -41,6 +41,15 @@ pub enum DbError {
     /// No connection to PostgreSQL could be had.
     #[error("no database connection: {0}")]
     Unavailable(String),
+}
+
+/// The server's own message for a server error (the driver's display says
+/// only "db error"), else the driver's.
+fn postgres_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl DbError {

@@ -5,9 +5,11 @@
 //! another, so every use of a connection happens on a thread outside the
 //! caller's runtime. A small pool keeps connections open; one that broke
 //! (server restarted, network cut) is dropped and the next use opens a new
-//! one. Every write transaction first takes one transaction-level advisory
-//! lock, so writers queue as they do on SQLite and a check-then-write inside
-//! a transaction means the same thing on both databases.
+//! one. A transaction that reads and then writes on what it read takes one
+//! transaction-level advisory lock exclusively, so such writers queue as they
+//! do on SQLite and a check-then-write means the same thing on both
+//! databases; a registration takes it shared (registrations run side by
+//! side, but not beside a revocation) with a lock of its own node and class.
 
 use super::db::{DbError, Handle, StatementCache};
 use std::path::PathBuf;
@@ -17,7 +19,18 @@ use std::time::Duration;
 /// The advisory lock every write transaction holds.
 const WRITE_LOCK: i64 = 0x6b62_735f_7772_6974; // "kbs_writ"
 /// The advisory lock migrations run under.
-pub const MIGRATION_LOCK: i64 = 0x6b62_735f_6d69_6772; // "kbs_migr"
+const MIGRATION_LOCK: i64 = 0x6b62_735f_6d69_6772; // "kbs_migr"
+
+/// Which advisory locks a transaction takes first.
+#[derive(Debug, Clone, Copy)]
+pub enum TxLock<'a> {
+    /// The write lock, exclusively: no other locking transaction runs.
+    Exclusive,
+    /// The write lock shared, and the lock of this key exclusively.
+    SharedWith(&'a str),
+    /// None: the transaction's statements are safe side by side.
+    None,
+}
 
 /// How long a caller waits for a pooled connection before failing.
 const POOL_WAIT: Duration = Duration::from_secs(10);
@@ -156,19 +169,11 @@ impl PgPool {
         })
     }
 
-    /// Runs `f` in a transaction holding the write lock; commits when it
-    /// returns `Ok`, rolls back otherwise.
+    /// Runs `f` in a transaction holding `lock`; commits when it returns
+    /// `Ok`, rolls back otherwise.
     pub fn transact<T: Send>(
         &self,
-        f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
-    ) -> Result<T, DbError> {
-        self.transact_locked(WRITE_LOCK, f)
-    }
-
-    /// Runs `f` in a transaction holding the advisory lock `lock`.
-    pub fn transact_locked<T: Send>(
-        &self,
-        lock: i64,
+        lock: TxLock<'_>,
         f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
     ) -> Result<T, DbError> {
         self.on_own_thread(|| {
@@ -176,7 +181,36 @@ impl PgPool {
             let out = (|| {
                 let PgConn { client, statements } = &mut conn;
                 let mut tx = client.transaction()?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])?;
+                match lock {
+                    TxLock::Exclusive => {
+                        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
+                    }
+                    TxLock::SharedWith(key) => {
+                        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&WRITE_LOCK])?;
+                        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key_lock(key)])?;
+                    }
+                    TxLock::None => {}
+                }
+                let out = f(&mut Handle::Postgres(&mut tx, statements))?;
+                tx.commit()?;
+                Ok(out)
+            })();
+            self.checkin(conn);
+            out
+        })
+    }
+
+    /// Runs `f` in a transaction holding the migration lock.
+    pub fn migrate<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
+    ) -> Result<T, DbError> {
+        self.on_own_thread(|| {
+            let mut conn = self.checkout()?;
+            let out = (|| {
+                let PgConn { client, statements } = &mut conn;
+                let mut tx = client.transaction()?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
                 let out = f(&mut Handle::Postgres(&mut tx, statements))?;
                 tx.commit()?;
                 Ok(out)
@@ -187,13 +221,19 @@ impl PgPool {
     }
 
     /// Runs `f` where the client's own runtime may block: on this thread if
-    /// it is outside any runtime, else on a thread of its own.
+    /// it is outside any runtime or may leave it (a multi-threaded runtime's
+    /// worker hands its tasks on; a blocking-pool thread is outside already),
+    /// else (a current-thread runtime, as tests use) on a thread of its own.
     fn on_own_thread<T: Send>(
         &self,
         f: impl FnOnce() -> Result<T, DbError> + Send,
     ) -> Result<T, DbError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return f();
+        match tokio::runtime::Handle::try_current() {
+            Err(_) => return f(),
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                return tokio::task::block_in_place(f);
+            }
+            Ok(_) => {}
         }
         std::thread::scope(|s| {
             s.spawn(f)
@@ -253,6 +293,15 @@ impl PgPool {
             statements: StatementCache::new(),
         })
     }
+}
+
+/// The advisory lock of `key`: the first eight bytes of its SHA-256.
+fn key_lock(key: &str) -> i64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+    i64::from_be_bytes(first)
 }
 
 /// The TLS client configuration: the server's certificate must chain to
