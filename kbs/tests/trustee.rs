@@ -478,3 +478,131 @@ async fn a_role_that_may_only_write_reference_values_is_enough() {
     assert!(policy.contains("may not read the resource policy"), "{s}");
     assert!(s["instances"][0]["last_error"].is_null(), "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_writes_trustee_and_another_takes_over_when_it_dies() {
+    let Some(rig) = Rig::new(TrusteeOptions::default()) else {
+        return;
+    };
+    let Some(db) = kbs::store::testing::fresh_postgres("trustee_writer_lease") else {
+        return;
+    };
+    let d = rig.dir.path();
+    std::fs::write(d.join("at-rest.key"), hex::encode([0x17u8; 32])).unwrap();
+    std::fs::write(
+        d.join("db-password"),
+        db.password.as_deref().map_or("", |p| p.as_str()),
+    )
+    .unwrap();
+    for f in ["at-rest.key", "db-password"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let key = rig.trustee.admin_key_path().to_path_buf();
+    let start = |i: usize| {
+        let mut args: Vec<OsString> = vec![
+            "--registration".into(),
+            "open".into(),
+            "--database".into(),
+            db.url.clone().into(),
+            "--at-rest-key-file".into(),
+            d.join("at-rest.key").into(),
+        ];
+        if db.password.is_some() {
+            args.extend([
+                "--database-password-file".into(),
+                d.join("db-password").into(),
+            ]);
+        }
+        if let Some(ca) = &db.ca_file {
+            args.extend(["--database-ca".into(), ca.into()]);
+        }
+        args.extend(rig.trustee_args(&key));
+        KbsProcess::start_with(
+            &kbs_beside_current_exe().unwrap(),
+            &d.join(format!("replica-{i}")),
+            &d.join(format!("admin-{i}.sock")),
+            &rig.ark,
+            &args,
+        )
+        .unwrap()
+    };
+    let mut replicas = vec![start(0), start(1)];
+    let store =
+        kbs::store::Store::open_postgres(&db, kbs::store::AtRestKey::parse(&[0x17; 32]).unwrap())
+            .unwrap();
+    let holder_pid = || -> Option<u32> {
+        let (holder, _) = store.lease_holder(kbs::store::TRUSTEE_WRITER).unwrap()?;
+        holder.split('/').nth(1)?.parse().ok()
+    };
+    let started = Instant::now();
+    let holder = loop {
+        if let Some(pid) = holder_pid() {
+            break pid;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nobody took the lease"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (writer, other) = if holder == replicas[0].pid() {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    assert_eq!(holder, replicas[writer].pid());
+
+    // A registration through the replica that does not write reaches Trustee
+    // through the one that does.
+    let sockets: Vec<PathBuf> = replicas.iter().map(|r| r.socket.clone()).collect();
+    let register = |i: usize, node: &str, digest: String| {
+        let socket = sockets[i].clone();
+        let node = node.to_string();
+        async move {
+            kbs_proto::admin_client::connect_unix(&socket, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .register_launches(RegisterLaunchesRequest {
+                    node,
+                    inputs: Some(LaunchInputs {
+                        runtime_class: CLASS.into(),
+                        ..LaunchInputs::default()
+                    }),
+                    launches: vec![NodeLaunch {
+                        digest: Some(Digest {
+                            mode: "snp".into(),
+                            digest: hex::decode(digest).unwrap(),
+                            vcpus: 1,
+                            vcpu_type: "EPYC-v4".into(),
+                            config: "lease test".into(),
+                        }),
+                        ..NodeLaunch::default()
+                    }],
+                    platform: None,
+                })
+                .await
+                .unwrap();
+        }
+    };
+    register(other, "node-a", m(0x51)).await;
+    let t = &rig.trustee;
+    wait_for(
+        "a value registered through the other replica",
+        &json!([m(0x51)]),
+        || held_by(t, MEASUREMENT),
+    );
+
+    // The writer dies without giving the lease up: the survivor takes it once
+    // it lapses and writes what is registered since.
+    replicas[writer].kill();
+    register(other, "node-b", m(0x52)).await;
+    let took = wait_for("the survivor's write", &json!([m(0x51), m(0x52)]), || {
+        held_by(t, MEASUREMENT)
+    });
+    assert!(
+        took >= Duration::from_secs(1),
+        "written before the lease could lapse: {took:?}"
+    );
+    assert_eq!(holder_pid(), Some(replicas[other].pid()));
+}
