@@ -124,8 +124,9 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub database_password_file: Option<PathBuf>,
     /// PEM file of the certificate authorities the PostgreSQL server's
-    /// certificate must chain to (else the system's roots). With
-    /// `sslmode=require` or `prefer` in --database, TLS checks the server's
+    /// certificate must chain to (else the system's roots). A server off
+    /// loopback needs `sslmode=require` in --database (anything that could
+    /// fall back to plain text is refused); TLS then checks the server's
     /// certificate and host name.
     #[arg(long, value_name = "FILE")]
     pub database_ca: Option<PathBuf>,
@@ -411,13 +412,29 @@ pub fn postgres_options(args: &Args) -> anyhow::Result<Option<crate::store::PgOp
     }
     let password = match &args.database_password_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("--database-password-file {}", path.display()))?;
-            let line = text.lines().next().unwrap_or_default().to_owned();
+            // Checked as the admin token file is: the broker's own (or
+            // root's), closed to group and others, small.
+            const MAX: u64 = 1024;
+            let raw = crate::credentials::read_private(path, MAX).map_err(|e| {
+                let e = e
+                    .to_string()
+                    .replacen("admin token file", "password file", 1);
+                anyhow::anyhow!("--database-password-file: {e}")
+            })?;
+            let text = std::str::from_utf8(&raw)
+                .ok()
+                .filter(|_| u64::try_from(raw.len()).is_ok_and(|n| n <= MAX));
+            let line = text
+                .and_then(|t| t.lines().next())
+                .map(|l| l.trim_end_matches('\r'))
+                .unwrap_or_default();
             if line.is_empty() {
-                anyhow::bail!("--database-password-file {}: empty", path.display());
+                anyhow::bail!(
+                    "--database-password-file {}: expected one line of UTF-8 (at most {MAX} bytes)",
+                    path.display()
+                );
             }
-            Some(zeroize::Zeroizing::new(line))
+            Some(zeroize::Zeroizing::new(line.to_owned()))
         }
         None => std::env::var("KBS_DATABASE_PASSWORD")
             .ok()

@@ -32,6 +32,11 @@ pub enum TxLock<'a> {
     None,
 }
 
+/// Server settings of every session: no statement (lock waits included) runs
+/// longer than 15 s, and no transaction idles open for more than 30 s.
+const SESSION_OPTIONS: &str =
+    "-c statement_timeout=15000 -c idle_in_transaction_session_timeout=30000";
+
 /// How long a caller waits for a pooled connection before failing.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
@@ -53,7 +58,14 @@ pub struct PgOptions {
 impl std::fmt::Debug for PgOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgOptions")
-            .field("url", &self.url)
+            // Parsed, so that a password given against the rules never shows.
+            .field(
+                "url",
+                &self
+                    .url
+                    .parse::<postgres::Config>()
+                    .map_or_else(|_| "(not a connection string)".to_owned(), |c| location(&c)),
+            )
             .field("password", &self.password.as_ref().map(|_| "(set)"))
             .field("ca_file", &self.ca_file)
             .field("pool_size", &self.pool_size)
@@ -73,6 +85,13 @@ pub enum PgConfigError {
          process list; give it with --database-password-file or KBS_DATABASE_PASSWORD"
     )]
     PasswordInUrl,
+    /// The connection could fall back to plain text off loopback.
+    #[error(
+        "--database: the server is not on loopback, so the connection must be TLS: add \
+         sslmode=require (the server's certificate and host name are then checked; \
+         sslmode=prefer would fall back to plain text, password and all, for anyone in the path)"
+    )]
+    PlaintextOffLoopback,
     /// The CA file cannot be read or holds no certificate.
     #[error("--database-ca {path}: {reason}")]
     Ca {
@@ -86,6 +105,31 @@ pub enum PgConfigError {
 struct PgConn {
     client: postgres::Client,
     statements: StatementCache,
+}
+
+/// A connection taken from the pool, given back when dropped, also when
+/// the call using it panics (the pool's count of open connections stays
+/// true).
+struct Checkout<'p> {
+    pool: &'p PgPool,
+    conn: Option<PgConn>,
+}
+
+impl Checkout<'_> {
+    /// The connection (present from checkout until drop).
+    fn conn(&mut self) -> Result<&mut PgConn, DbError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| DbError::Unavailable("the connection was given back".into()))
+    }
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.checkin(conn);
+        }
+    }
 }
 
 enum Tls {
@@ -127,6 +171,21 @@ impl PgPool {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
+        // A dead server or a cut network must fail calls within seconds, not
+        // when TCP gives up: a connection stuck holding the write lock would
+        // stall every replica's writes, and a lease holder must notice that
+        // it can no longer renew.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(2));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(15));
+        if config.get_options().is_none() {
+            config.options(SESSION_OPTIONS);
+        }
+        if config.get_ssl_mode() != postgres::config::SslMode::Require && !loopback_only(&config) {
+            return Err(PgConfigError::PlaintextOffLoopback);
+        }
         let tls = if config.get_ssl_mode() == postgres::config::SslMode::Disable {
             Tls::None
         } else {
@@ -159,13 +218,12 @@ impl PgPool {
         f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
     ) -> Result<T, DbError> {
         self.on_own_thread(|| {
-            let mut conn = self.checkout()?;
-            let out = f(&mut Handle::Postgres(
+            let mut lease = self.checkout()?;
+            let conn = lease.conn()?;
+            f(&mut Handle::Postgres(
                 &mut conn.client,
                 &mut conn.statements,
-            ));
-            self.checkin(conn);
-            out
+            ))
         })
     }
 
@@ -177,9 +235,9 @@ impl PgPool {
         f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
     ) -> Result<T, DbError> {
         self.on_own_thread(|| {
-            let mut conn = self.checkout()?;
+            let mut lease = self.checkout()?;
             let out = (|| {
-                let PgConn { client, statements } = &mut conn;
+                let PgConn { client, statements } = lease.conn()?;
                 let mut tx = client.transaction()?;
                 match lock {
                     TxLock::Exclusive => {
@@ -195,7 +253,6 @@ impl PgPool {
                 tx.commit()?;
                 Ok(out)
             })();
-            self.checkin(conn);
             out
         })
     }
@@ -206,16 +263,15 @@ impl PgPool {
         f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
     ) -> Result<T, DbError> {
         self.on_own_thread(|| {
-            let mut conn = self.checkout()?;
+            let mut lease = self.checkout()?;
             let out = (|| {
-                let PgConn { client, statements } = &mut conn;
+                let PgConn { client, statements } = lease.conn()?;
                 let mut tx = client.transaction()?;
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
                 let out = f(&mut Handle::Postgres(&mut tx, statements))?;
                 tx.commit()?;
                 Ok(out)
             })();
-            self.checkin(conn);
             out
         })
     }
@@ -242,10 +298,22 @@ impl PgPool {
         })
     }
 
-    fn checkout(&self) -> Result<PgConn, DbError> {
+    fn checkout(&self) -> Result<Checkout<'_>, DbError> {
+        self.take().map(|conn| Checkout {
+            pool: self,
+            conn: Some(conn),
+        })
+    }
+
+    fn take(&self) -> Result<PgConn, DbError> {
         let mut state = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(c) = state.idle.pop() {
+                if c.client.is_closed() {
+                    // Broken while idle (the server restarted): replaced below.
+                    state.open = state.open.saturating_sub(1);
+                    continue;
+                }
                 return Ok(c);
             }
             if state.open < self.max {
@@ -275,7 +343,8 @@ impl PgPool {
 
     fn checkin(&self, conn: PgConn) {
         let mut state = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if conn.client.is_closed() {
+        // A call that panicked may have left the session in any state.
+        if conn.client.is_closed() || std::thread::panicking() {
             state.open = state.open.saturating_sub(1);
         } else {
             state.idle.push(conn);
@@ -293,6 +362,20 @@ impl PgPool {
             statements: StatementCache::new(),
         })
     }
+}
+
+/// Whether every host of `config` is this machine (a loopback address or a
+/// Unix socket), where plain text crosses no network.
+fn loopback_only(config: &postgres::Config) -> bool {
+    config.get_hosts().iter().all(|h| match h {
+        postgres::config::Host::Unix(_) => true,
+        postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    })
 }
 
 /// The advisory lock of `key`: the first eight bytes of its SHA-256.
@@ -409,11 +492,33 @@ mod tests {
 
     #[test]
     fn the_location_names_no_password() {
-        let mut o = options("postgres://kbs@db.example:5433/broker?sslmode=disable");
+        let mut o = options("postgres://kbs@db.example:5433/broker?sslmode=require");
         o.password = Some(zeroize::Zeroizing::new("hunter2".into()));
         let p = PgPool::new(&o).unwrap();
         assert_eq!(p.location(), "postgres://kbs@db.example:5433/broker");
         assert!(!format!("{p:?} {o:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn plain_text_is_refused_off_loopback() {
+        for url in [
+            "postgres://kbs@db.example/kbs",
+            "postgres://kbs@db.example/kbs?sslmode=prefer",
+            "postgres://kbs@10.0.0.5/kbs?sslmode=disable",
+        ] {
+            let e = PgPool::new(&options(url)).unwrap_err();
+            assert!(
+                matches!(e, PgConfigError::PlaintextOffLoopback),
+                "{url}: {e}"
+            );
+        }
+        for url in [
+            "postgres://kbs@127.0.0.1/kbs?sslmode=disable",
+            "postgres://kbs@localhost/kbs",
+            "postgres://kbs@db.example/kbs?sslmode=require",
+        ] {
+            assert!(PgPool::new(&options(url)).is_ok(), "{url}");
+        }
     }
 
     #[test]
