@@ -152,6 +152,43 @@ pub enum TokenFileError {
     },
 }
 
+/// Reads a credential file: a regular file owned by root or by this
+/// process's uid, not accessible to group or others; at most `max` + 1 bytes
+/// (so that a caller can tell a file over `max`).
+pub fn read_private(path: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, TokenFileError> {
+    let read = |error| TokenFileError::Read {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() {
+        return Err(TokenFileError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TokenFileError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let me = own_uid();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(TokenFileError::Owner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mut raw = Zeroizing::new(Vec::new());
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut raw)
+        .map_err(read)?;
+    Ok(raw)
+}
+
 /// The bearer token TCP admin callers must present. Only its SHA-256 is kept.
 pub struct AdminToken {
     digest: [u8; 32],
@@ -168,36 +205,7 @@ impl AdminToken {
     /// process's uid, not accessible to group or others, holding at least
     /// [`MIN_TOKEN`] bytes of token after trimming white space.
     pub fn load(path: &Path) -> Result<AdminToken, TokenFileError> {
-        let read = |error| TokenFileError::Read {
-            path: path.to_path_buf(),
-            error,
-        };
-        let file = std::fs::File::open(path).map_err(read)?;
-        let meta = file.metadata().map_err(read)?;
-        if !meta.is_file() {
-            return Err(TokenFileError::NotAFile {
-                path: path.to_path_buf(),
-            });
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(TokenFileError::Permissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-        let me = own_uid();
-        if meta.uid() != 0 && meta.uid() != me {
-            return Err(TokenFileError::Owner {
-                path: path.to_path_buf(),
-                owner: meta.uid(),
-                me,
-            });
-        }
-        let mut raw = Zeroizing::new(Vec::new());
-        file.take(MAX_TOKEN_FILE + 1)
-            .read_to_end(&mut raw)
-            .map_err(read)?;
+        let raw = read_private(path, MAX_TOKEN_FILE)?;
         let bad = || TokenFileError::BadToken {
             path: path.to_path_buf(),
         };
@@ -246,6 +254,22 @@ pub struct NewToken {
     pub hash: [u8; 32],
 }
 
+/// Whether `token` has the shape of one [`new_token`] makes:
+/// `kbsat_`, 12 hexadecimal digits, `_`, 64 hexadecimal digits.
+fn well_formed(token: &[u8]) -> bool {
+    let Some(rest) = token.strip_prefix(TOKEN_PREFIX.as_bytes()) else {
+        return false;
+    };
+    rest.len() == 12 + 1 + 64
+        && rest.iter().enumerate().all(|(i, b)| {
+            if i == 12 {
+                *b == b'_'
+            } else {
+                b.is_ascii_digit() || (b'a'..=b'f').contains(b)
+            }
+        })
+}
+
 /// Makes a token: `kbsat_<id>_<secret>`, 256 bits of secret from the OS.
 pub fn new_token() -> NewToken {
     use rand_core::{OsRng, RngCore};
@@ -283,6 +307,11 @@ impl TokenTable {
     /// The caller a presented token belongs to. A database that cannot be
     /// read admits nobody.
     pub fn lookup(&self, store: &Store, presented: &[u8]) -> Option<Caller> {
+        // Only what [`new_token`] could have made reaches the database: a
+        // caller's garbage costs no query.
+        if !well_formed(presented) {
+            return None;
+        }
         // Looked up by hash: the time taken tells nothing about the token.
         let hash: [u8; 32] = Sha256::digest(presented).into();
         match store.token_by_hash(&hash) {
@@ -503,5 +532,22 @@ impl tonic::service::Interceptor for AdminAuth {
         };
         request.extensions_mut().insert(caller);
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tokens_of_the_broker_s_shape_are_looked_up() {
+        let t = new_token();
+        assert!(well_formed(t.token.as_bytes()));
+        assert!(!well_formed(b"kbsat_"));
+        assert!(!well_formed(t.token.to_uppercase().as_bytes()));
+        assert!(!well_formed(format!("{}0", t.token.as_str()).as_bytes()));
+        assert!(!well_formed(
+            t.token.replacen("kbsat_", "kbsxx_", 1).as_bytes()
+        ));
     }
 }
