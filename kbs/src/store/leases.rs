@@ -5,11 +5,10 @@
 //! it well before then; anyone may take it once it has lapsed, so a holder
 //! that died (or lost the database) is replaced within one lease period. The
 //! take-or-renew is one statement, atomic on both databases. Time is the
-//! database's clients' own (seconds): replicas' clocks must agree to within a
-//! small part of the lease, as NTP keeps them.
+//! database's own clock (seconds), so replicas' clocks need not agree.
 
 use super::db::{params, DbError, Handle};
-use super::{now, Store, StoreError};
+use super::{Store, StoreError};
 
 /// The lease of the broker that writes Trustee's reference values.
 pub const TRUSTEE_WRITER: &str = "trustee-writer";
@@ -32,16 +31,24 @@ impl Store {
     /// Takes the lease `name` for `holder` for `ttl_secs`, or renews it if
     /// `holder` has it; whether `holder` holds it now.
     pub fn take_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool, StoreError> {
-        let t = now();
+        let now = self.db_now();
+        let sql = format!(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, {now} + ?3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < {now}"
+        );
         self.with(|c| {
-            c.execute(
-                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-                 WHERE leases.holder = excluded.holder OR leases.expires_at < ?4",
-                params![name, holder, t.saturating_add(ttl_secs), t],
-            )
-            .map(|n| n == 1)
+            c.execute(&sql, params![name, holder, ttl_secs])
+                .map(|n| n == 1)
         })
+    }
+
+    /// The database's clock in Unix seconds, as SQL.
+    fn db_now(&self) -> &'static str {
+        match self.dialect() {
+            super::db::Dialect::Sqlite => "CAST(strftime('%s', 'now') AS INTEGER)",
+            super::db::Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT)",
+        }
     }
 
     /// Gives up the lease `name` if `holder` has it, so that another may take
@@ -59,14 +66,14 @@ impl Store {
     /// Who holds the lease `name` and until when (Unix seconds), if anyone
     /// took it and it has not lapsed.
     pub fn lease_holder(&self, name: &str) -> Result<Option<(String, i64)>, StoreError> {
-        let t = now();
+        let sql = format!(
+            "SELECT holder, expires_at FROM leases WHERE name = ?1 AND expires_at >= {}",
+            self.db_now()
+        );
         self.with(|c| {
-            c.query_opt(
-                "SELECT holder, expires_at FROM leases WHERE name = ?1 AND expires_at >= ?2",
-                params![name, t],
-            )?
-            .map(|r| Ok((r.get(0)?, r.get(1)?)))
-            .transpose()
+            c.query_opt(&sql, params![name])?
+                .map(|r| Ok((r.get(0)?, r.get(1)?)))
+                .transpose()
         })
     }
 

@@ -214,7 +214,15 @@ impl Writer {
                 check = true;
             }
             changes.mark_unchanged();
-            match self.step(&mut check, &mut written).await {
+            // A write in flight is dropped when the lease goes: another
+            // replica may be writing by then.
+            let mut lost = self.holding.clone();
+            let stepped = tokio::select! {
+                biased;
+                () = until_lost(&mut lost) => continue,
+                r = self.step(&mut check, &mut written) => r,
+            };
+            match stepped {
                 Ok(()) => {
                     backoff = BACKOFF_FIRST;
                     if last_error.take().is_some() {
@@ -306,6 +314,9 @@ impl Writer {
                 );
             }
         }
+        if !*self.holding.borrow() {
+            return Err(StepError::LeaseLost);
+        }
         self.target.write(&want).await?;
         self.metrics.trustee_write(&self.name);
         let at = unix_now();
@@ -393,4 +404,18 @@ enum StepError {
     Store(String),
     #[error("Trustee did not keep what was written: {0}")]
     NotKept(String),
+    #[error("the Trustee writer lease went before the write")]
+    LeaseLost,
+}
+
+/// Returns once `holding` says the lease is gone (or its keeper ended).
+async fn until_lost(holding: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if !*holding.borrow_and_update() {
+            return;
+        }
+        if holding.changed().await.is_err() {
+            return;
+        }
+    }
 }
