@@ -155,6 +155,9 @@ impl RegisterError {
                 )
             }
             RegisterError::Differs(m) => Status::failed_precondition(m),
+            RegisterError::Store(e @ StoreError::InputRevoked { .. }) => {
+                Status::failed_precondition(e.to_string())
+            }
             RegisterError::Derive(m) => {
                 Status::failed_precondition(format!("the approved inputs give no launch: {m}"))
             }
@@ -180,7 +183,13 @@ impl FirmwareImages {
         id: &str,
     ) -> Result<Option<Arc<FirmwareImage>>, RegisterError> {
         if let Some(fw) = self.map.lock().ok().and_then(|m| m.get(id).cloned()) {
-            return Ok(Some(fw));
+            // The image is its SHA-256's forever; its approval is not, and
+            // may be revoked through another broker on the same database.
+            if store.approval(FIRMWARE, id, "")?.is_some() {
+                return Ok(Some(fw));
+            }
+            self.forget(id);
+            return Ok(None);
         }
         let Some(bytes) = store.approval_data(FIRMWARE, id, "")? else {
             return Ok(None);

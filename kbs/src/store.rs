@@ -93,6 +93,15 @@ pub enum StoreError {
         /// The newest version this kbs knows.
         known: i64,
     },
+    /// An approval a registration was derived from was revoked before the
+    /// registration could be stored; nothing was stored.
+    #[error("the approval of {kind} {id} was revoked meanwhile; nothing was registered")]
+    InputRevoked {
+        /// Its kind.
+        kind: String,
+        /// Its id.
+        id: String,
+    },
     /// The PostgreSQL options are unusable.
     #[error(transparent)]
     PgConfig(#[from] PgConfigError),
@@ -837,7 +846,28 @@ impl Store {
         // Registrations of one node and class take turns; others run beside
         // them, and none beside a revocation.
         let key = format!("{node}\n{runtime_class}");
-        self.transact_with(postgres::TxLock::SharedWith(&key), |tx| {
+        let revoked = self.transact_with(postgres::TxLock::SharedWith(&key), |tx| {
+            // The approvals were read before this transaction; one revoked
+            // since (through any broker) would otherwise come back with the
+            // digests derived from it. A revocation takes the write lock
+            // exclusively, so none commits between this check and the commit.
+            if origin == Origin::Derived {
+                for (kind, id) in inputs {
+                    let (class, id) = match (kind.as_str(), id.split_once(':')) {
+                        ("kata-config", Some((class, id))) => (class, id),
+                        _ => ("", id.as_str()),
+                    };
+                    let approved = tx
+                        .query_opt(
+                            "SELECT 1 FROM approvals WHERE kind = ?1 AND id = ?2 AND runtime_class = ?3",
+                            params![kind, id, class],
+                        )?
+                        .is_some();
+                    if !approved {
+                        return Ok(Some((kind.clone(), id.to_string())));
+                    }
+                }
+            }
             tx.execute(
                 "DELETE FROM digests WHERE node = ?1 AND runtime_class = ?2",
                 params![node, runtime_class],
@@ -865,8 +895,12 @@ impl Store {
                 }
             }
             tx.batch(END_UNREGISTERED_CONNECTIONS)?;
-            leases::bump(tx, leases::REFERENCE_COUNTER)
+            leases::bump(tx, leases::REFERENCE_COUNTER)?;
+            Ok(None)
         })?;
+        if let Some((kind, id)) = revoked {
+            return Err(StoreError::InputRevoked { kind, id });
+        }
         self.reference_changed();
         Ok(())
     }

@@ -594,3 +594,78 @@ async fn a_token_made_or_revoked_through_one_replica_counts_on_the_other_at_once
     let e = whoami().await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firmware_revoked_through_one_replica_is_refused_by_the_other() {
+    let Some((fleet, replicas)) = Fleet::start("firmware_revoked_across_replicas") else {
+        return;
+    };
+    let admin = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kbs"))
+            .arg("admin")
+            .arg("--socket")
+            .arg(&replicas[0].socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let s = &fleet.sample;
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    admin(&["approve", "firmware", &path(&s.firmware)]);
+    admin(&["approve", "kernel", &path(&s.kernel)]);
+    admin(&["approve", "initrd", &path(&s.initrd)]);
+    admin(&[
+        "approve",
+        "kata-config",
+        &path(&s.config),
+        "--runtime-class",
+        "kata-qemu-sev",
+        "--pod-cpus",
+        "0-2",
+    ]);
+    let token = admin(&["token", "create", "--node", "node-f"])
+        .trim()
+        .to_string();
+    let registration = sample_registration(&fleet.sample);
+    let register = || async {
+        kbs::admin_cli::connect_tcp(
+            &format!("http://{}", replicas[1].admin_addr.clone().unwrap()),
+            &token,
+            None,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .register_launches(kbs_proto::kbsadmin::RegisterLaunchesRequest {
+            node: String::new(),
+            inputs: registration.inputs.clone(),
+            launches: registration.launches.clone(),
+            platform: registration.platform.clone(),
+        })
+        .await
+    };
+    // Through replica 1, which now holds the parsed firmware.
+    register().await.unwrap();
+    let firmware = registration
+        .inputs
+        .as_ref()
+        .unwrap()
+        .firmware_sha256
+        .clone();
+    admin(&["revoke", "firmware", &firmware]);
+    let e = register().await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(&firmware), "{e:?}");
+    assert!(fleet
+        .store()
+        .list_digests()
+        .unwrap()
+        .iter()
+        .all(|(node, ..)| node != "node-f"));
+}

@@ -310,6 +310,47 @@ mod tests {
     }
 
     #[test]
+    fn a_registration_from_an_approval_revoked_meanwhile_stores_nothing() {
+        crate::store::test_db::each("registration_after_revocation", |db| {
+            let s = db.open();
+            s.approve(&row("kernel", "aa", ""), None).unwrap();
+            s.approve(&row("kata-config", "cc", "kata-qemu-snp"), Some(b"toml"))
+                .unwrap();
+            let digests = vec![(
+                vec![1; 48],
+                DigestRecord {
+                    mode: "snp".into(),
+                    digest: "01".into(),
+                    vcpus: 1,
+                    vcpu_type: "EPYC-v4".into(),
+                    config: String::new(),
+                },
+            )];
+            let inputs = vec![
+                ("kernel".to_string(), "aa".to_string()),
+                ("kata-config".to_string(), "kata-qemu-snp:cc".to_string()),
+            ];
+            // Derived while both were approved; stored after one went.
+            s.revoke("kata-config", "cc", Some("kata-qemu-snp"))
+                .unwrap();
+            let e = s
+                .replace_digests("n1", "kata-qemu-snp", &digests, Origin::Derived, &inputs)
+                .unwrap_err();
+            assert!(
+                matches!(&e, StoreError::InputRevoked { kind, id } if kind == "kata-config" && id == "cc"),
+                "{e}"
+            );
+            assert!(s.list_digests().unwrap().is_empty());
+            // With it approved again, the same registration is stored.
+            s.approve(&row("kata-config", "cc", "kata-qemu-snp"), Some(b"toml"))
+                .unwrap();
+            s.replace_digests("n1", "kata-qemu-snp", &digests, Origin::Derived, &inputs)
+                .unwrap();
+            assert_eq!(s.list_digests().unwrap().len(), 1);
+        });
+    }
+
+    #[test]
     fn revoking_an_input_removes_the_registrations_derived_from_it_only() {
         crate::store::test_db::each(
             "revoking_an_input_removes_the_registrations_derived_from_it_only",

@@ -154,7 +154,10 @@ impl Store {
     ) -> Result<SnpReportOutcome, StoreError> {
         let t = now();
         let failed = serde_json::to_string(&report.failed_checks).unwrap_or_else(|_| "[]".into());
-        self.transact(|tx| {
+        // Reports of one signing key take turns (its hourly count is read
+        // before the insert); a nonce is unique across all of them, and a
+        // concurrent insert of the same nonce fails on that.
+        let outcome = self.transact_with(super::postgres::TxLock::SharedWith(&report.signer), |tx| {
             let used = tx
                 .query_opt(
                     "SELECT id FROM snp_guest_reports WHERE nonce = ?1",
@@ -193,7 +196,13 @@ impl Store {
                 ],
             )?;
             Ok(SnpReportOutcome::Recorded(t))
-        })
+        });
+        match outcome {
+            Err(StoreError::Db { source, .. }) if source.is_unique_violation() => {
+                Ok(SnpReportOutcome::Replayed)
+            }
+            other => other,
+        }
     }
 
     /// How many SNP guest reports are stored, by status.
