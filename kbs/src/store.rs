@@ -278,8 +278,6 @@ enum Backend {
 pub struct Store {
     /// The database file, or the server and database name: for messages.
     location: String,
-    /// The SQLite file (none on PostgreSQL).
-    file: Option<PathBuf>,
     backend: Backend,
     key: AtRestKey,
     /// Bumped after every committed change of what Trustee's reference values
@@ -399,7 +397,6 @@ impl Store {
         Store::finish_open(
             Store {
                 location,
-                file: Some(path),
                 backend: Backend::Sqlite(Mutex::new(conn)),
                 key,
                 reference_changes: tokio::sync::watch::Sender::new(0),
@@ -428,7 +425,6 @@ impl Store {
         Store::finish_open(
             Store {
                 location: pool.location().to_owned(),
-                file: None,
                 backend: Backend::Postgres(Box::new(pool)),
                 key,
                 reference_changes: tokio::sync::watch::Sender::new(0),
@@ -594,11 +590,6 @@ impl Store {
     /// server and database (never a password).
     pub fn location(&self) -> &str {
         &self.location
-    }
-
-    /// The SQLite file, when the database is the embedded one.
-    pub fn file(&self) -> Option<&Path> {
-        self.file.as_deref()
     }
 
     /// Which database this is.
