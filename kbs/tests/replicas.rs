@@ -16,8 +16,9 @@
 use base64::Engine as _;
 use kbs::store::{AtRestKey, DigestRecord, KeysetMembers, Origin, PgOptions, Store};
 use kbs_proto::keybroker::key_broker_service_client::KeyBrokerServiceClient;
-use kbs_proto::keybroker::{BundleRequest, RequestDetails, SecretRequest};
+use kbs_proto::keybroker::SecretRequest;
 use sev_sim::kbs_process::KbsProcess;
+use sev_sim::shim::{self, ShimError, ShimLaunch};
 use sev_sim::{FakeAmdRoots, SimLaunch, SimPlatform};
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -30,16 +31,6 @@ const BUNDLE_GUID: &str = "e6f5a162-d67f-4750-a67c-5d065f2a9910";
 /// NODBG | NOKS.
 const POLICY: u32 = 0x3;
 const CMDLINE: &str = "console=hvc0 quiet panic=1 nr_cpus=1 selinux=0";
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn unb64(text: &str) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .unwrap()
-}
 
 /// A round-robin TCP proxy: each new connection goes to the next backend
 /// that accepts it (a dead one is skipped, as a Service drops an unready
@@ -205,44 +196,16 @@ impl Fleet {
 
     /// GetBundle through `uri` (a new connection, as the shim makes) and
     /// LAUNCH_START on the simulated PSP.
-    async fn bundle(&self, uri: &str) -> Result<(String, SimLaunch), tonic::Status> {
-        let r = KeyBrokerServiceClient::connect(uri.to_string())
-            .await
-            .unwrap()
-            .get_bundle(BundleRequest {
-                certificate_chain: b64(&self.platform.cert_chain()),
-                policy: POLICY,
-            })
-            .await?
-            .into_inner();
-        let launch = self
-            .platform
-            .launch_start(
-                &unb64(&r.guest_owner_public_key),
-                &unb64(&r.launch_blob),
-                POLICY,
-            )
-            .unwrap();
-        Ok((r.launch_id, launch))
+    async fn bundle(&self, uri: &str) -> Result<(String, SimLaunch), ShimError> {
+        let b = shim::get_bundle(uri, &self.platform.cert_chain(), POLICY).await?;
+        let launch = self.platform.launch_start(&b.godh, &b.blob, POLICY)?;
+        Ok((b.launch_id, launch))
     }
 
-    fn secret_request(&self, launch_id: &str, measurement: &[u8]) -> SecretRequest {
-        SecretRequest {
-            launch_measurement: b64(measurement),
-            launch_id: launch_id.to_string(),
-            policy: POLICY,
-            api_major: u32::from(self.platform.api_major()),
-            api_minor: u32::from(self.platform.api_minor()),
-            build_id: u32::from(self.platform.build()),
-            fw_digest: b64(&self.digest),
-            launch_description: "replica test".into(),
-            secret_requests: vec![RequestDetails {
-                guid: BUNDLE_GUID.into(),
-                format: "JSON".into(),
-                secret_type: "bundle".into(),
-                id: "KEYSET-1".into(),
-            }],
-        }
+    /// The shim's GetSecret for the keyset's bundle.
+    fn secret_request(&self, launch_id: &str, measurement: &[u8; 48]) -> SecretRequest {
+        let launch = ShimLaunch::offline(String::new(), POLICY, self.digest, "KEYSET-1");
+        shim::secret_request(&self.platform, &launch, launch_id, measurement)
     }
 
     /// GetSecret through `uri`; the secret table the guest would see.
@@ -251,21 +214,49 @@ impl Fleet {
         uri: &str,
         id: &str,
         launch: &mut SimLaunch,
-    ) -> Result<Vec<u8>, tonic::Status> {
+    ) -> Result<Vec<u8>, ShimError> {
         let m = launch.measure(&self.digest);
-        let r = KeyBrokerServiceClient::connect(uri.to_string())
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-            .get_secret(self.secret_request(id, &m))
-            .await?
-            .into_inner();
-        Ok(launch
-            .inject_secret(
-                &unb64(&r.launch_secret_header),
-                &unb64(&r.launch_secret_data),
-            )
-            .unwrap())
+        let packet = shim::get_secret(uri, self.secret_request(id, &m)).await?;
+        Ok(launch.inject_secret(&packet.header, &packet.data).unwrap())
     }
+}
+
+/// `kbs admin --socket SOCKET ARGS...`, which must succeed; its output.
+fn admin(socket: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kbs"))
+        .arg("admin")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kbs admin {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Approves the sample's inputs, alternating between the replicas' sockets.
+fn approve_sample(replicas: &[KbsProcess], s: &sample_artefacts::Sample) {
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let socket = |i: usize| replicas[i % replicas.len()].socket.clone();
+    admin(&socket(0), &["approve", "firmware", &path(&s.firmware)]);
+    admin(&socket(1), &["approve", "kernel", &path(&s.kernel)]);
+    admin(&socket(0), &["approve", "initrd", &path(&s.initrd)]);
+    admin(
+        &socket(1),
+        &[
+            "approve",
+            "kata-config",
+            &path(&s.config),
+            "--runtime-class",
+            "kata-qemu-sev",
+            "--pod-cpus",
+            "0-2",
+        ],
+    );
 }
 
 fn write_private(path: &Path, text: &str) {
@@ -287,7 +278,8 @@ fn holds_key_a(table: &[u8]) -> bool {
             && serde_json::from_slice::<serde_json::Value>(value)
                 .ok()
                 .and_then(|v| v["key-a"].as_str().map(str::to_owned))
-                .is_some_and(|k| unb64(&k) == b"image key A")
+                .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+                .is_some_and(|k| k == b"image key A")
     })
 }
 
@@ -309,7 +301,11 @@ async fn a_launch_begun_on_one_replica_is_finished_on_the_other() {
         // Replayed, on either replica: refused.
         for r in &replicas {
             let e = fleet.secret(&r.uri(), &id, &mut launch).await.unwrap_err();
-            assert_eq!(e.code(), Code::NotFound, "{e:?}");
+            assert_eq!(
+                e.status().map(tonic::Status::code),
+                Some(Code::NotFound),
+                "{e:?}"
+            );
         }
     }
     let records = fleet.store().records(0, 1000).unwrap();
@@ -370,44 +366,16 @@ async fn a_replica_killed_mid_load_loses_nothing_acknowledged() {
     let proxy_uri = proxy.uri();
     // Nodes register through the approved-inputs flow, each through one of
     // the two replicas' admin listeners.
-    let admin = |i: usize, args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kbs"))
-            .arg("admin")
-            .arg("--socket")
-            .arg(&replicas[i].socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let s = &fleet.sample;
-    let path = |p: &Path| p.to_str().unwrap().to_string();
-    admin(0, &["approve", "firmware", &path(&s.firmware)]);
-    admin(1, &["approve", "kernel", &path(&s.kernel)]);
-    admin(0, &["approve", "initrd", &path(&s.initrd)]);
-    admin(
-        1,
-        &[
-            "approve",
-            "kata-config",
-            &path(&s.config),
-            "--runtime-class",
-            "kata-qemu-sev",
-            "--pod-cpus",
-            "0-2",
-        ],
-    );
+    approve_sample(&replicas, &fleet.sample);
     const NODES: usize = 24;
     let tokens: Vec<String> = (0..NODES)
         .map(|n| {
-            admin(n % 2, &["token", "create", "--node", &format!("node-{n}")])
-                .trim()
-                .to_string()
+            admin(
+                &replicas[n % 2].socket,
+                &["token", "create", "--node", &format!("node-{n}")],
+            )
+            .trim()
+            .to_string()
         })
         .collect();
     let registration = sample_registration(&fleet.sample);
@@ -552,21 +520,7 @@ async fn a_token_made_or_revoked_through_one_replica_counts_on_the_other_at_once
     let Some((_fleet, replicas)) = Fleet::start("tokens_across_replicas") else {
         return;
     };
-    let admin = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kbs"))
-            .arg("admin")
-            .arg("--socket")
-            .arg(&replicas[0].socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let admin = |args: &[&str]| admin(&replicas[0].socket, args);
     let token = admin(&["token", "create", "--node", "node-7"])
         .trim()
         .to_string();
@@ -600,35 +554,8 @@ async fn firmware_revoked_through_one_replica_is_refused_by_the_other() {
     let Some((fleet, replicas)) = Fleet::start("firmware_revoked_across_replicas") else {
         return;
     };
-    let admin = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kbs"))
-            .arg("admin")
-            .arg("--socket")
-            .arg(&replicas[0].socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let s = &fleet.sample;
-    let path = |p: &Path| p.to_str().unwrap().to_string();
-    admin(&["approve", "firmware", &path(&s.firmware)]);
-    admin(&["approve", "kernel", &path(&s.kernel)]);
-    admin(&["approve", "initrd", &path(&s.initrd)]);
-    admin(&[
-        "approve",
-        "kata-config",
-        &path(&s.config),
-        "--runtime-class",
-        "kata-qemu-sev",
-        "--pod-cpus",
-        "0-2",
-    ]);
+    approve_sample(&replicas, &fleet.sample);
+    let admin = |args: &[&str]| admin(&replicas[0].socket, args);
     let token = admin(&["token", "create", "--node", "node-f"])
         .trim()
         .to_string();
