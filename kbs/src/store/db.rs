@@ -116,36 +116,20 @@ impl ToParam for bool {
         Param::Int(i64::from(*self))
     }
 }
-impl ToParam for i64 {
-    fn to_param(&self) -> Param<'_> {
-        Param::Int(*self)
-    }
+
+/// Integers bound as 64-bit; those that may not fit saturate (no value the
+/// store writes comes near).
+macro_rules! int_param {
+    ($($t:ty),+) => {$(
+        impl ToParam for $t {
+            fn to_param(&self) -> Param<'_> {
+                Param::Int(i64::try_from(*self).unwrap_or(i64::MAX))
+            }
+        }
+    )+};
 }
-impl ToParam for u8 {
-    fn to_param(&self) -> Param<'_> {
-        Param::Int(i64::from(*self))
-    }
-}
-impl ToParam for i32 {
-    fn to_param(&self) -> Param<'_> {
-        Param::Int(i64::from(*self))
-    }
-}
-impl ToParam for u32 {
-    fn to_param(&self) -> Param<'_> {
-        Param::Int(i64::from(*self))
-    }
-}
-impl ToParam for u64 {
-    fn to_param(&self) -> Param<'_> {
-        Param::Int(i64::try_from(*self).unwrap_or(i64::MAX))
-    }
-}
-impl ToParam for usize {
-    fn to_param(&self) -> Param<'_> {
-        Param::Int(i64::try_from(*self).unwrap_or(i64::MAX))
-    }
-}
+int_param!(i64, u8, i32, u32, u64, usize);
+
 impl<T: ToParam + ?Sized> ToParam for &T {
     fn to_param(&self) -> Param<'_> {
         (**self).to_param()

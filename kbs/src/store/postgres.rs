@@ -30,6 +30,8 @@ pub enum TxLock<'a> {
     SharedWith(&'a str),
     /// None: the transaction's statements are safe side by side.
     None,
+    /// The migration lock, exclusively (schema changes at start).
+    Migration,
 }
 
 /// Server settings of every session: no statement (lock waits included) runs
@@ -247,6 +249,9 @@ impl PgPool {
                         tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&WRITE_LOCK])?;
                         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key_lock(key)])?;
                     }
+                    TxLock::Migration => {
+                        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+                    }
                     TxLock::None => {}
                 }
                 let out = f(&mut Handle::Postgres(&mut tx, statements))?;
@@ -262,18 +267,7 @@ impl PgPool {
         &self,
         f: impl FnOnce(&mut Handle<'_>) -> Result<T, DbError> + Send,
     ) -> Result<T, DbError> {
-        self.on_own_thread(|| {
-            let mut lease = self.checkout()?;
-            let out = (|| {
-                let PgConn { client, statements } = lease.conn()?;
-                let mut tx = client.transaction()?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-                let out = f(&mut Handle::Postgres(&mut tx, statements))?;
-                tx.commit()?;
-                Ok(out)
-            })();
-            out
-        })
+        self.transact(TxLock::Migration, f)
     }
 
     /// Runs `f` where the client's own runtime may block: on this thread if

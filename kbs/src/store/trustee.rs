@@ -59,16 +59,12 @@ impl TcbPin {
 }
 
 impl Store {
-    /// Announces a change of what Trustee's reference values are made of.
-    pub(super) fn reference_changed(&self) {
+    /// Announces a change of what Trustee's reference values are made of:
+    /// one committed through this store, or one through another broker on
+    /// the same database, seen in its reference counter.
+    pub(crate) fn reference_changed(&self) {
         self.reference_changes
             .send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// Announces a change made through another broker on the same database,
-    /// seen in its reference counter.
-    pub fn announce_reference_change(&self) {
-        self.reference_changed();
     }
 
     /// A receiver told of every committed change of SNP digests, reported

@@ -123,7 +123,7 @@ pub fn spawn(
             if let Some(c) = counter {
                 // Changes made through other replicas since the last look.
                 if seen.is_some_and(|s| s != c) {
-                    broker.store().announce_reference_change();
+                    broker.store().reference_changed();
                 }
                 seen = Some(c);
             } else {
