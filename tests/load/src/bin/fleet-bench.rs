@@ -18,6 +18,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use kbs::store::{AtRestKey, DigestRecord, KeysetMembers, Origin, Store};
+use kbs_load::percentile;
 use kbs_proto::kbsadmin::{CreateTokenRequest, RegisterLaunchesRequest};
 use sev_sim::kbs_process::KbsProcess;
 use sev_sim::shim::{get_bundle, get_secret, secret_request, ShimLaunch};
@@ -56,21 +57,6 @@ struct Args {
     /// Seconds of warm-up (every node registers once in it), not counted.
     #[arg(long, default_value_t = 10)]
     warmup: u64,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted
-        .get(i.min(sorted.len() - 1))
-        .copied()
-        .unwrap_or_default()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -372,13 +358,17 @@ async fn main() -> anyhow::Result<()> {
     let records_at_end = store.count_records()?;
     let appended_at_end = appended(&store)?;
 
-    let mut regs = reg_latencies.lock().map(|v| v.clone()).unwrap_or_default();
-    regs.sort();
-    let mut launches = launch_latencies
-        .lock()
-        .map(|v| v.clone())
-        .unwrap_or_default();
-    launches.sort();
+    // Milliseconds, sorted.
+    let sorted_ms = |v: &Mutex<Vec<Duration>>| {
+        let mut ms: Vec<f64> = v
+            .lock()
+            .map(|v| v.iter().map(|d| d.as_secs_f64() * 1000.0).collect())
+            .unwrap_or_default();
+        ms.sort_by(f64::total_cmp);
+        ms
+    };
+    let regs = sorted_ms(&reg_latencies);
+    let launches = sorted_ms(&launch_latencies);
     let growth_per_sec = (size_at_end.saturating_sub(size_at_start)) as f64 / run_secs;
     let records_per_sec = (records_at_end.saturating_sub(records_at_start)) as f64 / run_secs;
     println!(
@@ -407,16 +397,16 @@ async fn main() -> anyhow::Result<()> {
         "registrations: {} measured ({:.0}/s), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; failed {}",
         regs.len(),
         regs.len() as f64 / elapsed_measured,
-        ms(percentile(&regs, 0.5)),
-        ms(percentile(&regs, 0.99)),
-        ms(regs.last().copied().unwrap_or_default()),
+        percentile(&regs, 50.0),
+        percentile(&regs, 99.0),
+        regs.last().copied().unwrap_or_default(),
         reg_failures.load(std::sync::atomic::Ordering::Relaxed)
     );
     println!(
         "launches: {:.1}/s, p50 {:.1} ms, p99 {:.1} ms; failed {}",
         launches.len() as f64 / elapsed_measured,
-        ms(percentile(&launches, 0.5)),
-        ms(percentile(&launches, 0.99)),
+        percentile(&launches, 50.0),
+        percentile(&launches, 99.0),
         launch_failures.load(std::sync::atomic::Ordering::Relaxed)
     );
     println!(
