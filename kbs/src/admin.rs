@@ -224,7 +224,13 @@ fn canonical_id(kind: &str, id: &str) -> Result<String, Status> {
     }
 }
 
-fn internal(e: &StoreError) -> Status {
+/// The status an operator gets for a store failure: a busy database is
+/// worth a retry and says so; anything else is logged and kept internal.
+fn store_status(e: &StoreError) -> Status {
+    if let StoreError::Busy { what, .. } = e {
+        warn!(error = %e, "admin: database busy");
+        return Status::unavailable(format!("{what} are being written; try again"));
+    }
     error!(error = %e, "admin: storage failure");
     Status::internal("internal error")
 }
@@ -261,7 +267,7 @@ impl AdminService {
                 error!(error = %e, "admin: store task failed");
                 Status::internal("internal error")
             })?
-            .map_err(|e| internal(&e))
+            .map_err(|e| store_status(&e))
     }
 
     /// Runs one RPC and counts its outcome.
@@ -1029,6 +1035,29 @@ mod tests {
     use tonic::service::Interceptor as _;
 
     const TOKEN: &str = "0123456789abcdef0123456789abcdef-token";
+
+    #[test]
+    fn a_busy_database_is_worth_a_retry_and_names_no_server() {
+        let busy = StoreError::Busy {
+            db: "postgres://kbs@db.internal:5432/kbs".into(),
+            what: "attestation records",
+        };
+        let st = store_status(&busy);
+        assert_eq!(st.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            st.message(),
+            "attestation records are being written; try again"
+        );
+        let other = StoreError::Corrupt {
+            db: "postgres://kbs@db.internal:5432/kbs".into(),
+            what: "report key",
+        };
+        let st = store_status(&other);
+        assert_eq!(
+            (st.code(), st.message()),
+            (tonic::Code::Internal, "internal error")
+        );
+    }
 
     fn write_token(dir: &Path, text: &str, mode: u32) -> PathBuf {
         let p = dir.join("token");

@@ -80,7 +80,9 @@ pub enum AdminCommand {
     /// secrets also shows what its guest reported back: awaiting, confirmed,
     /// or path_broken with the names of the failed checks.
     Records {
-        /// Only records with an id larger than N (for paging).
+        /// Only records with an id larger than N (for paging: ids are final,
+        /// so paging after the last id seen misses nothing, on any number of
+        /// replicas).
         #[arg(long, value_name = "N", default_value_t = 0)]
         after: i64,
         /// At most N records (1 to 1000).

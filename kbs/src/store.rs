@@ -93,6 +93,15 @@ pub enum StoreError {
         /// The newest version this kbs knows.
         known: i64,
     },
+    /// A reader waited longer than its patience for writers in flight;
+    /// nothing was read or changed, and a retry may succeed.
+    #[error("database {db}: {what} are being written; try again")]
+    Busy {
+        /// The database file or server.
+        db: String,
+        /// What was to be read.
+        what: &'static str,
+    },
     /// An approval a registration was derived from was revoked before the
     /// registration could be stored; nothing was stored.
     #[error("the approval of {kind} {id} was revoked meanwhile; nothing was registered")]
@@ -1316,8 +1325,11 @@ impl Store {
         })
     }
 
-    /// The newest `limit` records after id `after`, oldest first.
+    /// The newest `limit` records after id `after`, oldest first. Ids are
+    /// final: a reader paging with the last id it saw never misses a record
+    /// that commits later (see [`Store::settled_record_ids`]).
     pub fn records(&self, after: i64, limit: u32) -> Result<Vec<AttestationRecord>, StoreError> {
+        let settled = self.settled_record_ids(RECORDS_PATIENCE)?;
         self.with(|c| {
             // A released GetSecret carries its launch's report state; no other
             // record does.
@@ -1329,8 +1341,8 @@ impl Store {
                  FROM records r LEFT JOIN launch_reports lr \
                  ON lr.launch_id = r.launch_id AND r.rpc = 'GetSecret' AND r.outcome = 'ok' \
                  LEFT JOIN snp_guest_reports sg ON sg.record_id = r.id \
-                 WHERE r.id > ?1 ORDER BY r.id LIMIT ?2",
-                params![after, limit],
+                 WHERE r.id > ?1 AND r.id <= ?3 ORDER BY r.id LIMIT ?2",
+                params![after, limit, settled],
             )?;
             rows.iter()
                 .map(|r| {
@@ -1381,6 +1393,46 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// The largest record id below which no record can still appear.
+    ///
+    /// PostgreSQL hands out an id when a row is inserted, not when it
+    /// commits: two writers can commit ids 6 then 5, and a reader paging
+    /// after 6 would never see 5. Taking the records table in SHARE mode waits
+    /// for every transaction that has inserted into it (their ROW EXCLUSIVE
+    /// locks conflict) and lets no new one start meanwhile; once granted,
+    /// every id handed out so far belongs to a transaction that has ended.
+    /// Writers queue behind the reader only while those in flight finish, and
+    /// the reader gives up after `patience` ([`StoreError::Busy`]). SQLite has
+    /// one writer at a time, which holds its lock from insert to commit: its
+    /// ids are settled as soon as they are seen.
+    fn settled_record_ids(&self, patience: std::time::Duration) -> Result<i64, StoreError> {
+        if let Backend::Sqlite(_) = self.backend {
+            return Ok(i64::MAX);
+        }
+        let millis = patience.as_millis().max(1);
+        self.transact_with(postgres::TxLock::None, |tx| {
+            tx.batch(&format!(
+                "SET LOCAL lock_timeout = {millis}; LOCK TABLE records IN SHARE MODE"
+            ))?;
+            tx.query_one("SELECT COALESCE(MAX(id), 0) FROM records", params![])?
+                .get(0)
+        })
+        .map_err(|e| match e {
+            StoreError::Db { db, source } if source.is_lock_timeout() => StoreError::Busy {
+                db,
+                what: "attestation records",
+            },
+            e => e,
+        })
+    }
+}
+
+/// How long a records reader waits for the writers in flight
+/// ([`Store::settled_record_ids`]): they are short transactions, bounded by
+/// the session's statement timeout.
+const RECORDS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How many rows [`Store::purge`] deleted, by table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1860,6 +1912,97 @@ mod tests {
                     .all(|o| matches!(o, TakeOutcome::Taken(_) | TakeOutcome::Used)));
             }
         });
+    }
+
+    /// A record by its RPC name alone.
+    fn rpc_record(rpc: &str) -> NewRecord<'_> {
+        NewRecord {
+            rpc,
+            ..NewRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_pager_never_passes_a_record_that_commits_after_a_later_one() {
+        each("records_settled", |db| {
+            let (a, b) = (db.open(), db.open());
+            let (inserted_tx, inserted) = std::sync::mpsc::channel();
+            let (go_tx, go) = std::sync::mpsc::channel::<()>();
+            let during = std::thread::scope(|sc| {
+                // A writer that has its record's id and has not committed.
+                let slow = sc.spawn(move || {
+                    a.transact_with(postgres::TxLock::None, move |tx| {
+                        insert_record(tx, now(), &rpc_record("first"))?;
+                        let _ = inserted_tx.send(());
+                        let _ = go.recv();
+                        Ok(())
+                    })
+                    .unwrap()
+                });
+                inserted.recv().unwrap();
+                // A later id commits first on PostgreSQL (on SQLite it waits
+                // for the first writer).
+                let fast = sc.spawn(|| b.record(&rpc_record("second")).unwrap());
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let reader = sc.spawn(|| b.records(0, 100).unwrap());
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                go_tx.send(()).unwrap();
+                slow.join().unwrap();
+                fast.join().unwrap();
+                reader.join().unwrap()
+            });
+            let names =
+                |rs: &[AttestationRecord]| rs.iter().map(|r| r.rpc.clone()).collect::<Vec<_>>();
+            // Whatever the reader saw is a prefix of the final order: had it
+            // returned "second" alone, paging after its id would lose "first".
+            let all = b.records(0, 100).unwrap();
+            assert_eq!(names(&all), ["first", "second"]);
+            assert!(all[0].id < all[1].id);
+            assert!(
+                names(&all).starts_with(&names(&during)),
+                "{:?}",
+                names(&during)
+            );
+        });
+    }
+
+    #[test]
+    fn a_records_reader_gives_up_on_writers_that_do_not_finish() {
+        let Some(o) = testing::fresh_postgres("records_busy") else {
+            return;
+        };
+        let db = TestDb::Postgres(o);
+        let (a, b) = (db.open(), db.open());
+        let (inserted_tx, inserted) = std::sync::mpsc::channel();
+        let (go_tx, go) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|sc| {
+            let slow = sc.spawn(move || {
+                a.transact_with(postgres::TxLock::None, move |tx| {
+                    insert_record(tx, now(), &rpc_record("held"))?;
+                    let _ = inserted_tx.send(());
+                    let _ = go.recv();
+                    Ok(())
+                })
+                .unwrap()
+            });
+            inserted.recv().unwrap();
+            let err = b
+                .settled_record_ids(std::time::Duration::from_millis(100))
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+            assert!(err.to_string().contains("try again"), "{err}");
+            go_tx.send(()).unwrap();
+            slow.join().unwrap();
+        });
+        // The writers after the reader were not held up by its giving up.
+        b.record(&rpc_record("after")).unwrap();
+        let rpcs: Vec<String> = b
+            .records(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.rpc)
+            .collect();
+        assert_eq!(rpcs, ["held", "after"]);
     }
 
     #[test]

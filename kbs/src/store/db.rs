@@ -65,6 +65,17 @@ impl DbError {
             _ => false,
         }
     }
+
+    /// Whether a lock was not granted within the statement's `lock_timeout`
+    /// (PostgreSQL only: SQLite waits in its busy handler instead).
+    pub fn is_lock_timeout(&self) -> bool {
+        match self {
+            DbError::Postgres(e) => {
+                e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A statement parameter.
