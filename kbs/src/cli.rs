@@ -58,6 +58,21 @@ pub struct Cli {
 pub enum Command {
     /// Call the admin API of a running kbs (for people and scripts).
     Admin(crate::admin_cli::AdminArgs),
+    /// Copy the embedded database of --data-dir into the PostgreSQL database
+    /// of --database, to move a single broker to replicas.
+    ///
+    /// Give the storage options the replicas will run with: `kbs
+    /// import-embedded --data-dir /var/lib/kbs --at-rest-key-file KEY
+    /// --database postgres://... --database-password-file FILE`. The
+    /// broker on --data-dir must be stopped (its directory is locked while
+    /// copying). The PostgreSQL database must hold no data yet; the copy is one
+    /// transaction, so it lands whole or not at all, and a failed one can
+    /// simply be run again. Everything durable is copied: approvals, tokens,
+    /// digests, secrets, keysets, resources, launch sessions, records and
+    /// SNP reports, still sealed under the same at-rest key, which the
+    /// replicas must then be given. The embedded database is only brought to
+    /// this version's schema, as starting this kbs on it would.
+    ImportEmbedded(StorageArgs),
 }
 
 /// A listener address, or `none` to turn the listener off.
@@ -79,14 +94,10 @@ where
     }
 }
 
-/// Serving options of the key broker.
-#[derive(Debug, Parser)]
-#[command(name = "kbs", version)]
-pub struct Args {
-    /// Address to serve the keybroker protocol on. Guests and the Kata shim must
-    /// reach it: Kata's guest_pre_attestation_kbs_uri names it.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:44444")]
-    pub listen: SocketAddr,
+/// Where the broker keeps its state: options shared by serving and by
+/// `kbs import-embedded`.
+#[derive(Debug, clap::Args)]
+pub struct StorageArgs {
     /// Directory of the broker's database (created, mode 0700, if missing).
     /// It must belong to the kbs's user and not be writable by others; its
     /// database files are made 0600. One kbs at a time: a second one on the
@@ -133,6 +144,19 @@ pub struct Args {
     /// Most connections this broker keeps open to PostgreSQL.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub database_pool: u32,
+}
+
+/// Serving options of the key broker.
+#[derive(Debug, Parser)]
+#[command(name = "kbs", version)]
+pub struct Args {
+    /// Address to serve the keybroker protocol on. Guests and the Kata shim must
+    /// reach it: Kata's guest_pre_attestation_kbs_uri names it.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:44444")]
+    pub listen: SocketAddr,
+    /// Where the broker's state is, and the key it is sealed under.
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// INSECURE, for test rigs and the simulator: also trust this root key (an ARK
     /// in AMD's CA certificate format, as `sevctl export` writes it). Anyone with
     /// its private key can impersonate a PSP and receive secrets. Repeatable.
@@ -373,7 +397,7 @@ pub const AT_REST_CREDENTIAL: &str = "kbs-at-rest-key";
 /// The at-rest key: --at-rest-key-file, else the systemd credential, else
 /// the key kept in the data directory (created on first start; its path is
 /// returned when this call created it).
-fn at_rest_key(args: &Args) -> anyhow::Result<(AtRestKey, Option<PathBuf>)> {
+fn at_rest_key(args: &StorageArgs) -> anyhow::Result<(AtRestKey, Option<PathBuf>)> {
     let mut made = None;
     let (key, source) = if let Some(path) = &args.at_rest_key_file {
         (AtRestKey::load(path)?, path.clone())
@@ -401,7 +425,7 @@ fn at_rest_key(args: &Args) -> anyhow::Result<(AtRestKey, Option<PathBuf>)> {
 }
 
 /// The PostgreSQL options of --database, or `None` for the embedded database.
-pub fn postgres_options(args: &Args) -> anyhow::Result<Option<crate::store::PgOptions>> {
+pub fn postgres_options(args: &StorageArgs) -> anyhow::Result<Option<crate::store::PgOptions>> {
     let url = args.database.trim();
     if url.eq_ignore_ascii_case("sqlite") {
         return Ok(None);
@@ -452,7 +476,7 @@ pub fn postgres_options(args: &Args) -> anyhow::Result<Option<crate::store::PgOp
 /// Opens the database --database names. The embedded one lives in the
 /// locked data directory; PostgreSQL needs an at-rest key given from outside,
 /// the same for every replica.
-fn open_store(args: &Args) -> anyhow::Result<(Store, Option<crate::data_dir::DataDirLock>)> {
+fn open_store(args: &StorageArgs) -> anyhow::Result<(Store, Option<crate::data_dir::DataDirLock>)> {
     if let Some(options) = postgres_options(args)? {
         if args.at_rest_key_file.is_none()
             && !std::env::var_os("CREDENTIALS_DIRECTORY")
@@ -485,10 +509,66 @@ fn open_store(args: &Args) -> anyhow::Result<(Store, Option<crate::data_dir::Dat
     }
 }
 
+/// `kbs import-embedded`: copies the embedded database of `--data-dir` into
+/// the PostgreSQL database of `--database` and prints what it copied.
+pub fn import_embedded(args: &StorageArgs) -> anyhow::Result<()> {
+    let Some(options) = postgres_options(args)? else {
+        return Err(ConfigError(anyhow::anyhow!(
+            "import-embedded: name the PostgreSQL database to copy into with --database postgres://..."
+        ))
+        .into());
+    };
+    let file = args.data_dir.join("kbs.sqlite3");
+    if !file.is_file() {
+        return Err(ConfigError(anyhow::anyhow!(
+            "import-embedded: {} holds no embedded database (kbs.sqlite3)",
+            args.data_dir.display()
+        ))
+        .into());
+    }
+    // Held until the copy is done: no broker may write the source meanwhile.
+    let _lock = prepare_data_dir(&args.data_dir)?;
+    let (key, made) = at_rest_key(args)?;
+    if let Some(path) = made {
+        let _ = std::fs::remove_file(&path);
+        return Err(ConfigError(anyhow::anyhow!(
+            "import-embedded: {} has no at-rest key; give the one its database was sealed under \
+             with --at-rest-key-file",
+            args.data_dir.display()
+        ))
+        .into());
+    }
+    let key_in_data_dir = args.at_rest_key_file.is_none()
+        && !std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| Path::new(&d).join(AT_REST_CREDENTIAL))
+            .is_some_and(|p| p.exists());
+    let source = Store::open_with_key(&args.data_dir, key.clone())?;
+    let destination = Store::open_postgres(&options, key)?;
+    let copied = destination.import_embedded(source)?;
+    let total: u64 = copied.tables.iter().map(|(_, n)| n).sum();
+    info!(from = %file.display(), to = %destination.location(), rows = total, "embedded database imported");
+    println!(
+        "copied {total} rows from {} into {}:",
+        file.display(),
+        destination.location()
+    );
+    for (table, rows) in &copied.tables {
+        println!("  {table:<20} {rows}");
+    }
+    if key_in_data_dir {
+        println!(
+            "the at-rest key was the one kept in {}: give it to every replica with \
+             --at-rest-key-file (or the {AT_REST_CREDENTIAL} credential)",
+            args.data_dir.join(crate::store::AT_REST_KEY_FILE).display()
+        );
+    }
+    Ok(())
+}
+
 /// Builds the broker from the arguments: everything that can fail on bad
 /// configuration fails here, before any port is bound.
 pub fn broker(args: &Args) -> anyhow::Result<(Broker, Option<crate::data_dir::DataDirLock>)> {
-    let (store, lock) = open_store(args)?;
+    let (store, lock) = open_store(&args.storage)?;
     let mut trust = TrustAnchors::amd();
     for path in &args.insecure_trust_anchor {
         trust.add_insecure_anchor(path)?;

@@ -39,11 +39,16 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match runtime() {
-        Ok(r) => r,
-        Err(code) => return code,
+    let outcome = if let Some(Command::ImportEmbedded(storage)) = cli.command {
+        // The copy runs on this thread; the database pool needs no runtime.
+        kbs::cli::import_embedded(&storage)
+    } else {
+        match runtime() {
+            Ok(r) => r.block_on(kbs::cli::serve(cli.serve)),
+            Err(code) => return code,
+        }
     };
-    match runtime.block_on(kbs::cli::serve(cli.serve)) {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kbs: error: {e:#}");

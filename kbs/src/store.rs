@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod approvals;
 pub mod db;
+pub mod import;
 mod leases;
 pub mod migrations;
 pub mod postgres;
@@ -92,6 +93,17 @@ pub enum StoreError {
         found: i64,
         /// The newest version this kbs knows.
         known: i64,
+    },
+    /// The embedded database could not be copied into PostgreSQL; nothing
+    /// was written there.
+    #[error("copying {from} into {to}: {source}")]
+    Import {
+        /// The embedded database file.
+        from: String,
+        /// The PostgreSQL server and database.
+        to: String,
+        /// What went wrong.
+        source: Box<import::ImportError>,
     },
     /// A reader waited longer than its patience for writers in flight;
     /// nothing was read or changed, and a retry may succeed.
@@ -1395,6 +1407,55 @@ impl Store {
 }
 
 impl Store {
+    /// Copies the embedded database `source` into this PostgreSQL database,
+    /// which must hold no data yet: one transaction, all or nothing (see
+    /// [`import`]). Both must be sealed under the same at-rest key, since
+    /// sealed values are copied as they are.
+    pub fn import_embedded(&self, source: Store) -> Result<import::Copied, StoreError> {
+        let from = source.location.clone();
+        let fail = |source| StoreError::Import {
+            from: from.clone(),
+            to: self.location.clone(),
+            source: Box::new(source),
+        };
+        let Backend::Postgres(pool) = &self.backend else {
+            return Err(fail(import::ImportError::Db(DbError::Unavailable(
+                "the destination must be a PostgreSQL database".into(),
+            ))));
+        };
+        if source.key.fingerprint() != self.key.fingerprint() {
+            return Err(StoreError::WrongKey {
+                db: self.location.clone(),
+                expected: source.key.fingerprint(),
+                given: self.key.fingerprint(),
+            });
+        }
+        let Backend::Sqlite(conn) = source.backend else {
+            return Err(fail(import::ImportError::Source(DbError::Unavailable(
+                "the source must be an embedded database".into(),
+            ))));
+        };
+        // Owned, so that the copy can run wherever the pool runs it.
+        let conn = conn.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut failure = None;
+        let slot = &mut failure;
+        let copied = pool.transact(postgres::TxLock::Exclusive, move |dst| {
+            // One read transaction: every table as of the same moment.
+            conn.execute_batch("BEGIN")?;
+            let out = import::copy(&mut Handle::Sqlite(&conn), dst);
+            let _ = conn.execute_batch("ROLLBACK");
+            out.map_err(|e| {
+                *slot = Some(e);
+                DbError::Abandoned
+            })
+        });
+        match (copied, failure) {
+            (Ok(c), _) => Ok(c),
+            (Err(_), Some(e)) => Err(fail(e)),
+            (Err(e), None) => Err(self.db_error(e)),
+        }
+    }
+
     /// The largest record id below which no record can still appear.
     ///
     /// PostgreSQL hands out an id when a row is inserted, not when it
@@ -2003,6 +2064,147 @@ mod tests {
             .map(|r| r.rpc)
             .collect();
         assert_eq!(rpcs, ["held", "after"]);
+    }
+
+    #[test]
+    fn the_import_copies_every_table_of_the_schema() {
+        each("import_tables", |db| {
+            let s = db.open();
+            let sql = match s.dialect() {
+                db::Dialect::Sqlite => {
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                }
+                db::Dialect::Postgres => {
+                    "SELECT table_name::text FROM information_schema.tables \
+                     WHERE table_schema = current_schema()"
+                }
+            };
+            let mut tables: Vec<String> = s
+                .with(|c| c.query(sql, params![])?.iter().map(|r| r.get(0)).collect())
+                .unwrap();
+            tables.sort();
+            let mut known: Vec<&str> = import::TABLES.to_vec();
+            known.sort_unstable();
+            assert_eq!(tables, known, "a new table needs a place in import::TABLES");
+        });
+    }
+
+    #[test]
+    fn an_embedded_database_moves_into_an_empty_postgres_database_whole() {
+        let Some(o) = testing::fresh_postgres("import_embedded") else {
+            return;
+        };
+        let src = TestDb::Sqlite(tempfile::tempdir().unwrap());
+        let s = src.open();
+        s.set_secret("s1", b"sealed secret").unwrap();
+        s.insert_session("l1", &session(), 600, &rpc_record("GetBundle"))
+            .unwrap();
+        for _ in 0..3 {
+            s.record(&rpc_record("GetSecret")).unwrap();
+        }
+        // The newest ids were purged: ids after the move must still go on
+        // after them, or an exporter's cursor would skip new records.
+        s.with(|c| c.execute("DELETE FROM records WHERE id > 2", params![]))
+            .unwrap();
+        let approval = ApprovalRow {
+            kind: "kernel".into(),
+            id: "ab".repeat(32),
+            runtime_class: String::new(),
+            terms: "{}".into(),
+            approved_by: "operator".into(),
+            approved_at: 1,
+            note: "moved".into(),
+        };
+        s.approve(&approval, None).unwrap();
+        let token = TokenRow {
+            id: "t1".into(),
+            hash: [9; 32],
+            role: "operator".into(),
+            node: String::new(),
+            note: String::new(),
+            created_by: "operator".into(),
+            created_at: 1,
+        };
+        s.insert_token(&token).unwrap();
+        let digest = DigestRecord {
+            mode: "sev".into(),
+            digest: "01".into(),
+            vcpus: 1,
+            vcpu_type: "host".into(),
+            config: "c".into(),
+        };
+        s.replace_digests(
+            "n1",
+            "kata-qemu-sev",
+            &[(vec![1; 32], digest)],
+            Origin::Operator,
+            &[],
+        )
+        .unwrap();
+        let nonce_key = s.snp_nonce_key().unwrap();
+        let approvals = s.approvals().unwrap();
+        drop(s);
+
+        let dst = TestDb::Postgres(o);
+        let d = dst.open();
+        let copied = d.import_embedded(src.open()).unwrap();
+        for expected in [
+            ("secrets", 1),
+            ("sessions", 1),
+            ("records", 2),
+            ("tokens", 1),
+            ("approvals", 1),
+            ("digests", 1),
+        ] {
+            assert!(
+                copied.tables.contains(&expected),
+                "{expected:?} in {copied:?}"
+            );
+        }
+        // Sealed values open under the same key; the session is still single use.
+        assert_eq!(d.secret("s1").unwrap().unwrap(), b"sealed secret");
+        assert_eq!(d.take_session("l1").unwrap(), TakeOutcome::Taken(session()));
+        assert_eq!(d.take_session("l1").unwrap(), TakeOutcome::Used);
+        assert_eq!(
+            d.token_by_hash(&[9; 32]).unwrap().map(|t| t.id),
+            Some("t1".into())
+        );
+        assert_eq!(d.approvals().unwrap(), approvals);
+        assert!(d.digest_registered("sev", &[1; 32], false).unwrap());
+        assert_eq!(
+            d.snp_nonce_key().unwrap(),
+            nonce_key,
+            "replicas accept the old nonces"
+        );
+        let ids = |st: &Store| {
+            st.records(0, 100)
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&d), [1, 2]);
+        d.record(&rpc_record("after the move")).unwrap();
+        assert_eq!(ids(&d), [1, 2, 5]);
+
+        // Once used, the database takes no second copy, and keeps what it has.
+        let err = d.import_embedded(src.open()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("table sessions already holds rows"),
+            "{err}"
+        );
+        assert_eq!(ids(&d), [1, 2, 5]);
+        assert_eq!(d.secret("s1").unwrap().unwrap(), b"sealed secret");
+
+        // Values sealed under one key cannot move into a database of another.
+        let other = TestDb::Postgres(testing::fresh_postgres("import_other_key").unwrap());
+        let d2 = other
+            .open_with(AtRestKey::parse(&[8; 32]).unwrap())
+            .unwrap();
+        let err = d2.import_embedded(src.open()).unwrap_err();
+        assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
+        assert_eq!(d2.count_records().unwrap(), 0);
     }
 
     #[test]

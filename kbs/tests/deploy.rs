@@ -359,7 +359,7 @@ fn the_data_directory_and_admin_socket_are_on_scratch_volumes() {
     // The data directory: below a writable scratch volume's mount point,
     // which (like an emptyDir's: 0777) the broker refuses; the directory it
     // creates there itself is accepted.
-    let data_dir = &cli.serve.data_dir;
+    let data_dir = &cli.serve.storage.data_dir;
     let (mount, volume) = pod.mount_of(pod.kbs, data_dir);
     assert!(volume["emptyDir"].is_mapping(), "{}", data_dir.display());
     assert_ne!(mount["readOnly"].as_bool(), Some(true));

@@ -95,6 +95,14 @@ struct Fleet {
 impl Fleet {
     /// The fleet and its two running replicas.
     fn start(test: &str) -> Option<(Fleet, Vec<KbsProcess>)> {
+        let fleet = Fleet::prepare(test)?;
+        fleet.seed(&fleet.store());
+        let replicas = (0..2).map(|i| fleet.start_replica(i)).collect();
+        Some((fleet, replicas))
+    }
+
+    /// The fleet's files and its fresh database, holding nothing yet.
+    fn prepare(test: &str) -> Option<Fleet> {
         let options = kbs::store::testing::fresh_postgres(test)?;
         let dir = tempfile::tempdir().unwrap();
         let sample = sample_artefacts::write_sample(&dir.path().join("kata")).unwrap();
@@ -113,59 +121,56 @@ impl Fleet {
         if let Some(p) = &options.password {
             write_private(&dir.path().join("db-password"), p);
         }
-        {
-            let store =
-                Store::open_postgres(&options, AtRestKey::parse(&key_bytes).unwrap()).unwrap();
-            store
-                .replace_digests(
-                    "launch-host",
-                    "kata-qemu-sev",
-                    &[(
-                        digest.to_vec(),
-                        DigestRecord {
-                            mode: "sev".into(),
-                            digest: kbs::store::hex(&digest),
-                            vcpus: 1,
-                            vcpu_type: "host".into(),
-                            config: "sample".into(),
-                        },
-                    )],
-                    Origin::Operator,
-                    &[],
-                )
-                .unwrap();
-            store.set_secret("key-a", b"image key A").unwrap();
-            store
-                .set_keyset_members(
-                    "KEYSET-1",
-                    &KeysetMembers {
-                        secrets: vec!["key-a".into()],
-                        resources: vec![],
-                    },
-                )
-                .unwrap();
-        }
-        let fleet = Fleet {
+        Some(Fleet {
             dir,
             options,
             key: key_bytes,
             platform,
             digest,
             sample,
-        };
-        let replicas = (0..2).map(|i| fleet.start_replica(i)).collect();
-        Some((fleet, replicas))
+        })
     }
 
-    fn start_replica(&self, i: usize) -> KbsProcess {
+    /// Registers the sample's digest and a keyset of one secret in `store`.
+    fn seed(&self, store: &Store) {
+        store
+            .replace_digests(
+                "launch-host",
+                "kata-qemu-sev",
+                &[(
+                    self.digest.to_vec(),
+                    DigestRecord {
+                        mode: "sev".into(),
+                        digest: kbs::store::hex(&self.digest),
+                        vcpus: 1,
+                        vcpu_type: "host".into(),
+                        config: "sample".into(),
+                    },
+                )],
+                Origin::Operator,
+                &[],
+            )
+            .unwrap();
+        store.set_secret("key-a", b"image key A").unwrap();
+        store
+            .set_keyset_members(
+                "KEYSET-1",
+                &KeysetMembers {
+                    secrets: vec!["key-a".into()],
+                    resources: vec![],
+                },
+            )
+            .unwrap();
+    }
+
+    /// The options that put a kbs on the fleet's database, under its key.
+    fn database_args(&self) -> Vec<OsString> {
         let d = self.dir.path();
         let mut args: Vec<OsString> = vec![
             "--database".into(),
             self.options.url.clone().into(),
             "--at-rest-key-file".into(),
             d.join("at-rest.key").into(),
-            "--admin-listen".into(),
-            "127.0.0.1:0".into(),
         ];
         if self.options.password.is_some() {
             args.extend([
@@ -176,6 +181,13 @@ impl Fleet {
         if let Some(ca) = &self.options.ca_file {
             args.extend(["--database-ca".into(), ca.clone().into()]);
         }
+        args
+    }
+
+    fn start_replica(&self, i: usize) -> KbsProcess {
+        let d = self.dir.path();
+        let mut args = self.database_args();
+        args.extend(["--admin-listen".into(), "127.0.0.1:0".into()]);
         KbsProcess::start_with(
             Path::new(env!("CARGO_BIN_EXE_kbs")),
             &d.join(format!("replica-{i}")),
@@ -595,4 +607,100 @@ async fn firmware_revoked_through_one_replica_is_refused_by_the_other() {
         .unwrap()
         .iter()
         .all(|(node, ..)| node != "node-f"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_broker_moved_by_import_embedded_finishes_its_launch_on_the_replicas() {
+    let Some(fleet) = Fleet::prepare("import_embedded_cli") else {
+        return;
+    };
+    let d = fleet.dir.path();
+    let bin = Path::new(env!("CARGO_BIN_EXE_kbs"));
+    let single = d.join("single");
+    std::fs::create_dir_all(&single).unwrap();
+    fleet.seed(&Store::open_with_key(&single, AtRestKey::parse(&fleet.key).unwrap()).unwrap());
+    let mut broker = KbsProcess::start_with(
+        bin,
+        &single,
+        &d.join("single.sock"),
+        &d.join("ark.cert"),
+        &["--at-rest-key-file".into(), d.join("at-rest.key").into()],
+    )
+    .unwrap();
+    admin(&broker.socket, &["token", "create", "--node", "node-7"]);
+    // A launch in flight across the move: GetBundle on the single broker.
+    let (id, mut launch) = fleet.bundle(&broker.uri()).await.unwrap();
+
+    let import = || {
+        std::process::Command::new(bin)
+            .arg("import-embedded")
+            .arg("--data-dir")
+            .arg(&single)
+            .args(fleet.database_args())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    // While the broker runs, its directory is locked and nothing is copied.
+    let out = import();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("in use by another kbs"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fleet.store().count_records().unwrap(), 0);
+
+    broker.kill();
+    let out = import();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        printed.contains("copied ") && printed.contains("sessions"),
+        "{printed}"
+    );
+    // A second run finds the data and changes nothing.
+    let out = import();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already holds rows"),
+        "{}",
+        stderr(&out)
+    );
+
+    let replicas: Vec<KbsProcess> = (0..2).map(|i| fleet.start_replica(i)).collect();
+    let table = fleet
+        .secret(&replicas[1].uri(), &id, &mut launch)
+        .await
+        .unwrap();
+    assert!(
+        holds_key_a(&table),
+        "the launch begun before the move gets its secret"
+    );
+    let e = fleet
+        .secret(&replicas[0].uri(), &id, &mut launch)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.status().map(tonic::Status::code),
+        Some(Code::NotFound),
+        "{e:?}"
+    );
+    assert!(admin(&replicas[0].socket, &["token", "list"]).contains("node-7"));
+    let records = fleet.store().records(0, 100).unwrap();
+    let of_launch: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r.launch_id == id)
+        .map(|r| (r.rpc.as_str(), r.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        of_launch,
+        [
+            ("GetBundle", "ok"),
+            ("GetSecret", "ok"),
+            ("GetSecret", "refused")
+        ],
+        "in id order: ids go on after the moved ones"
+    );
 }

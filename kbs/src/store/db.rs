@@ -41,6 +41,9 @@ pub enum DbError {
     /// No connection to PostgreSQL could be had.
     #[error("no database connection: {0}")]
     Unavailable(String),
+    /// The caller gave up on the transaction and reports why itself.
+    #[error("transaction abandoned")]
+    Abandoned,
 }
 
 /// The server's own message for a server error (the driver's display says
@@ -174,11 +177,28 @@ pub enum Value {
     Blob(Vec<u8>),
 }
 
+impl Value {
+    /// This value as a parameter, to write it elsewhere unchanged.
+    pub fn as_param(&self) -> Param<'_> {
+        match self {
+            Value::Null => Param::Null,
+            Value::Int(i) => Param::Int(*i),
+            Value::Text(t) => Param::Text(t),
+            Value::Blob(b) => Param::Blob(b),
+        }
+    }
+}
+
 /// One result row, read out of the driver.
 #[derive(Debug, Clone)]
 pub struct Row(Vec<Value>);
 
 impl Row {
+    /// Every column, in order.
+    pub fn values(&self) -> &[Value] {
+        &self.0
+    }
+
     /// Column `i` as `T`.
     pub fn get<T: FromValue>(&self, i: usize) -> Result<T, DbError> {
         let v = self.0.get(i).ok_or(DbError::Type {

@@ -57,7 +57,8 @@ pub enum KeyError {
     },
 }
 
-/// The key values are sealed under at rest.
+/// The key values are sealed under at rest. A clone is wiped on drop too.
+#[derive(Clone)]
 pub struct AtRestKey {
     key: Zeroizing<[u8; 32]>,
 }

@@ -1,0 +1,197 @@
+//! Moving a single broker's embedded database into PostgreSQL, so that the
+//! replicas start with its approvals, tokens, secrets, digests, sessions and
+//! records rather than with nothing.
+//!
+//! Rows are copied as they are. Sealed values stay sealed: each is bound to
+//! its row's name, not to the database, so the replicas open them under the
+//! same at-rest key. The copy is one transaction on the destination, which
+//! must hold no data yet; it either lands whole or not at all.
+
+use super::db::{params, DbError, Handle, Param, Value};
+
+/// Every table of the schema, in an order that writes no row before one it
+/// names.
+pub const TABLES: [&str; 18] = [
+    "schema_migrations",
+    "sessions",
+    "digests",
+    "secrets",
+    "keysets",
+    "resources",
+    "connections",
+    "write_probe",
+    "records",
+    "launch_reports",
+    "approvals",
+    "registration_inputs",
+    "meta",
+    "platform_tcbs",
+    "snp_guest_reports",
+    "tokens",
+    "leases",
+    "counters",
+];
+
+/// Tables not copied: the destination keeps its own migration history, and
+/// the write probe and the leases describe running processes only.
+const NOT_COPIED: [&str; 3] = ["schema_migrations", "write_probe", "leases"];
+
+/// Tables that the destination holds rows of as soon as it is opened (the
+/// at-rest key's check, written under the same key; counters): the source's
+/// rows replace those of the same name.
+const REPLACED_BY_NAME: [&str; 2] = ["meta", "counters"];
+
+/// Source rows read at a time.
+const BATCH: i64 = 500;
+
+/// How many rows of each table were copied, in copying order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Table and rows.
+    pub tables: Vec<(&'static str, u64)>,
+}
+
+/// Why a copy was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The embedded database could not be read.
+    #[error("reading the embedded database: {0}")]
+    Source(DbError),
+    /// The destination failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The destination holds data of its own.
+    #[error("table {table} already holds rows; import only into a database no broker has used")]
+    NotEmpty {
+        /// The first table found with rows.
+        table: &'static str,
+    },
+    /// A source row could not be written to the destination.
+    #[error("table {table}, row {rowid}: {source}")]
+    Row {
+        /// The table.
+        table: &'static str,
+        /// The row's SQLite rowid.
+        rowid: i64,
+        /// What the destination said.
+        source: DbError,
+    },
+}
+
+/// Copies every durable table of `src` (an embedded database at the same
+/// schema version) into `dst` (a PostgreSQL transaction), after checking
+/// that `dst` holds no data and locking its tables against writers.
+pub fn copy(src: &mut Handle<'_>, dst: &mut Handle<'_>) -> Result<Copied, ImportError> {
+    let copied_tables = || TABLES.into_iter().filter(|t| !NOT_COPIED.contains(t));
+    for table in copied_tables() {
+        dst.batch(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
+    }
+    for table in copied_tables().filter(|t| !REPLACED_BY_NAME.contains(t)) {
+        let used: bool = dst
+            .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), params![])?
+            .get(0)?;
+        if used {
+            return Err(ImportError::NotEmpty { table });
+        }
+    }
+    let mut copied = Copied::default();
+    for table in copied_tables() {
+        let n = copy_table(src, dst, table)?;
+        copied.tables.push((table, n));
+    }
+    restart_identities(src, dst)?;
+    Ok(copied)
+}
+
+/// Copies one table in batches by rowid; returns how many rows.
+fn copy_table(
+    src: &mut Handle<'_>,
+    dst: &mut Handle<'_>,
+    table: &'static str,
+) -> Result<u64, ImportError> {
+    // The destination's columns: its schema was made by this broker, so the
+    // names are known good; a source that lacks one fails on the SELECT.
+    let columns: Vec<String> = dst
+        .query(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = ?1 ORDER BY ordinal_position",
+            params![table],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect::<Result<_, _>>()?;
+    let list = columns.join(", ");
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    let mut insert = format!(
+        "INSERT INTO {table} ({list}) VALUES ({})",
+        placeholders.join(", ")
+    );
+    if REPLACED_BY_NAME.contains(&table) {
+        insert.push_str(" ON CONFLICT (name) DO UPDATE SET value = excluded.value");
+    }
+    let select =
+        format!("SELECT rowid, {list} FROM {table} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2");
+    let mut after = i64::MIN;
+    let mut count = 0u64;
+    loop {
+        let rows = src
+            .query(&select, params![after, BATCH])
+            .map_err(ImportError::Source)?;
+        let Some(last) = rows.last() else {
+            return Ok(count);
+        };
+        after = last.get(0).map_err(ImportError::Source)?;
+        for row in &rows {
+            let rowid: i64 = row.get(0).map_err(ImportError::Source)?;
+            let values: Vec<Param<'_>> = row.values().iter().skip(1).map(Value::as_param).collect();
+            dst.execute(&insert, &values)
+                .map_err(|source| ImportError::Row {
+                    table,
+                    rowid,
+                    source,
+                })?;
+            count += 1;
+        }
+    }
+}
+
+/// Sets every identity column of the destination to go on after the largest
+/// id the source ever handed out (SQLite remembers it in `sqlite_sequence`,
+/// even for rows since deleted), so ids stay unique and increasing for
+/// readers that page by them.
+fn restart_identities(src: &mut Handle<'_>, dst: &mut Handle<'_>) -> Result<(), ImportError> {
+    let identities: Vec<(String, String)> = dst
+        .query(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND is_identity = 'YES'",
+            params![],
+        )?
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+        .collect::<Result<_, DbError>>()?;
+    for (table, column) in identities {
+        // Names from the catalog, spliced into SQL: only the schema's own.
+        let Some(&known) = TABLES.iter().find(|t| **t == table) else {
+            continue;
+        };
+        if column.is_empty() || !column.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            continue;
+        }
+        let handed_out: i64 = src
+            .query_opt(
+                "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+                params![known],
+            )
+            .and_then(|r| r.map(|r| r.get(0)).transpose())
+            .map_err(ImportError::Source)?
+            .unwrap_or(0);
+        dst.query_one(
+            &format!(
+                "SELECT setval(pg_get_serial_sequence('{known}', '{column}'), \
+                 GREATEST(COALESCE(MAX({column}), 0), ?1) + 1, false) FROM {known}"
+            ),
+            params![handed_out],
+        )?;
+    }
+    Ok(())
+}
