@@ -1460,39 +1460,66 @@ impl Store {
     ///
     /// PostgreSQL hands out an id when a row is inserted, not when it
     /// commits: two writers can commit ids 6 then 5, and a reader paging
-    /// after 6 would never see 5. Taking the records table in SHARE mode waits
-    /// for every transaction that has inserted into it (their ROW EXCLUSIVE
-    /// locks conflict) and lets no new one start meanwhile; once granted,
-    /// every id handed out so far belongs to a transaction that has ended.
-    /// Writers queue behind the reader only while those in flight finish, and
-    /// the reader gives up after `patience` ([`StoreError::Busy`]). SQLite has
-    /// one writer at a time, which holds its lock from insert to commit: its
-    /// ids are settled as soon as they are seen.
+    /// after 6 would never see 5. An INSERT takes its ROW EXCLUSIVE lock on
+    /// the table before it draws an id, and keeps it to the end of its
+    /// transaction. So after reading the last id drawn, every transaction that
+    /// drew one up to it has either ended or holds that lock now: the reader
+    /// waits until those it sees holding it are gone, and the ids up to the
+    /// one it read are final. Writers are never held up (nothing waits on a
+    /// lock); the reader gives up after `patience` ([`StoreError::Busy`]).
+    /// SQLite has one writer at a time, holding its lock from insert to
+    /// commit: its ids are final as soon as they are seen.
     fn settled_record_ids(&self, patience: std::time::Duration) -> Result<i64, StoreError> {
         if let Backend::Sqlite(_) = self.backend {
             return Ok(i64::MAX);
         }
-        let millis = patience.as_millis().max(1);
-        self.transact_with(postgres::TxLock::None, |tx| {
-            tx.batch(&format!(
-                "SET LOCAL lock_timeout = {millis}; LOCK TABLE records IN SHARE MODE"
-            ))?;
-            tx.query_one("SELECT COALESCE(MAX(id), 0) FROM records", params![])?
-                .get(0)
-        })
-        .map_err(|e| match e {
-            StoreError::Db { db, source } if source.is_lock_timeout() => StoreError::Busy {
-                db,
-                what: "attestation records",
-            },
-            e => e,
+        let deadline = std::time::Instant::now() + patience;
+        let settled = self.with(|c| {
+            let drawn: i64 = c
+                .query_one(
+                    "SELECT COALESCE(pg_sequence_last_value(\
+                     pg_get_serial_sequence('records', 'id')::regclass), 0)",
+                    params![],
+                )?
+                .get(0)?;
+            let in_flight = |c: &mut Handle<'_>, among: Option<&str>| -> Result<Vec<String>, DbError> {
+                c.query(
+                    "SELECT virtualtransaction FROM pg_locks \
+                     WHERE locktype = 'relation' AND relation = 'records'::regclass \
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                     AND mode = 'RowExclusiveLock' AND granted AND pid <> pg_backend_pid() \
+                     AND (CAST(?1 AS TEXT) IS NULL \
+                     OR virtualtransaction = ANY (string_to_array(CAST(?1 AS TEXT), ',')))",
+                    params![among],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+            };
+            let writers = in_flight(c, None)?.join(",");
+            if writers.is_empty() {
+                return Ok(Some(drawn));
+            }
+            loop {
+                if in_flight(c, Some(&writers))?.is_empty() {
+                    return Ok(Some(drawn));
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })?;
+        settled.ok_or_else(|| StoreError::Busy {
+            db: self.location.clone(),
+            what: "attestation records",
         })
     }
 }
 
 /// How long a records reader waits for the writers in flight
-/// ([`Store::settled_record_ids`]): they are short transactions, bounded by
-/// the session's statement timeout.
+/// ([`Store::settled_record_ids`]): they are short transactions, each
+/// statement bounded by the session's statement timeout.
 const RECORDS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How many rows [`Store::purge`] deleted, by table.
@@ -2028,7 +2055,7 @@ mod tests {
     }
 
     #[test]
-    fn a_records_reader_gives_up_on_writers_that_do_not_finish() {
+    fn a_records_reader_waiting_for_a_writer_holds_up_no_other_and_gives_up() {
         let Some(o) = testing::fresh_postgres("records_busy") else {
             return;
         };
@@ -2047,15 +2074,22 @@ mod tests {
                 .unwrap()
             });
             inserted.recv().unwrap();
-            let err = b
-                .settled_record_ids(std::time::Duration::from_millis(100))
-                .unwrap_err();
-            assert!(matches!(err, StoreError::Busy { .. }), "{err}");
-            assert!(err.to_string().contains("try again"), "{err}");
+            let reader = sc.spawn(|| b.settled_record_ids(std::time::Duration::from_millis(1500)));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            // Writers go on beside a waiting reader.
+            b.record(&rpc_record("beside")).unwrap();
+            if reader.is_finished() {
+                let early = reader.join().unwrap();
+                let _ = go_tx.send(());
+                panic!("the reader did not wait for the held writer: {early:?}");
+            }
+            let waited = reader.join().unwrap();
             go_tx.send(()).unwrap();
             slow.join().unwrap();
+            let err = waited.unwrap_err();
+            assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+            assert!(err.to_string().contains("try again"), "{err}");
         });
-        // The writers after the reader were not held up by its giving up.
         b.record(&rpc_record("after")).unwrap();
         let rpcs: Vec<String> = b
             .records(0, 10)
@@ -2063,7 +2097,7 @@ mod tests {
             .into_iter()
             .map(|r| r.rpc)
             .collect();
-        assert_eq!(rpcs, ["held", "after"]);
+        assert_eq!(rpcs, ["held", "beside", "after"]);
     }
 
     #[test]
