@@ -51,7 +51,11 @@ pub enum DbError {
 fn postgres_message(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
-        None => e.to_string(),
+        // "error serializing parameter 3" says which, its cause says why.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
@@ -65,17 +69,6 @@ impl DbError {
                     || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
             }
             DbError::Postgres(e) => e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
-            _ => false,
-        }
-    }
-
-    /// Whether a lock was not granted within the statement's `lock_timeout`
-    /// (PostgreSQL only: SQLite waits in its busy handler instead).
-    pub fn is_lock_timeout(&self) -> bool {
-        match self {
-            DbError::Postgres(e) => {
-                e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE)
-            }
             _ => false,
         }
     }
@@ -408,9 +401,16 @@ impl Handle<'_> {
                                     expected: "no floating-point value",
                                 })
                             }
-                            rusqlite::types::ValueRef::Text(t) => {
-                                Value::Text(String::from_utf8_lossy(t).into_owned())
-                            }
+                            // Never altered on the way: a copy must be exact.
+                            rusqlite::types::ValueRef::Text(t) => match std::str::from_utf8(t) {
+                                Ok(t) => Value::Text(t.to_owned()),
+                                Err(_) => {
+                                    return Err(DbError::Type {
+                                        column: i,
+                                        expected: "text in UTF-8",
+                                    })
+                                }
+                            },
                             rusqlite::types::ValueRef::Blob(b) => Value::Blob(b.to_vec()),
                         });
                     }
@@ -537,8 +537,12 @@ impl postgres::types::ToSql for Param<'_> {
                     Err(format!("an integer cannot be bound as {}", ty.name()).into())
                 }
             }
-            Param::Text(t) => t.to_sql(ty, out),
-            Param::Blob(b) => b.to_sql(ty, out),
+            // Checked here: the driver's own check is skipped when a value
+            // binds itself, and raw bytes would read as any type.
+            Param::Text(t) if binds_as::<&str>(ty) => t.to_sql(ty, out),
+            Param::Blob(b) if binds_as::<&[u8]>(ty) => b.to_sql(ty, out),
+            Param::Text(_) => Err(format!("text cannot be bound as {}", ty.name()).into()),
+            Param::Blob(_) => Err(format!("bytes cannot be bound as {}", ty.name()).into()),
         }
     }
 
@@ -547,6 +551,15 @@ impl postgres::types::ToSql for Param<'_> {
     }
 
     postgres::types::to_sql_checked!();
+}
+
+/// Whether a `T` may be bound as `ty`, or as the type a domain `ty` is over
+/// (the information schema's names are a domain over `name`).
+fn binds_as<'a, T: postgres::types::ToSql + 'a>(ty: &postgres::types::Type) -> bool {
+    match ty.kind() {
+        postgres::types::Kind::Domain(inner) => binds_as::<T>(inner),
+        _ => T::accepts(ty),
+    }
 }
 
 /// `sql` with SQLite's `?N` placeholders spelled `$N`, as PostgreSQL wants
