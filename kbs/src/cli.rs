@@ -41,7 +41,9 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// are verified before any policy is consulted; launch sessions and every
 /// attestation outcome are kept on disk. Stops on SIGINT or SIGTERM.
 ///
-/// `kbs admin ...` calls the admin API of a running kbs.
+/// `kbs admin ...` calls the admin API of a running kbs; `kbs
+/// import-embedded ...` moves a stopped broker's embedded database into
+/// PostgreSQL for replicas.
 #[derive(Debug, Parser)]
 #[command(name = "kbs", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -70,8 +72,10 @@ pub enum Command {
     /// simply be run again. Everything durable is copied: approvals, tokens,
     /// digests, secrets, keysets, resources, launch sessions, records and
     /// SNP reports, still sealed under the same at-rest key, which the
-    /// replicas must then be given. The embedded database is only brought to
-    /// this version's schema, as starting this kbs on it would.
+    /// replicas must then be given. --data-dir must hold the database (nothing
+    /// is created there). Once copied, the embedded database is marked as
+    /// moved, and a kbs started on it refuses to serve: two brokers on copies
+    /// of one state could each release a launch's secrets once.
     ImportEmbedded(StorageArgs),
 }
 
@@ -512,36 +516,41 @@ fn open_store(args: &StorageArgs) -> anyhow::Result<(Store, Option<crate::data_d
 /// `kbs import-embedded`: copies the embedded database of `--data-dir` into
 /// the PostgreSQL database of `--database` and prints what it copied.
 pub fn import_embedded(args: &StorageArgs) -> anyhow::Result<()> {
-    let Some(options) = postgres_options(args)? else {
-        return Err(ConfigError(anyhow::anyhow!(
+    // What the options name is wrong (exit 64, as when serving); what the
+    // databases say is not.
+    let config = |e: anyhow::Error| anyhow::Error::from(ConfigError(e));
+    let Some(options) = postgres_options(args).map_err(config)? else {
+        return Err(config(anyhow::anyhow!(
             "import-embedded: name the PostgreSQL database to copy into with --database postgres://..."
-        ))
-        .into());
+        )));
     };
     let file = args.data_dir.join("kbs.sqlite3");
     if !file.is_file() {
-        return Err(ConfigError(anyhow::anyhow!(
+        return Err(config(anyhow::anyhow!(
             "import-embedded: {} holds no embedded database (kbs.sqlite3)",
             args.data_dir.display()
-        ))
-        .into());
+        )));
     }
     // Held until the copy is done: no broker may write the source meanwhile.
-    let _lock = prepare_data_dir(&args.data_dir)?;
-    let (key, made) = at_rest_key(args)?;
-    if let Some(path) = made {
-        let _ = std::fs::remove_file(&path);
-        return Err(ConfigError(anyhow::anyhow!(
-            "import-embedded: {} has no at-rest key; give the one its database was sealed under \
-             with --at-rest-key-file",
-            args.data_dir.display()
-        ))
-        .into());
-    }
+    let _lock = prepare_data_dir(&args.data_dir).map_err(config)?;
+    // The key the database was sealed under, never a new one.
+    let kept = args.data_dir.join(AT_REST_KEY_FILE);
     let key_in_data_dir = args.at_rest_key_file.is_none()
         && !std::env::var_os("CREDENTIALS_DIRECTORY")
             .map(|d| Path::new(&d).join(AT_REST_CREDENTIAL))
             .is_some_and(|p| p.exists());
+    let key = if key_in_data_dir {
+        if !kept.exists() {
+            return Err(config(anyhow::anyhow!(
+                "import-embedded: {} has no at-rest key; give the one its database was sealed \
+                 under with --at-rest-key-file",
+                args.data_dir.display()
+            )));
+        }
+        AtRestKey::load(&kept).map_err(|e| config(e.into()))?
+    } else {
+        at_rest_key(args).map_err(config)?.0
+    };
     let source = Store::open_with_key(&args.data_dir, key.clone())?;
     let destination = Store::open_postgres(&options, key)?;
     let copied = destination.import_embedded(source)?;
@@ -555,11 +564,19 @@ pub fn import_embedded(args: &StorageArgs) -> anyhow::Result<()> {
     for (table, rows) in &copied.tables {
         println!("  {table:<20} {rows}");
     }
+    if copied.source_marked {
+        println!(
+            "{} is marked as moved: a kbs started on it refuses to serve",
+            file.display()
+        );
+    } else {
+        warn!(file = %file.display(), "could not mark the embedded database as moved; make sure no kbs serves it again");
+    }
     if key_in_data_dir {
         println!(
             "the at-rest key was the one kept in {}: give it to every replica with \
              --at-rest-key-file (or the {AT_REST_CREDENTIAL} credential)",
-            args.data_dir.join(crate::store::AT_REST_KEY_FILE).display()
+            kept.display()
         );
     }
     Ok(())

@@ -105,6 +105,19 @@ pub enum StoreError {
         /// What went wrong.
         source: Box<import::ImportError>,
     },
+    /// The embedded database was copied into PostgreSQL, which now holds
+    /// the state; serving this copy too would let one launch be released twice.
+    #[error(
+        "database {db}: moved into {to} by `kbs import-embedded`; serve it from there \
+         (--database). To serve this copy again as it was then, remove the mark: \
+         sqlite3 {db} \"DELETE FROM meta WHERE name = 'moved_to'\""
+    )]
+    Moved {
+        /// The embedded database file.
+        db: String,
+        /// Where it went, and when (Unix seconds).
+        to: String,
+    },
     /// A reader waited longer than its patience for writers in flight;
     /// nothing was read or changed, and a retry may succeed.
     #[error("database {db}: {what} are being written; try again")]
@@ -359,6 +372,10 @@ const SEALED_COLUMNS: [(&str, &str, &str, &str); 6] = [
     ("launch_reports", "launch_id", "report_key", "report-key"),
 ];
 
+/// The `meta` row of an embedded database that `kbs import-embedded` copied
+/// into PostgreSQL: where to, and when.
+const MOVED_TO: &str = "moved_to";
+
 /// What the check value of `meta` holds, sealed: a database whose check
 /// does not open was sealed under another key.
 const KEY_CHECK: &[u8] = b"kbs at-rest key check";
@@ -473,6 +490,19 @@ impl Store {
                 tracing::info!(db = %store.location, version, applied = ?applied, "database schema migrated");
             }
             migrations::Migrated::Current { .. } => {}
+        }
+        if let Backend::Sqlite(_) = store.backend {
+            let moved: Option<Vec<u8>> = store.with(|c| {
+                c.query_opt("SELECT value FROM meta WHERE name = ?1", params![MOVED_TO])?
+                    .map(|r| r.get(0))
+                    .transpose()
+            })?;
+            if let Some(to) = moved {
+                return Err(StoreError::Moved {
+                    db: store.location.clone(),
+                    to: String::from_utf8_lossy(&to).into_owned(),
+                });
+            }
         }
         store.transact(|h| h.batch(END_UNREGISTERED_CONNECTIONS))?;
         store.check_or_seal()?;
@@ -1435,11 +1465,11 @@ impl Store {
                 "the source must be an embedded database".into(),
             ))));
         };
-        // Owned, so that the copy can run wherever the pool runs it.
-        let conn = conn.into_inner().unwrap_or_else(|p| p.into_inner());
         let mut failure = None;
         let slot = &mut failure;
+        let conn_ref = &conn;
         let copied = pool.transact(postgres::TxLock::Exclusive, move |dst| {
+            let conn = conn_ref.lock().unwrap_or_else(|p| p.into_inner());
             // One read transaction: every table as of the same moment.
             conn.execute_batch("BEGIN")?;
             let out = import::copy(&mut Handle::Sqlite(&conn), dst);
@@ -1449,11 +1479,23 @@ impl Store {
                 DbError::Abandoned
             })
         });
-        match (copied, failure) {
-            (Ok(c), _) => Ok(c),
-            (Err(_), Some(e)) => Err(fail(e)),
-            (Err(e), None) => Err(self.db_error(e)),
-        }
+        let mut copied = match (copied, failure) {
+            (Ok(c), _) => c,
+            (Err(_), Some(e)) => return Err(fail(e)),
+            (Err(e), None) => return Err(self.db_error(e)),
+        };
+        // Two brokers on copies of one state would each release a launch's
+        // secrets once: the embedded database now refuses to be served.
+        let marker = format!("{} at {}", self.location, now());
+        let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        copied.source_marked = conn
+            .execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                rusqlite::params![MOVED_TO, marker.as_bytes()],
+            )
+            .is_ok();
+        Ok(copied)
     }
 
     /// The largest record id below which no record can still appear.
@@ -1474,7 +1516,7 @@ impl Store {
             return Ok(i64::MAX);
         }
         let deadline = std::time::Instant::now() + patience;
-        let settled = self.with(|c| {
+        let (drawn, writers) = self.with(|c| {
             let drawn: i64 = c
                 .query_one(
                     "SELECT COALESCE(pg_sequence_last_value(\
@@ -1482,39 +1524,47 @@ impl Store {
                     params![],
                 )?
                 .get(0)?;
-            let in_flight = |c: &mut Handle<'_>, among: Option<&str>| -> Result<Vec<String>, DbError> {
-                c.query(
-                    "SELECT virtualtransaction FROM pg_locks \
-                     WHERE locktype = 'relation' AND relation = 'records'::regclass \
-                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                     AND mode = 'RowExclusiveLock' AND granted AND pid <> pg_backend_pid() \
-                     AND (CAST(?1 AS TEXT) IS NULL \
-                     OR virtualtransaction = ANY (string_to_array(CAST(?1 AS TEXT), ',')))",
-                    params![among],
-                )?
-                .iter()
-                .map(|r| r.get(0))
-                .collect()
-            };
-            let writers = in_flight(c, None)?.join(",");
-            if writers.is_empty() {
-                return Ok(Some(drawn));
-            }
-            loop {
-                if in_flight(c, Some(&writers))?.is_empty() {
-                    return Ok(Some(drawn));
-                }
-                if std::time::Instant::now() >= deadline {
-                    return Ok(None);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
+            Ok((drawn, records_writers(c, None)?.join(",")))
         })?;
-        settled.ok_or_else(|| StoreError::Busy {
-            db: self.location.clone(),
-            what: "attestation records",
-        })
+        // A connection for each look, not one held while waiting: launches
+        // need the pool more than a waiting reader does.
+        let mut pause = std::time::Duration::from_millis(2);
+        while !writers.is_empty() {
+            if std::time::Instant::now() >= deadline {
+                return Err(StoreError::Busy {
+                    db: self.location.clone(),
+                    what: "attestation records",
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            if self
+                .with(|c| records_writers(c, Some(&writers)))?
+                .is_empty()
+            {
+                break;
+            }
+        }
+        Ok(drawn)
     }
+}
+
+/// The transactions (PostgreSQL virtual transaction ids) other than this
+/// connection's that hold the records table's ROW EXCLUSIVE lock, all or
+/// those `among` a comma-separated list.
+fn records_writers(c: &mut Handle<'_>, among: Option<&str>) -> Result<Vec<String>, DbError> {
+    c.query(
+        "SELECT virtualtransaction FROM pg_locks \
+         WHERE locktype = 'relation' AND relation = 'records'::regclass \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND mode = 'RowExclusiveLock' AND granted AND pid <> pg_backend_pid() \
+         AND (CAST(?1 AS TEXT) IS NULL \
+              OR virtualtransaction = ANY (string_to_array(CAST(?1 AS TEXT), ',')))",
+        params![among],
+    )?
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
 /// How long a records reader waits for the writers in flight
@@ -1608,6 +1658,11 @@ pub(crate) mod test_db {
     }
 
     impl TestDb {
+        /// Whether this is the PostgreSQL half.
+        pub fn is_postgres(&self) -> bool {
+            matches!(self, TestDb::Postgres(_))
+        }
+
         /// Opens (again) under [`key`].
         pub fn open(&self) -> Store {
             self.open_with(key()).unwrap()
@@ -2010,33 +2065,55 @@ mod tests {
         }
     }
 
+    /// Lets a held writer go when dropped, by the test or by a failing
+    /// assertion's unwinding (which would otherwise wait for it forever).
+    struct Release(std::sync::mpsc::Sender<()>);
+
+    impl Drop for Release {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+
+    /// Spawns a writer on `s` that inserts a record named `rpc` and holds its
+    /// transaction open until released; returns once the record has its id.
+    fn held_writer<'sc>(
+        sc: &'sc std::thread::Scope<'sc, '_>,
+        s: &'sc Store,
+        rpc: &'static str,
+    ) -> (std::thread::ScopedJoinHandle<'sc, ()>, Release) {
+        let (inserted_tx, inserted) = std::sync::mpsc::channel();
+        let (go_tx, go) = std::sync::mpsc::channel::<()>();
+        let writer = sc.spawn(move || {
+            s.transact_with(postgres::TxLock::None, move |tx| {
+                insert_record(tx, now(), &rpc_record(rpc))?;
+                let _ = inserted_tx.send(());
+                let _ = go.recv();
+                Ok(())
+            })
+            .unwrap()
+        });
+        inserted.recv().unwrap();
+        (writer, Release(go_tx))
+    }
+
     #[test]
     fn a_pager_never_passes_a_record_that_commits_after_a_later_one() {
         each("records_settled", |db| {
             let (a, b) = (db.open(), db.open());
-            let (inserted_tx, inserted) = std::sync::mpsc::channel();
-            let (go_tx, go) = std::sync::mpsc::channel::<()>();
             let during = std::thread::scope(|sc| {
                 // A writer that has its record's id and has not committed.
-                let slow = sc.spawn(move || {
-                    a.transact_with(postgres::TxLock::None, move |tx| {
-                        insert_record(tx, now(), &rpc_record("first"))?;
-                        let _ = inserted_tx.send(());
-                        let _ = go.recv();
-                        Ok(())
-                    })
-                    .unwrap()
-                });
-                inserted.recv().unwrap();
-                // A later id commits first on PostgreSQL (on SQLite it waits
-                // for the first writer).
+                let (slow, release) = held_writer(sc, &a, "first");
+                // A later id commits first on PostgreSQL; on SQLite it waits
+                // for the first writer.
                 let fast = sc.spawn(|| b.record(&rpc_record("second")).unwrap());
-                std::thread::sleep(std::time::Duration::from_millis(200));
+                if db.is_postgres() {
+                    fast.join().unwrap();
+                }
                 let reader = sc.spawn(|| b.records(0, 100).unwrap());
                 std::thread::sleep(std::time::Duration::from_millis(300));
-                go_tx.send(()).unwrap();
+                drop(release);
                 slow.join().unwrap();
-                fast.join().unwrap();
                 reader.join().unwrap()
             });
             let names =
@@ -2061,35 +2138,24 @@ mod tests {
         };
         let db = TestDb::Postgres(o);
         let (a, b) = (db.open(), db.open());
-        let (inserted_tx, inserted) = std::sync::mpsc::channel();
-        let (go_tx, go) = std::sync::mpsc::channel::<()>();
-        std::thread::scope(|sc| {
-            let slow = sc.spawn(move || {
-                a.transact_with(postgres::TxLock::None, move |tx| {
-                    insert_record(tx, now(), &rpc_record("held"))?;
-                    let _ = inserted_tx.send(());
-                    let _ = go.recv();
-                    Ok(())
-                })
-                .unwrap()
-            });
-            inserted.recv().unwrap();
-            let reader = sc.spawn(|| b.settled_record_ids(std::time::Duration::from_millis(1500)));
+        let waited = std::thread::scope(|sc| {
+            let (slow, release) = held_writer(sc, &a, "held");
+            let reader = sc.spawn(|| b.settled_record_ids(std::time::Duration::from_secs(3)));
             std::thread::sleep(std::time::Duration::from_millis(100));
             // Writers go on beside a waiting reader.
             b.record(&rpc_record("beside")).unwrap();
-            if reader.is_finished() {
-                let early = reader.join().unwrap();
-                let _ = go_tx.send(());
-                panic!("the reader did not wait for the held writer: {early:?}");
-            }
+            assert!(
+                !reader.is_finished(),
+                "the reader waits for the held writer"
+            );
             let waited = reader.join().unwrap();
-            go_tx.send(()).unwrap();
+            drop(release);
             slow.join().unwrap();
-            let err = waited.unwrap_err();
-            assert!(matches!(err, StoreError::Busy { .. }), "{err}");
-            assert!(err.to_string().contains("try again"), "{err}");
+            waited
         });
+        let err = waited.unwrap_err();
+        assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+        assert!(err.to_string().contains("try again"), "{err}");
         b.record(&rpc_record("after")).unwrap();
         let rpcs: Vec<String> = b
             .records(0, 10)
@@ -2221,8 +2287,17 @@ mod tests {
         d.record(&rpc_record("after the move")).unwrap();
         assert_eq!(ids(&d), [1, 2, 5]);
 
+        // The embedded copy is marked: no broker serves it again, and no
+        // second import copies it.
+        assert!(copied.source_marked);
+        let err = src.open_with(key()).err().unwrap();
+        assert!(matches!(err, StoreError::Moved { .. }), "{err}");
+        assert!(err.to_string().contains(d.location()), "{err}");
+
         // Once used, the database takes no second copy, and keeps what it has.
-        let err = d.import_embedded(src.open()).unwrap_err();
+        let another = TestDb::Sqlite(tempfile::tempdir().unwrap());
+        another.open().set_secret("s1", b"another state").unwrap();
+        let err = d.import_embedded(another.open()).unwrap_err();
         assert!(
             err.to_string()
                 .contains("table sessions already holds rows"),
@@ -2236,9 +2311,52 @@ mod tests {
         let d2 = other
             .open_with(AtRestKey::parse(&[8; 32]).unwrap())
             .unwrap();
-        let err = d2.import_embedded(src.open()).unwrap_err();
+        let err = d2.import_embedded(another.open()).unwrap_err();
         assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
         assert_eq!(d2.count_records().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_copy_that_fails_midway_leaves_nothing_and_can_run_again() {
+        let Some(o) = testing::fresh_postgres("import_midway") else {
+            return;
+        };
+        let src = TestDb::Sqlite(tempfile::tempdir().unwrap());
+        let s = src.open();
+        s.set_secret("s1", b"sealed secret").unwrap();
+        s.record(&rpc_record("GetBundle")).unwrap();
+        s.insert_token(&TokenRow {
+            id: "t1".into(),
+            hash: [9; 32],
+            role: "operator".into(),
+            node: String::new(),
+            note: String::new(),
+            created_by: "operator".into(),
+            created_at: 1,
+        })
+        .unwrap();
+        // SQLite keeps text in an integer column; PostgreSQL will not take it.
+        let hand_edited = |v: &str| {
+            s.with(|c| c.execute("UPDATE tokens SET created_at = ?1", params![v]))
+                .unwrap()
+        };
+        hand_edited("yesterday");
+        drop(s);
+        let d = TestDb::Postgres(o).open();
+        let err = d.import_embedded(src.open()).unwrap_err().to_string();
+        assert!(err.contains("table tokens, row 1"), "{err}");
+        assert!(err.contains("text cannot be bound as int8"), "{err}");
+        // Tables copied before the failure were rolled back with it.
+        assert_eq!(d.count_records().unwrap(), 0);
+        assert_eq!(d.secret("s1").unwrap(), None);
+        // Not marked: the embedded broker may still serve, or the copy run again.
+        let s = src.open();
+        s.with(|c| c.execute("UPDATE tokens SET created_at = 1", params![]))
+            .unwrap();
+        drop(s);
+        let copied = d.import_embedded(src.open()).unwrap();
+        assert!(copied.tables.contains(&("tokens", 1)), "{copied:?}");
+        assert_eq!(d.secret("s1").unwrap().unwrap(), b"sealed secret");
     }
 
     #[test]

@@ -660,14 +660,37 @@ async fn a_single_broker_moved_by_import_embedded_finishes_its_launch_on_the_rep
         printed.contains("copied ") && printed.contains("sessions"),
         "{printed}"
     );
-    // A second run finds the data and changes nothing.
+    assert!(printed.contains("marked as moved"), "{printed}");
+    // The old broker does not come back on the copied state (a launch's
+    // session could be used once there and once on the replicas), and a
+    // second run copies nothing.
+    let restarted = std::process::Command::new(bin)
+        .arg("--data-dir")
+        .arg(&single)
+        .args([
+            "--at-rest-key-file".as_ref(),
+            d.join("at-rest.key").as_os_str(),
+        ])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "none",
+            "--admin-socket",
+        ])
+        .arg(d.join("again.sock"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!restarted.status.success());
+    assert!(
+        stderr(&restarted).contains("moved into"),
+        "{}",
+        stderr(&restarted)
+    );
     let out = import();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("already holds rows"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("moved into"), "{}", stderr(&out));
 
     let replicas: Vec<KbsProcess> = (0..2).map(|i| fleet.start_replica(i)).collect();
     let table = fleet

@@ -36,10 +36,10 @@ pub const TABLES: [&str; 18] = [
 /// the write probe and the leases describe running processes only.
 const NOT_COPIED: [&str; 3] = ["schema_migrations", "write_probe", "leases"];
 
-/// Tables that the destination holds rows of as soon as it is opened (the
-/// at-rest key's check, written under the same key; counters): the source's
-/// rows replace those of the same name.
-const REPLACED_BY_NAME: [&str; 2] = ["meta", "counters"];
+/// The rows a new destination holds as soon as it is opened: the at-rest
+/// key's check and fingerprint, written under the same key as the source's,
+/// whose rows replace them. Any other `meta` row means a broker has used it.
+const META_OF_A_NEW_DATABASE: [&str; 2] = ["at_rest_check", "at_rest_key"];
 
 /// Source rows read at a time.
 const BATCH: i64 = 500;
@@ -49,6 +49,9 @@ const BATCH: i64 = 500;
 pub struct Copied {
     /// Table and rows.
     pub tables: Vec<(&'static str, u64)>,
+    /// Whether the embedded database was marked as moved, so that no broker
+    /// serves it again (see `Store::import_embedded`).
+    pub source_marked: bool,
 }
 
 /// Why a copy was not made.
@@ -66,6 +69,9 @@ pub enum ImportError {
         /// The first table found with rows.
         table: &'static str,
     },
+    /// The destination's schema is not the one this broker makes.
+    #[error("unexpected schema: {0}")]
+    Schema(String),
     /// A source row could not be written to the destination.
     #[error("table {table}, row {rowid}: {source}")]
     Row {
@@ -86,10 +92,17 @@ pub fn copy(src: &mut Handle<'_>, dst: &mut Handle<'_>) -> Result<Copied, Import
     for table in copied_tables() {
         dst.batch(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
     }
-    for table in copied_tables().filter(|t| !REPLACED_BY_NAME.contains(t)) {
-        let used: bool = dst
-            .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), params![])?
-            .get(0)?;
+    for table in copied_tables() {
+        let [check, fingerprint] = META_OF_A_NEW_DATABASE;
+        let used: bool = if table == "meta" {
+            dst.query_one(
+                "SELECT EXISTS (SELECT 1 FROM meta WHERE name NOT IN (?1, ?2))",
+                params![check, fingerprint],
+            )?
+        } else {
+            dst.query_one(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), params![])?
+        }
+        .get(0)?;
         if used {
             return Err(ImportError::NotEmpty { table });
         }
@@ -120,13 +133,17 @@ fn copy_table(
         .iter()
         .map(|r| r.get(0))
         .collect::<Result<_, _>>()?;
+    // Spliced into both databases' SQL: only plain names.
+    if let Some(bad) = columns.iter().find(|c| !plain_name(c)) {
+        return Err(ImportError::Schema(format!("{table}: column {bad:?}")));
+    }
     let list = columns.join(", ");
     let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
     let mut insert = format!(
         "INSERT INTO {table} ({list}) VALUES ({})",
         placeholders.join(", ")
     );
-    if REPLACED_BY_NAME.contains(&table) {
+    if table == "meta" {
         insert.push_str(" ON CONFLICT (name) DO UPDATE SET value = excluded.value");
     }
     let select =
@@ -174,8 +191,10 @@ fn restart_identities(src: &mut Handle<'_>, dst: &mut Handle<'_>) -> Result<(), 
         let Some(&known) = TABLES.iter().find(|t| **t == table) else {
             continue;
         };
-        if column.is_empty() || !column.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-            continue;
+        if !plain_name(&column) {
+            return Err(ImportError::Schema(format!(
+                "{known}: identity column {column:?}"
+            )));
         }
         let handed_out: i64 = src
             .query_opt(
@@ -185,13 +204,25 @@ fn restart_identities(src: &mut Handle<'_>, dst: &mut Handle<'_>) -> Result<(), 
             .and_then(|r| r.map(|r| r.get(0)).transpose())
             .map_err(ImportError::Source)?
             .unwrap_or(0);
-        dst.query_one(
+        // Marked as drawn (`is_called`), so that the sequence's last value
+        // reads as the largest id handed out (see `Store::settled_record_ids`);
+        // left alone while none was.
+        dst.query_opt(
             &format!(
-                "SELECT setval(pg_get_serial_sequence('{known}', '{column}'), \
-                 GREATEST(COALESCE(MAX({column}), 0), ?1) + 1, false) FROM {known}"
+                "SELECT setval(pg_get_serial_sequence('{known}', '{column}'), m, true) \
+                 FROM (SELECT GREATEST(COALESCE(MAX({column}), 0), ?1) AS m FROM {known}) s \
+                 WHERE m > 0"
             ),
             params![handed_out],
         )?;
     }
     Ok(())
+}
+
+/// Whether `name` is a plain lowercase SQL name, safe to splice.
+fn plain_name(name: &str) -> bool {
+    name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
