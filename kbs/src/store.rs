@@ -2216,6 +2216,13 @@ mod tests {
             note: "moved".into(),
         };
         s.approve(&approval, None).unwrap();
+        let firmware = vec![0xf1; 3 << 20];
+        let image = ApprovalRow {
+            kind: "firmware".into(),
+            id: "cd".repeat(32),
+            ..approval.clone()
+        };
+        s.approve(&image, Some(&firmware)).unwrap();
         let token = TokenRow {
             id: "t1".into(),
             hash: [9; 32],
@@ -2253,7 +2260,7 @@ mod tests {
             ("sessions", 1),
             ("records", 2),
             ("tokens", 1),
-            ("approvals", 1),
+            ("approvals", 2),
             ("digests", 1),
         ] {
             assert!(
@@ -2270,6 +2277,11 @@ mod tests {
             Some("t1".into())
         );
         assert_eq!(d.approvals().unwrap(), approvals);
+        assert_eq!(
+            d.approval_data("firmware", &image.id, "").unwrap(),
+            Some(firmware),
+            "a firmware image moves whole"
+        );
         assert!(d.digest_registered("sev", &[1; 32], false).unwrap());
         assert_eq!(
             d.snp_nonce_key().unwrap(),

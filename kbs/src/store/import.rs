@@ -44,6 +44,11 @@ const META_OF_A_NEW_DATABASE: [&str; 2] = ["at_rest_check", "at_rest_key"];
 /// Source rows read at a time.
 const BATCH: i64 = 500;
 
+/// Tables whose rows may each be megabytes (a firmware image approved with
+/// its data, up to 64 MiB; a resource, up to 3 MiB): read one at a time, so
+/// that the copy holds one such row in memory, not a batch of them.
+const LARGE_ROWS: [&str; 2] = ["approvals", "resources"];
+
 /// How many rows of each table were copied, in copying order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Copied {
@@ -148,11 +153,16 @@ fn copy_table(
     }
     let select =
         format!("SELECT rowid, {list} FROM {table} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2");
+    let batch = if LARGE_ROWS.contains(&table) {
+        1
+    } else {
+        BATCH
+    };
     let mut after = i64::MIN;
     let mut count = 0u64;
     loop {
         let rows = src
-            .query(&select, params![after, BATCH])
+            .query(&select, params![after, batch])
             .map_err(ImportError::Source)?;
         let Some(last) = rows.last() else {
             return Ok(count);
