@@ -398,6 +398,19 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<crate::data_dir::DataDirLock> 
 /// key in the shipped unit.
 pub const AT_REST_CREDENTIAL: &str = "kbs-at-rest-key";
 
+/// The at-rest key systemd's credential gives, if it gives one.
+fn credential_key() -> Option<PathBuf> {
+    std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|d| Path::new(&d).join(AT_REST_CREDENTIAL))
+        .filter(|p| p.exists())
+}
+
+/// Whether the at-rest key is the one kept in the data directory: neither
+/// --at-rest-key-file nor the systemd credential gives one.
+fn key_in_data_dir(args: &StorageArgs) -> bool {
+    args.at_rest_key_file.is_none() && credential_key().is_none()
+}
+
 /// The at-rest key: --at-rest-key-file, else the systemd credential, else
 /// the key kept in the data directory (created on first start; its path is
 /// returned when this call created it).
@@ -405,10 +418,7 @@ fn at_rest_key(args: &StorageArgs) -> anyhow::Result<(AtRestKey, Option<PathBuf>
     let mut made = None;
     let (key, source) = if let Some(path) = &args.at_rest_key_file {
         (AtRestKey::load(path)?, path.clone())
-    } else if let Some(path) = std::env::var_os("CREDENTIALS_DIRECTORY")
-        .map(|d| Path::new(&d).join(AT_REST_CREDENTIAL))
-        .filter(|p| p.exists())
-    {
+    } else if let Some(path) = credential_key() {
         (AtRestKey::load(&path)?, path)
     } else {
         let path = args.data_dir.join(AT_REST_KEY_FILE);
@@ -482,11 +492,7 @@ pub fn postgres_options(args: &StorageArgs) -> anyhow::Result<Option<crate::stor
 /// the same for every replica.
 fn open_store(args: &StorageArgs) -> anyhow::Result<(Store, Option<crate::data_dir::DataDirLock>)> {
     if let Some(options) = postgres_options(args)? {
-        if args.at_rest_key_file.is_none()
-            && !std::env::var_os("CREDENTIALS_DIRECTORY")
-                .map(|d| Path::new(&d).join(AT_REST_CREDENTIAL))
-                .is_some_and(|p| p.exists())
-        {
+        if key_in_data_dir(args) {
             anyhow::bail!(
                 "--database postgres://...: give the at-rest key with --at-rest-key-file (or the \
                  systemd credential {AT_REST_CREDENTIAL}); every replica must share it, and a key \
@@ -535,10 +541,7 @@ pub fn import_embedded(args: &StorageArgs) -> anyhow::Result<()> {
     let _lock = prepare_data_dir(&args.data_dir).map_err(config)?;
     // The key the database was sealed under, never a new one.
     let kept = args.data_dir.join(AT_REST_KEY_FILE);
-    let key_in_data_dir = args.at_rest_key_file.is_none()
-        && !std::env::var_os("CREDENTIALS_DIRECTORY")
-            .map(|d| Path::new(&d).join(AT_REST_CREDENTIAL))
-            .is_some_and(|p| p.exists());
+    let key_in_data_dir = key_in_data_dir(args);
     let key = if key_in_data_dir {
         if !kept.exists() {
             return Err(config(anyhow::anyhow!(
