@@ -2336,7 +2336,9 @@ mod tests {
         let src = TestDb::Sqlite(tempfile::tempdir().unwrap());
         let s = src.open();
         s.set_secret("s1", b"sealed secret").unwrap();
-        s.record(&rpc_record("GetBundle")).unwrap();
+        for _ in 0..3 {
+            s.record(&rpc_record("GetBundle")).unwrap();
+        }
         s.insert_token(&TokenRow {
             id: "t1".into(),
             hash: [9; 32],
@@ -2347,27 +2349,32 @@ mod tests {
             created_at: 1,
         })
         .unwrap();
-        // SQLite keeps text in an integer column; PostgreSQL will not take it.
-        let hand_edited = |v: &str| {
-            s.with(|c| c.execute("UPDATE tokens SET created_at = ?1", params![v]))
-                .unwrap()
+        // SQLite keeps text in an integer column; PostgreSQL will not take
+        // it. Fails the batch of records, then names the row; then tokens.
+        let edit = |sql: &str| {
+            let s = src.open();
+            s.with(|c| c.execute(sql, params![])).unwrap();
         };
-        hand_edited("yesterday");
         drop(s);
+        edit("UPDATE records SET policy = 'none' WHERE id = 2");
+        edit("UPDATE tokens SET created_at = 'yesterday'");
         let d = TestDb::Postgres(o).open();
         let err = d.import_embedded(src.open()).unwrap_err().to_string();
-        assert!(err.contains("table tokens, row 1"), "{err}");
+        assert!(err.contains("table records, row 2"), "{err}");
         assert!(err.contains("text cannot be bound as int8"), "{err}");
         // Tables copied before the failure were rolled back with it.
         assert_eq!(d.count_records().unwrap(), 0);
         assert_eq!(d.secret("s1").unwrap(), None);
-        // Not marked: the embedded broker may still serve, or the copy run again.
-        let s = src.open();
-        s.with(|c| c.execute("UPDATE tokens SET created_at = 1", params![]))
-            .unwrap();
-        drop(s);
+        // Not marked: the embedded broker may still serve, or the copy run
+        // again once the row is mended.
+        edit("UPDATE records SET policy = 3 WHERE id = 2");
+        let err = d.import_embedded(src.open()).unwrap_err().to_string();
+        assert!(err.contains("table tokens, row 1"), "{err}");
+        assert_eq!(d.count_records().unwrap(), 0);
+        edit("UPDATE tokens SET created_at = 1");
         let copied = d.import_embedded(src.open()).unwrap();
         assert!(copied.tables.contains(&("tokens", 1)), "{copied:?}");
+        assert!(copied.tables.contains(&("records", 3)), "{copied:?}");
         assert_eq!(d.secret("s1").unwrap().unwrap(), b"sealed secret");
     }
 

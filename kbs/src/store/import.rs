@@ -7,7 +7,7 @@
 //! same at-rest key. The copy is one transaction on the destination, which
 //! must hold no data yet; it either lands whole or not at all.
 
-use super::db::{params, DbError, Handle, Param, Value};
+use super::db::{params, DbError, Handle, Param, Row, Value};
 
 /// Every table of the schema, in an order that writes no row before one it
 /// names.
@@ -143,20 +143,18 @@ fn copy_table(
         return Err(ImportError::Schema(format!("{table}: column {bad:?}")));
     }
     let list = columns.join(", ");
-    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-    let mut insert = format!(
-        "INSERT INTO {table} ({list}) VALUES ({})",
-        placeholders.join(", ")
-    );
-    if table == "meta" {
-        insert.push_str(" ON CONFLICT (name) DO UPDATE SET value = excluded.value");
-    }
+    let insert = Insert {
+        table,
+        list: &list,
+        columns: columns.len(),
+    };
     let select =
         format!("SELECT rowid, {list} FROM {table} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2");
     let batch = if LARGE_ROWS.contains(&table) {
         1
     } else {
-        BATCH
+        // PostgreSQL takes at most 65535 parameters in one statement.
+        BATCH.min(i64::try_from(60_000 / columns.len().max(1)).unwrap_or(1))
     };
     let mut after = i64::MIN;
     let mut count = 0u64;
@@ -168,17 +166,71 @@ fn copy_table(
             return Ok(count);
         };
         after = last.get(0).map_err(ImportError::Source)?;
-        for row in &rows {
+        insert.rows(dst, &rows)?;
+        count += u64::try_from(rows.len()).unwrap_or(u64::MAX);
+    }
+}
+
+/// The INSERT of one table's rows into the destination.
+struct Insert<'a> {
+    table: &'static str,
+    /// The column names, comma-separated.
+    list: &'a str,
+    columns: usize,
+}
+
+impl Insert<'_> {
+    /// The statement for `n` rows.
+    fn sql(&self, n: usize) -> String {
+        let rows: Vec<String> = (0..n)
+            .map(|r| {
+                let row: Vec<String> = (1..=self.columns)
+                    .map(|c| format!("?{}", r * self.columns + c))
+                    .collect();
+                format!("({})", row.join(", "))
+            })
+            .collect();
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES {}",
+            self.table,
+            self.list,
+            rows.join(", ")
+        );
+        if self.table == "meta" {
+            sql.push_str(" ON CONFLICT (name) DO UPDATE SET value = excluded.value");
+        }
+        sql
+    }
+
+    /// Writes `rows` (rowid first, then the columns) in one statement, a
+    /// round trip for the batch rather than for each row. Should that fail,
+    /// its savepoint is rolled back and the rows go one by one, so that the
+    /// error names the row at fault.
+    fn rows(&self, dst: &mut Handle<'_>, rows: &[Row]) -> Result<(), ImportError> {
+        if rows.len() > 1 {
+            let values: Vec<Param<'_>> = rows
+                .iter()
+                .flat_map(|r| r.values().iter().skip(1).map(Value::as_param))
+                .collect();
+            dst.batch("SAVEPOINT import_rows")?;
+            if dst.execute(&self.sql(rows.len()), &values).is_ok() {
+                dst.batch("RELEASE SAVEPOINT import_rows")?;
+                return Ok(());
+            }
+            dst.batch("ROLLBACK TO SAVEPOINT import_rows")?;
+        }
+        let one = self.sql(1);
+        for row in rows {
             let rowid: i64 = row.get(0).map_err(ImportError::Source)?;
             let values: Vec<Param<'_>> = row.values().iter().skip(1).map(Value::as_param).collect();
-            dst.execute(&insert, &values)
+            dst.execute(&one, &values)
                 .map_err(|source| ImportError::Row {
-                    table,
+                    table: self.table,
                     rowid,
                     source,
                 })?;
-            count += 1;
         }
+        Ok(())
     }
 }
 
