@@ -26,7 +26,6 @@ use sev_core::VcpuSignature;
 use sev_sim::kbs_process::KbsProcess;
 use std::ffi::OsString;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 use tonic::Code;
 
@@ -61,27 +60,10 @@ impl Broker {
         Broker { kbs, dir, sample }
     }
 
-    /// `kbs admin --socket SOCKET ARGS...`, as the operator.
-    fn admin(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kbs"))
-            .arg("admin")
-            .arg("--socket")
-            .arg(&self.kbs.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// As [`Broker::admin`], which must succeed; its standard output.
+    /// `kbs admin --socket SOCKET ARGS...` as the operator, which must
+    /// succeed; its standard output.
     fn admin_ok(&self, args: &[&str]) -> String {
-        let out = self.admin(args);
-        assert!(
-            out.status.success(),
-            "kbs admin {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.kbs.admin_ok(args).unwrap()
     }
 
     /// A node token made with `kbs admin token create --node NODE`.

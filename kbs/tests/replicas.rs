@@ -233,32 +233,20 @@ impl Fleet {
     }
 }
 
-/// `kbs admin --socket SOCKET ARGS...`, which must succeed; its output.
-fn admin(socket: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kbs"))
-        .arg("admin")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kbs admin {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+/// `kbs admin ARGS...` against `kbs`, which must succeed; its output.
+fn admin(kbs: &KbsProcess, args: &[&str]) -> String {
+    kbs.admin_ok(args).unwrap()
 }
 
-/// Approves the sample's inputs, alternating between the replicas' sockets.
+/// Approves the sample's inputs, alternating between the replicas.
 fn approve_sample(replicas: &[KbsProcess], s: &sample_artefacts::Sample) {
     let path = |p: &Path| p.to_str().unwrap().to_string();
-    let socket = |i: usize| replicas[i % replicas.len()].socket.clone();
-    admin(&socket(0), &["approve", "firmware", &path(&s.firmware)]);
-    admin(&socket(1), &["approve", "kernel", &path(&s.kernel)]);
-    admin(&socket(0), &["approve", "initrd", &path(&s.initrd)]);
+    let socket = |i: usize| &replicas[i % replicas.len()];
+    admin(socket(0), &["approve", "firmware", &path(&s.firmware)]);
+    admin(socket(1), &["approve", "kernel", &path(&s.kernel)]);
+    admin(socket(0), &["approve", "initrd", &path(&s.initrd)]);
     admin(
-        &socket(1),
+        socket(1),
         &[
             "approve",
             "kata-config",
@@ -383,7 +371,7 @@ async fn a_replica_killed_mid_load_loses_nothing_acknowledged() {
     let tokens: Vec<String> = (0..NODES)
         .map(|n| {
             admin(
-                &replicas[n % 2].socket,
+                &replicas[n % 2],
                 &["token", "create", "--node", &format!("node-{n}")],
             )
             .trim()
@@ -532,7 +520,7 @@ async fn a_token_made_or_revoked_through_one_replica_counts_on_the_other_at_once
     let Some((_fleet, replicas)) = Fleet::start("tokens_across_replicas") else {
         return;
     };
-    let admin = |args: &[&str]| admin(&replicas[0].socket, args);
+    let admin = |args: &[&str]| admin(&replicas[0], args);
     let token = admin(&["token", "create", "--node", "node-7"])
         .trim()
         .to_string();
@@ -567,7 +555,7 @@ async fn firmware_revoked_through_one_replica_is_refused_by_the_other() {
         return;
     };
     approve_sample(&replicas, &fleet.sample);
-    let admin = |args: &[&str]| admin(&replicas[0].socket, args);
+    let admin = |args: &[&str]| admin(&replicas[0], args);
     let token = admin(&["token", "create", "--node", "node-f"])
         .trim()
         .to_string();
@@ -627,7 +615,7 @@ async fn a_single_broker_moved_by_import_embedded_finishes_its_launch_on_the_rep
         &["--at-rest-key-file".into(), d.join("at-rest.key").into()],
     )
     .unwrap();
-    admin(&broker.socket, &["token", "create", "--node", "node-7"]);
+    admin(&broker, &["token", "create", "--node", "node-7"]);
     // A launch in flight across the move: GetBundle on the single broker.
     let (id, mut launch) = fleet.bundle(&broker.uri()).await.unwrap();
 
@@ -710,7 +698,7 @@ async fn a_single_broker_moved_by_import_embedded_finishes_its_launch_on_the_rep
         Some(Code::NotFound),
         "{e:?}"
     );
-    assert!(admin(&replicas[0].socket, &["token", "list"]).contains("node-7"));
+    assert!(admin(&replicas[0], &["token", "list"]).contains("node-7"));
     let records = fleet.store().records(0, 100).unwrap();
     let of_launch: Vec<(&str, &str)> = records
         .iter()

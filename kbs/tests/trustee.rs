@@ -154,18 +154,9 @@ impl Rig {
 
     /// `kbs admin trustee status --json`.
     fn status(&self) -> Value {
-        let out = std::process::Command::new(kbs_beside_current_exe().unwrap())
-            .args(["admin", "--json", "--socket"])
-            .arg(self.socket())
-            .args(["trustee", "status"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        let kbs = self.kbs.as_ref().expect("the broker runs");
+        let out = kbs.admin_ok(&["--json", "trustee", "status"]).unwrap();
+        serde_json::from_str(&out).unwrap()
     }
 
     fn log(&self) -> String {
@@ -376,17 +367,9 @@ async fn under_approved_registration_tcb_values_come_from_the_pins() {
         held_by(t, "snp_bootloader")
     });
 
-    let out = std::process::Command::new(kbs_beside_current_exe().unwrap())
-        .args(["admin", "--socket"])
-        .arg(rig.socket())
-        .args(["trustee", "tcb", "set", "--snp", "250", "--bootloader", "9"])
-        .output()
+    let kbs = rig.kbs.as_ref().expect("the broker runs");
+    kbs.admin_ok(&["trustee", "tcb", "set", "--snp", "250", "--bootloader", "9"])
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     wait_for(
         "the pinned minimum",
         &json!([250, 251, 252, 253, 254, 255]),

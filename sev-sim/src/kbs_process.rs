@@ -5,13 +5,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 /// A running `kbs`.
 pub struct KbsProcess {
     child: Child,
+    /// The binary it runs, which also answers `kbs admin`.
+    bin: PathBuf,
     /// The keybroker address, `HOST:PORT`.
     pub addr: String,
     /// The TCP admin listener's address, `HOST:PORT`, when it was started
@@ -126,6 +128,7 @@ impl KbsProcess {
         let addr = addr.ok_or_else(|| std::io::Error::other("kbs named no address"))?;
         Ok(KbsProcess {
             child,
+            bin: bin.to_path_buf(),
             addr,
             admin_addr,
             socket: socket.to_path_buf(),
@@ -148,5 +151,30 @@ impl KbsProcess {
     /// `http://ADDR`, for gRPC clients.
     pub fn uri(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `kbs admin --socket SOCKET ARGS...` against this broker, with nothing
+    /// on standard input; what it did.
+    pub fn admin(&self, args: &[&str]) -> std::io::Result<Output> {
+        Command::new(&self.bin)
+            .arg("admin")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    }
+
+    /// As [`KbsProcess::admin`], which must succeed: its standard output, or
+    /// an error carrying the arguments and what it said on standard error.
+    pub fn admin_ok(&self, args: &[&str]) -> std::io::Result<String> {
+        let out = self.admin(args)?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "kbs admin {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        String::from_utf8(out.stdout).map_err(std::io::Error::other)
     }
 }
