@@ -2189,14 +2189,35 @@ mod tests {
         });
     }
 
+    /// An embedded database to import, holding the secret "s1" ("sealed
+    /// secret"), and a store open on it.
+    fn embedded_source() -> (TestDb, Store) {
+        let src = TestDb::Sqlite(tempfile::tempdir().unwrap());
+        let s = src.open();
+        s.set_secret("s1", b"sealed secret").unwrap();
+        (src, s)
+    }
+
+    /// The operator token "t1", as an embedded broker stores it (its hash
+    /// is `[9; 32]`).
+    fn operator_token() -> TokenRow {
+        TokenRow {
+            id: "t1".into(),
+            hash: [9; 32],
+            role: "operator".into(),
+            node: String::new(),
+            note: String::new(),
+            created_by: "operator".into(),
+            created_at: 1,
+        }
+    }
+
     #[test]
     fn an_embedded_database_moves_into_an_empty_postgres_database_whole() {
         let Some(o) = testing::fresh_postgres("import_embedded") else {
             return;
         };
-        let src = TestDb::Sqlite(tempfile::tempdir().unwrap());
-        let s = src.open();
-        s.set_secret("s1", b"sealed secret").unwrap();
+        let (src, s) = embedded_source();
         s.insert_session("l1", &session(), 600, &rpc_record("GetBundle"))
             .unwrap();
         for _ in 0..3 {
@@ -2223,16 +2244,7 @@ mod tests {
             ..approval.clone()
         };
         s.approve(&image, Some(&firmware)).unwrap();
-        let token = TokenRow {
-            id: "t1".into(),
-            hash: [9; 32],
-            role: "operator".into(),
-            node: String::new(),
-            note: String::new(),
-            created_by: "operator".into(),
-            created_at: 1,
-        };
-        s.insert_token(&token).unwrap();
+        s.insert_token(&operator_token()).unwrap();
         let digest = DigestRecord {
             mode: "sev".into(),
             digest: "01".into(),
@@ -2333,22 +2345,11 @@ mod tests {
         let Some(o) = testing::fresh_postgres("import_midway") else {
             return;
         };
-        let src = TestDb::Sqlite(tempfile::tempdir().unwrap());
-        let s = src.open();
-        s.set_secret("s1", b"sealed secret").unwrap();
+        let (src, s) = embedded_source();
         for _ in 0..3 {
             s.record(&rpc_record("GetBundle")).unwrap();
         }
-        s.insert_token(&TokenRow {
-            id: "t1".into(),
-            hash: [9; 32],
-            role: "operator".into(),
-            node: String::new(),
-            note: String::new(),
-            created_by: "operator".into(),
-            created_at: 1,
-        })
-        .unwrap();
+        s.insert_token(&operator_token()).unwrap();
         // SQLite keeps text in an integer column; PostgreSQL will not take
         // it. Fails the batch of records, then names the row; then tokens.
         let edit = |sql: &str| {
