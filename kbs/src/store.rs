@@ -1449,9 +1449,9 @@ impl Store {
             source: Box::new(source),
         };
         let Backend::Postgres(pool) = &self.backend else {
-            return Err(fail(import::ImportError::Db(DbError::Unavailable(
-                "the destination must be a PostgreSQL database".into(),
-            ))));
+            return Err(fail(import::ImportError::WrongKind(
+                "the destination must be a PostgreSQL database",
+            )));
         };
         if source.key.fingerprint() != self.key.fingerprint() {
             return Err(StoreError::WrongKey {
@@ -1461,9 +1461,9 @@ impl Store {
             });
         }
         let Backend::Sqlite(conn) = source.backend else {
-            return Err(fail(import::ImportError::Source(DbError::Unavailable(
-                "the source must be an embedded database".into(),
-            ))));
+            return Err(fail(import::ImportError::WrongKind(
+                "the source must be an embedded database",
+            )));
         };
         let mut failure = None;
         let slot = &mut failure;
@@ -2338,6 +2338,27 @@ mod tests {
         let err = d2.import_embedded(another.open()).unwrap_err();
         assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
         assert_eq!(d2.count_records().unwrap(), 0);
+    }
+
+    #[test]
+    fn an_import_goes_only_from_embedded_to_postgres() {
+        let (src, _) = embedded_source();
+        let err = src.open().import_embedded(src.open()).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(": the destination must be a PostgreSQL database"),
+            "{err}"
+        );
+        let Some(o) = testing::fresh_postgres("import_kinds") else {
+            return;
+        };
+        let pg = TestDb::Postgres(o);
+        let err = pg.open().import_embedded(pg.open()).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(": the source must be an embedded database"),
+            "{err}"
+        );
     }
 
     #[test]

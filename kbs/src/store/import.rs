@@ -74,6 +74,9 @@ pub enum ImportError {
         /// The first table found with rows.
         table: &'static str,
     },
+    /// A database of the wrong kind on either side.
+    #[error("{0}")]
+    WrongKind(&'static str),
     /// The destination's schema is not the one this broker makes.
     #[error("unexpected schema: {0}")]
     Schema(String),
